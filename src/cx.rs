@@ -1,0 +1,249 @@
+//! `QueryCx`: the only way a query body reads the database. It records every
+//! read as a dependency of the one execution it belongs to, from any clone,
+//! any `join!` branch, any spawned task.
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::fetch::{Hint, fetch};
+use crate::input::InputIngredient;
+use crate::interned::InternedIngredient;
+use crate::kinds::{AsyncQuery, Id, Input, Interned};
+use crate::query::QueryIngredient;
+use crate::revision::{Durability, Revision};
+use crate::storage::{Dep, KeyId, MemoMeta, Reason, typed_memo};
+use crate::util::lock;
+use crate::view::Access;
+
+/// The context of one query execution.
+///
+/// Cheap to clone, `Send + Sync + 'static`: move clones into `join!` branches
+/// or `tokio::spawn`ed tasks; every read through any clone is recorded as a
+/// dependency of this execution. Reads that arrive after the execution
+/// returned are refused with [`ErrorKind::ExecutionFinished`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use picante::{async_trait, AsyncQuery, Database, Input, QueryCx};
+///
+/// struct Page;
+/// impl Input for Page { type Key = u32; type Value = Arc<str>; }
+///
+/// struct Words;
+/// #[async_trait]
+/// impl AsyncQuery for Words {
+///     type Key = u32;
+///     type Value = usize;
+///     async fn execute(&self, cx: &QueryCx, page: u32) -> picante::Result<usize> {
+///         Ok(cx.input::<Page>(&page)?.split_whitespace().count())
+///     }
+/// }
+///
+/// /// Sums the words of pages 0..n, reading them concurrently.
+/// struct TotalWords;
+/// #[async_trait]
+/// impl AsyncQuery for TotalWords {
+///     type Key = u32;
+///     type Value = usize;
+///     async fn execute(&self, cx: &QueryCx, n: u32) -> picante::Result<usize> {
+///         let mut tasks = Vec::new();
+///         for page in 0..n {
+///             let cx = cx.clone();
+///             tasks.push(tokio::spawn(async move { cx.query::<Words>(page).await }));
+///         }
+///         let mut total = 0;
+///         for t in tasks {
+///             total += t.await.map_err(picante::Error::new)??;
+///         }
+///         Ok(total)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> picante::Result<()> {
+/// let db = Database::builder().input::<Page>().query(Words).query(TotalWords).build()?;
+/// db.set::<Page>(0, "a b c".into())?;
+/// db.set::<Page>(1, "d e".into())?;
+/// assert_eq!(db.query::<TotalWords>(2).await?, 5);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct QueryCx {
+    inner: Arc<CxInner>,
+}
+
+struct CxInner {
+    access: Access,
+    /// The execution this context belongs to.
+    index: u32,
+    key: KeyId,
+    reason: Reason,
+    recorder: Mutex<Recorder>,
+}
+
+struct Recorder {
+    deps: Vec<Dep>,
+    durability: Durability,
+    finished: bool,
+}
+
+impl QueryCx {
+    pub(crate) fn new(access: Access, index: u32, key: KeyId, reason: Reason) -> QueryCx {
+        QueryCx {
+            inner: Arc::new(CxInner {
+                access,
+                index,
+                key,
+                reason,
+                recorder: Mutex::new(Recorder {
+                    deps: Vec::new(),
+                    durability: Durability::High,
+                    finished: false,
+                }),
+            }),
+        }
+    }
+
+    /// The revision this execution reads at. All its reads see exactly the
+    /// inputs of this revision, whatever happens to the database meanwhile.
+    pub fn revision(&self) -> Revision {
+        self.inner.access.revision()
+    }
+
+    fn finished_error(&self) -> Error {
+        let shared = &self.inner.access.view.shared;
+        let query = shared
+            .registry
+            .get(self.inner.index)
+            .map(|ing| format!("{}({})", ing.name(), ing.debug_key(self.inner.key)))
+            .unwrap_or_default();
+        ErrorKind::ExecutionFinished { query }.into()
+    }
+
+    fn record(&self, dep: Dep, durability: Durability) -> Result<()> {
+        let mut rec = lock(&self.inner.recorder);
+        if rec.finished {
+            drop(rec);
+            return Err(self.finished_error());
+        }
+        rec.deps.push(dep);
+        rec.durability = rec.durability.min(durability);
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if lock(&self.inner.recorder).finished {
+            return Err(self.finished_error());
+        }
+        Ok(())
+    }
+
+    /// Reads query `Q` at `key` (a recorded dependency), computing it if needed.
+    pub async fn query<Q: AsyncQuery>(&self, key: Q::Key) -> Result<Q::Value> {
+        let access = &self.inner.access;
+        let shared = &access.view.shared;
+        let (index, ing) = shared.registry.typed::<Q, QueryIngredient<Q>>(
+            crate::registry::IngredientKind::Query,
+            QueryIngredient::<Q>::register_with,
+        )?;
+        if let Some(memo) = ing.verified_hit(&access.view.state.load(), index, &key, access.revision())? {
+            self.record(Dep { ingredient: index, key: memo.meta.key }, memo.meta.durability)?;
+            return memo.value.clone();
+        }
+        self.check_open()?;
+        let key_id = ing.key_id(&key)?;
+        let dep = Dep {
+            ingredient: index,
+            key: key_id,
+        };
+        let fetched = fetch(access, index, key_id, Hint::None).await;
+        let memo = match fetched {
+            Ok(memo) => memo,
+            Err(e) => {
+                // The read still happened: a cycle or cancellation depends on it.
+                self.record(dep, Durability::Low)?;
+                return Err(e);
+            }
+        };
+        self.record(dep, memo.meta().durability)?;
+        typed_memo::<Q::Value>(&memo)?.value.clone()
+    }
+
+    /// Reads input `I` at `key` (a recorded dependency). An absent key is an
+    /// [`ErrorKind::MissingInput`] error — and still a dependency, so this
+    /// query re-runs when the key is set.
+    pub fn input<I: Input>(&self, key: &I::Key) -> Result<I::Value> {
+        match self.input_opt::<I>(key)? {
+            Some(v) => Ok(v),
+            None => Err(ErrorKind::MissingInput {
+                input: InputIngredient::<I>::name_of(),
+                key: format!("{key:?}"),
+            }
+            .into()),
+        }
+    }
+
+    /// Reads input `I` at `key`, `None` if absent (recorded either way).
+    pub fn input_opt<I: Input>(&self, key: &I::Key) -> Result<Option<I::Value>> {
+        let access = &self.inner.access;
+        let (index, ing) = access.view.shared.registry.typed::<I, InputIngredient<I>>(
+            crate::registry::IngredientKind::Input,
+            InputIngredient::<I>::register_with,
+        )?;
+        let (value, key_id) = ing.read(&access.pinned, index, key)?;
+        self.record(
+            Dep {
+                ingredient: index,
+                key: key_id,
+            },
+            I::DURABILITY,
+        )?;
+        Ok(value)
+    }
+
+    /// Interns `value` (not a dependency: interning never invalidates).
+    pub fn intern<T: Interned>(&self, value: T::Value) -> Result<Id<T>> {
+        InternedIngredient::<T>::lookup_in(&self.inner.access.view.shared.registry)?.intern(value)
+    }
+
+    /// The value of an interned id.
+    pub fn lookup<T: Interned>(&self, id: Id<T>) -> Result<T::Value> {
+        InternedIngredient::<T>::lookup_in(&self.inner.access.view.shared.registry)?.value(id)
+    }
+
+    /// Closes the recorder and builds the memo's metadata. `unchanged_since`
+    /// is the old `changed_at` when the new value equals the old (cutoff).
+    pub(crate) fn finish(&self, unchanged_since: Option<Revision>) -> MemoMeta {
+        let (deps, durability) = {
+            let mut rec = lock(&self.inner.recorder);
+            rec.finished = true;
+            (std::mem::take(&mut rec.deps), rec.durability)
+        };
+        let r = self.revision();
+        MemoMeta {
+            key: self.inner.key,
+            deps: dedup(deps).into_boxed_slice(),
+            changed_at: unchanged_since.unwrap_or(r),
+            durability,
+            executed_at: r,
+            reason: self.inner.reason,
+        }
+    }
+}
+
+/// Removes repeated dependencies, keeping first-read order.
+fn dedup(mut deps: Vec<Dep>) -> Vec<Dep> {
+    if deps.len() <= 16 {
+        let mut out: Vec<Dep> = Vec::with_capacity(deps.len());
+        for d in deps {
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        out
+    } else {
+        let mut seen: std::collections::HashSet<Dep, ahash::RandomState> = Default::default();
+        deps.retain(|d| seen.insert(*d));
+        deps
+    }
+}

@@ -1,0 +1,473 @@
+//! The public handles: [`Database`], [`Snapshot`], the [`View`] API they share,
+//! and [`Batch`].
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::fetch::{Hint, fetch};
+use crate::inflight::describe;
+use crate::input::{InputIngredient, InputWrites, PendingWrites};
+use crate::interned::InternedIngredient;
+use crate::kinds::{AsyncQuery, Id, Input, Interned};
+use crate::query::QueryIngredient;
+use crate::registry::{DatabaseBuilder, IngredientKind, Registry};
+use crate::revision::Revision;
+use crate::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
+use crate::storage::{Dep, MemoRef, Reason, typed_memo};
+use crate::view::{Access, ViewCore};
+
+/// The read and write API shared by [`Database`] and [`Snapshot`] (both
+/// dereference to it). Write functions that take `&View` to accept either.
+///
+/// Every operation is bound to one revision: a `query` started at revision
+/// `r` returns the value at `r` even if inputs change while it runs.
+#[derive(Clone)]
+pub struct View {
+    core: Arc<ViewCore>,
+}
+
+/// The primary view of a database. Cheap to clone (a pointer); clones are the
+/// same database.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use picante::{async_trait, AsyncQuery, Database, Input, QueryCx};
+///
+/// struct Source;
+/// impl Input for Source { type Key = String; type Value = Arc<str>; }
+///
+/// static RUNS: AtomicUsize = AtomicUsize::new(0);
+/// struct Lines;
+/// #[async_trait]
+/// impl AsyncQuery for Lines {
+///     type Key = String;
+///     type Value = usize;
+///     async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<usize> {
+///         RUNS.fetch_add(1, Ordering::SeqCst);
+///         Ok(cx.input::<Source>(&path)?.lines().count())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> picante::Result<()> {
+/// let db = Database::builder().input::<Source>().query(Lines).build()?;
+/// db.set::<Source>("a.md".into(), "one\ntwo".into())?;
+/// assert_eq!(db.query::<Lines>("a.md".into()).await?, 2);
+/// assert_eq!(db.query::<Lines>("a.md".into()).await?, 2); // memoized
+/// assert_eq!(RUNS.load(Ordering::SeqCst), 1);
+///
+/// db.set::<Source>("a.md".into(), "one\ntwo\nthree".into())?;
+/// assert_eq!(db.query::<Lines>("a.md".into()).await?, 3); // re-ran once
+/// assert_eq!(RUNS.load(Ordering::SeqCst), 2);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Database {
+    view: View,
+}
+
+/// A view of a database frozen at one revision: `Clone + Send + Sync +
+/// 'static`, created in O(1), never torn.
+///
+/// Queries run in a snapshot see exactly its inputs; the memos it computes
+/// are offered back to the database (so the next snapshot does not recompute
+/// them). Setting an input on a snapshot forks it: from then on its results
+/// reach neither the database nor other views. Clones of a snapshot are the
+/// same view; take `snapshot.snapshot()` for an independent one.
+///
+/// ```
+/// # use picante::{Database, Input};
+/// # struct Config;
+/// # impl Input for Config { type Key = (); type Value = u32; }
+/// # fn main() -> picante::Result<()> {
+/// let db = Database::builder().input::<Config>().build()?;
+/// db.set::<Config>((), 1)?;
+/// let snap = db.snapshot();
+/// db.set::<Config>((), 2)?;             // the writer does not wait for the snapshot
+/// assert_eq!(snap.input::<Config>(&())?, 1);
+/// assert_eq!(db.input::<Config>(&())?, 2);
+///
+/// let fork = db.snapshot();
+/// fork.set::<Config>((), 3)?;           // forks: the database is untouched
+/// assert_eq!(db.input::<Config>(&())?, 2);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Snapshot {
+    view: View,
+}
+
+impl Deref for Database {
+    type Target = View;
+    fn deref(&self) -> &View {
+        &self.view
+    }
+}
+
+impl Deref for Snapshot {
+    type Target = View;
+    fn deref(&self) -> &View {
+        &self.view
+    }
+}
+
+impl Database {
+    /// Starts registering the kinds of a new database.
+    pub fn builder() -> DatabaseBuilder {
+        DatabaseBuilder::new()
+    }
+
+    pub(crate) fn from_registry(registry: Registry) -> Database {
+        Database {
+            view: View {
+                core: ViewCore::new_database(registry),
+            },
+        }
+    }
+}
+
+impl Snapshot {
+    /// Whether this snapshot has set inputs of its own (and so left the
+    /// database's history).
+    pub fn is_forked(&self) -> bool {
+        self.core.state.load().fork != self.core.parent_fork
+    }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database").field("revision", &self.revision()).finish()
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("revision", &self.revision())
+            .field("forked", &self.is_forked())
+            .finish()
+    }
+}
+
+impl View {
+    fn registry(&self) -> &Registry {
+        &self.core.shared.registry
+    }
+
+    /// The current revision of this view.
+    pub fn revision(&self) -> Revision {
+        self.core.state.load().revision
+    }
+
+    /// Reads query `Q` at `key`: a memo verified at the current revision if
+    /// there is one (no lock, no allocation), else revalidates or executes.
+    ///
+    /// Concurrent requests for the same key at the same revision, from any
+    /// task or snapshot, execute it once. Dropping the returned future is not
+    /// an error; other waiters still get the result.
+    pub async fn query<Q: AsyncQuery>(&self, key: Q::Key) -> Result<Q::Value> {
+        let (index, ing) = self
+            .registry()
+            .typed::<Q, QueryIngredient<Q>>(IngredientKind::Query, QueryIngredient::<Q>::register_with)?;
+        let state = self.core.state.load();
+        if let Some(memo) = ing.verified_hit(&state, index, &key, state.revision)? {
+            return memo.value.clone();
+        }
+        let pinned = arc_swap::Guard::into_inner(state);
+        let memo = Box::pin(async {
+            let key_id = ing.key_id(&key)?;
+            let access = Access::top_level(&self.core, pinned);
+            fetch(&access, index, key_id, Hint::None).await
+        })
+        .await?;
+        typed_memo::<Q::Value>(&memo)?.value.clone()
+    }
+
+    /// Reads input `I` at `key`; an absent key is an error
+    /// ([`ErrorKind::MissingInput`](crate::ErrorKind::MissingInput)).
+    pub fn input<I: Input>(&self, key: &I::Key) -> Result<I::Value> {
+        self.input_opt::<I>(key)?.ok_or_else(|| {
+            crate::ErrorKind::MissingInput {
+                input: InputIngredient::<I>::name_of(),
+                key: format!("{key:?}"),
+            }
+            .into()
+        })
+    }
+
+    /// Reads input `I` at `key`, `None` if absent.
+    pub fn input_opt<I: Input>(&self, key: &I::Key) -> Result<Option<I::Value>> {
+        let (index, ing) = self
+            .registry()
+            .typed::<I, InputIngredient<I>>(IngredientKind::Input, InputIngredient::<I>::register_with)?;
+        Ok(ing.read(&self.core.state.load(), index, key)?.0)
+    }
+
+    /// Every present key and value of input kind `I`, in no particular order.
+    pub fn inputs<I: Input>(&self) -> Result<Vec<(I::Key, I::Value)>> {
+        let (index, ing) = self
+            .registry()
+            .typed::<I, InputIngredient<I>>(IngredientKind::Input, InputIngredient::<I>::register_with)?;
+        ing.entries(&self.core.state.load(), index)
+    }
+
+    /// Sets input `I` at `key`. Returns the new revision, or the current one
+    /// if `value` equals the stored value (a no-op: nothing is invalidated).
+    ///
+    /// ```
+    /// # use picante::{Database, Input};
+    /// # struct Config;
+    /// # impl Input for Config { type Key = (); type Value = u32; }
+    /// # fn main() -> picante::Result<()> {
+    /// let db = Database::builder().input::<Config>().build()?;
+    /// let r1 = db.set::<Config>((), 1)?;
+    /// assert_eq!(db.set::<Config>((), 1)?, r1);   // same value: no new revision
+    /// assert!(db.set::<Config>((), 2)? > r1);
+    /// # Ok(()) }
+    /// ```
+    pub fn set<I: Input>(&self, key: I::Key, value: I::Value) -> Result<Revision> {
+        let mut batch = self.batch();
+        batch.set::<I>(key, value);
+        batch.commit()
+    }
+
+    /// Removes input `I` at `key`. A new revision if it was present, else a no-op.
+    pub fn remove<I: Input>(&self, key: &I::Key) -> Result<Revision> {
+        let mut batch = self.batch();
+        batch.remove::<I>(key);
+        batch.commit()
+    }
+
+    /// Starts a batch of sets and removes applied atomically by
+    /// [`Batch::commit`].
+    ///
+    /// ```
+    /// # use picante::{Database, Input};
+    /// # struct File;
+    /// # impl Input for File { type Key = &'static str; type Value = u32; }
+    /// # fn main() -> picante::Result<()> {
+    /// let db = Database::builder().input::<File>().build()?;
+    /// let r0 = db.revision();
+    /// let mut batch = db.batch();
+    /// batch.set::<File>("a", 1).set::<File>("b", 2).set::<File>("a", 3);
+    /// let r1 = batch.commit()?;
+    /// assert_eq!(r1.as_u64(), r0.as_u64() + 1);   // one revision for the whole batch
+    /// assert_eq!(db.input::<File>(&"a")?, 3);       // the later write wins
+    /// # Ok(()) }
+    /// ```
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            view: self,
+            writes: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Interns `value`, returning its id (the same id for equal values).
+    /// Interning never advances the revision nor invalidates anything.
+    pub fn intern<T: Interned>(&self, value: T::Value) -> Result<Id<T>> {
+        InternedIngredient::<T>::lookup_in(self.registry())?.intern(value)
+    }
+
+    /// The value of an interned id.
+    pub fn lookup<T: Interned>(&self, id: Id<T>) -> Result<T::Value> {
+        InternedIngredient::<T>::lookup_in(self.registry())?.value(id)
+    }
+
+    /// A snapshot of this view at its current revision, in O(1).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            view: View {
+                core: self.core.snapshot(),
+            },
+        }
+    }
+
+    /// Counters of every query kind (summed over all views of the database).
+    pub fn stats(&self) -> Stats {
+        let queries = self
+            .registry()
+            .iter()
+            .filter(|(_, ing)| ing.kind() == IngredientKind::Query)
+            .map(|(_, ing)| {
+                let c = ing.counters();
+                QueryStats {
+                    name: ing.name().to_string(),
+                    executions: c.executions.get(),
+                    hits: c.hits.get(),
+                    revalidations: c.revalidations.get(),
+                    cutoffs: c.cutoffs.get(),
+                }
+            })
+            .collect();
+        Stats {
+            queries,
+            dependency_checks: self.core.shared.dependency_checks.get(),
+            in_flight: self.core.shared.inflight.len(),
+        }
+    }
+
+    /// What this view's memo for `Q(key)` records: when it was verified,
+    /// executed and last changed, its dependencies, and why it last ran.
+    /// `None` if this view holds no memo for it.
+    ///
+    /// ```
+    /// # use picante::{async_trait, AsyncQuery, Database, Input, QueryCx, ExecutionReason};
+    /// # struct N; impl Input for N { type Key = (); type Value = u32; }
+    /// # struct Double;
+    /// # #[async_trait] impl AsyncQuery for Double { type Key = (); type Value = u32;
+    /// #   async fn execute(&self, cx: &QueryCx, _: ()) -> picante::Result<u32> { Ok(cx.input::<N>(&())? * 2) } }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> picante::Result<()> {
+    /// let db = Database::builder().input::<N>().query(Double).build()?;
+    /// db.set::<N>((), 1)?;
+    /// db.query::<Double>(()).await?;
+    /// db.set::<N>((), 2)?;
+    /// db.query::<Double>(()).await?;
+    /// let info = db.inspect::<Double>(&())?.expect("memoized");
+    /// assert_eq!(info.dependencies, vec!["N(())".to_string()]);
+    /// assert_eq!(info.reason, ExecutionReason::DependencyChanged("N(())".into()));
+    /// # Ok(()) }
+    /// ```
+    pub fn inspect<Q: AsyncQuery>(&self, key: &Q::Key) -> Result<Option<MemoInfo>> {
+        let (index, _) = self
+            .registry()
+            .typed::<Q, QueryIngredient<Q>>(IngredientKind::Query, QueryIngredient::<Q>::register_with)?;
+        let state = self.core.state.load();
+        let table: &crate::storage::MemoTable<Q::Key, Q::Value> = state.table(index)?;
+        let Some(entry) = table.get(key) else {
+            return Ok(None);
+        };
+        Ok(Some(self.memo_info(
+            Dep {
+                ingredient: index,
+                key: entry.memo.meta.key,
+            },
+            &(entry.memo.clone() as MemoRef),
+            entry.verified_at,
+        )))
+    }
+
+    fn memo_info(&self, dep: Dep, memo: &MemoRef, verified_at: Revision) -> MemoInfo {
+        let registry = self.registry();
+        let meta = memo.meta();
+        MemoInfo {
+            name: describe(dep, registry),
+            verified_at,
+            changed_at: meta.changed_at,
+            executed_at: meta.executed_at,
+            durability: meta.durability,
+            is_error: memo.error().is_some(),
+            dependencies: meta.deps.iter().map(|d| describe(*d, registry)).collect(),
+            reason: match meta.reason {
+                Reason::New => ExecutionReason::New,
+                Reason::DependencyChanged(d) => ExecutionReason::DependencyChanged(describe(d, registry)),
+                Reason::Unverifiable => ExecutionReason::Unverifiable,
+            },
+        }
+    }
+
+    /// Every memo this view holds, with its metadata.
+    pub fn memos(&self) -> Vec<MemoInfo> {
+        let state = self.core.state.load();
+        let mut out = Vec::new();
+        for (index, ing) in self.registry().iter() {
+            let Some(table) = state.tables.get(index as usize) else { continue };
+            for (key, memo, verified_at) in ing.memos(table) {
+                out.push(self.memo_info(Dep { ingredient: index, key }, &memo, verified_at));
+            }
+        }
+        out
+    }
+
+    /// The dependency graph of every memo this view holds, in Graphviz DOT.
+    pub fn dependency_graph(&self) -> String {
+        let mut dot = String::from("digraph picante {\n  rankdir=LR;\n");
+        for info in self.memos() {
+            let shape = if info.is_error { " [color=red]" } else { "" };
+            dot.push_str(&format!("  {:?}{shape};\n", info.name));
+            for d in &info.dependencies {
+                dot.push_str(&format!("  {:?} -> {:?};\n", info.name, d));
+            }
+        }
+        dot.push_str("}\n");
+        dot
+    }
+}
+
+/// Sets and removes applied atomically: readers see all of them or none, and
+/// the whole batch advances the revision once (or not at all if every final
+/// value equals the stored one). Later writes to the same slot win.
+///
+/// Built by [`View::batch`]. Using an unregistered input kind makes
+/// [`commit`](Batch::commit) fail without applying anything.
+#[must_use = "a batch does nothing until committed"]
+pub struct Batch<'v> {
+    view: &'v View,
+    writes: Vec<(u32, Box<dyn PendingWrites>)>,
+    error: Option<Error>,
+}
+
+impl Batch<'_> {
+    fn push<I: Input>(&mut self, key: I::Key, value: Option<I::Value>) -> &mut Self {
+        let found = self
+            .view
+            .registry()
+            .typed::<I, InputIngredient<I>>(IngredientKind::Input, InputIngredient::<I>::register_with);
+        let index = match found {
+            Ok((index, _)) => index,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                return self;
+            }
+        };
+        let writes = match self.writes.iter_mut().find(|(i, _)| *i == index) {
+            Some((_, w)) => w,
+            None => {
+                self.writes.push((index, Box::new(InputWrites::<I> { ops: Vec::new() })));
+                let Some((_, w)) = self.writes.last_mut() else { return self };
+                w
+            }
+        };
+        if let Some(w) = writes.as_any_mut().downcast_mut::<InputWrites<I>>() {
+            w.ops.push((key, value));
+        }
+        self
+    }
+
+    /// Sets input `I` at `key` to `value`.
+    pub fn set<I: Input>(&mut self, key: I::Key, value: I::Value) -> &mut Self {
+        self.push::<I>(key, Some(value))
+    }
+
+    /// Removes input `I` at `key`.
+    pub fn remove<I: Input>(&mut self, key: &I::Key) -> &mut Self {
+        self.push::<I>(key.clone(), None)
+    }
+
+    /// Applies the batch. Returns the new revision, or the current one if
+    /// nothing changed.
+    pub fn commit(self) -> Result<Revision> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let registry = self.view.registry();
+        let writes = self.writes;
+        self.view.core.commit(|state, revision| {
+            let mut changes = Vec::new();
+            for (index, w) in writes {
+                let ing = registry.get(index)?;
+                let table = state
+                    .tables
+                    .get(index as usize)
+                    .ok_or_else(|| Error::internal("missing input table"))?;
+                if let Some(t) = w.apply(&**ing, table, revision)? {
+                    changes.push((index, t, ing.durability()));
+                }
+            }
+            Ok(changes)
+        })
+    }
+}

@@ -1,0 +1,286 @@
+//! `picante::Error`: cheap to clone (errors are memoized and handed to every
+//! waiter), carries user errors with their source, and names the query and key
+//! for panics and cycles.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+/// `Result<T, picante::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error from picante or from a query body.
+///
+/// `?` on any `std::error::Error + Send + Sync + 'static` (an `io::Error`, a
+/// parse error…) converts into it, keeping the original so it can be
+/// [downcast](Error::downcast_ref) later, also from dependents the error
+/// propagated to. Errors are memoized like values: cloning is a pointer copy.
+///
+/// Like `anyhow::Error`, this type does not itself implement
+/// `std::error::Error` (that would conflict with the blanket `From`); it
+/// converts into `Box<dyn std::error::Error + Send + Sync>` when needed.
+///
+/// ```
+/// use picante::{Error, ErrorKind};
+///
+/// fn read() -> picante::Result<String> {
+///     let text = std::fs::read_to_string("/definitely/not/here")?; // io::Error -> Error
+///     Ok(text)
+/// }
+/// let err = read().unwrap_err();
+/// assert!(err.downcast_ref::<std::io::Error>().is_some());
+/// assert!(matches!(err.kind(), ErrorKind::User(_)));
+///
+/// let boxed: Box<dyn std::error::Error + Send + Sync> = Error::msg("bad front matter").into();
+/// assert_eq!(boxed.to_string(), "bad front matter");
+/// ```
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<ErrorKind>,
+}
+
+/// What went wrong. Match on it with [`Error::kind`].
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum ErrorKind {
+    /// An error returned by a query body (converted with `?` or [`Error::new`]).
+    User(Box<dyn StdError + Send + Sync + 'static>),
+    /// A plain message ([`Error::msg`]).
+    Message(String),
+    /// A query body panicked. The panic was caught; the runtime and other
+    /// queries keep running.
+    Panic {
+        /// Name of the query kind.
+        query: String,
+        /// `Debug` rendering of the key.
+        key: String,
+        /// The panic message (or a placeholder if the payload was not a string).
+        message: String,
+    },
+    /// A query needed itself at the same revision. `path` starts and ends with
+    /// the same `Query(key)` entry.
+    Cycle {
+        /// Each step as `Query(key)`, e.g. `["A(1)", "B(1)", "A(1)"]`.
+        path: Vec<String>,
+    },
+    /// A kind was used that the database was not built with.
+    Unregistered {
+        /// What was asked for: `"input"`, `"query"` or `"interned kind"`.
+        expected: &'static str,
+        /// The Rust type that was asked for.
+        type_name: &'static str,
+        /// The builder call that registers it.
+        register_with: String,
+    },
+    /// `DatabaseBuilder::build` refused the registrations.
+    Registration(String),
+    /// [`View::input`](crate::View::input) or [`QueryCx::input`](crate::QueryCx::input)
+    /// read a key that has no value (use `input_opt` to treat absence as data).
+    MissingInput {
+        /// Name of the input kind.
+        input: String,
+        /// `Debug` rendering of the key.
+        key: String,
+    },
+    /// A read through a [`QueryCx`](crate::QueryCx) arrived after the
+    /// execution it belongs to had finished (for example from a task spawned
+    /// by the query and not awaited). The read is not recorded.
+    ExecutionFinished {
+        /// The query whose context was used.
+        query: String,
+    },
+    /// An interned id that this database never handed out.
+    UnknownId {
+        /// Name of the interned kind.
+        kind: String,
+        /// The raw id.
+        id: u32,
+    },
+    /// The execution was cancelled because the runtime shut down under it.
+    Cancelled,
+    /// Reading, writing or decoding a persisted cache failed.
+    Persist(String),
+    /// A broken internal invariant: please report it.
+    Internal(String),
+}
+
+impl Error {
+    /// Wraps any error value, keeping it for [`downcast_ref`](Self::downcast_ref).
+    pub fn new<E: StdError + Send + Sync + 'static>(error: E) -> Self {
+        ErrorKind::User(Box::new(error)).into()
+    }
+
+    /// An error from a message.
+    ///
+    /// ```
+    /// let e = picante::Error::msg(format!("no template named {:?}", "base"));
+    /// assert_eq!(e.to_string(), "no template named \"base\"");
+    /// ```
+    pub fn msg(message: impl fmt::Display) -> Self {
+        ErrorKind::Message(message.to_string()).into()
+    }
+
+    /// What kind of error this is.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.inner
+    }
+
+    /// The user error inside, if it is (or wraps, through `source()`) an `E`.
+    pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
+        let ErrorKind::User(err) = self.kind() else {
+            return None;
+        };
+        let mut cur: Option<&(dyn StdError + 'static)> = Some(err.as_ref());
+        while let Some(e) = cur {
+            if let Some(found) = e.downcast_ref::<E>() {
+                return Some(found);
+            }
+            cur = e.source();
+        }
+        None
+    }
+
+    /// The user error inside, if any, as a `std::error::Error`.
+    pub fn user_error(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
+        match self.kind() {
+            ErrorKind::User(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a cycle error.
+    pub fn is_cycle(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Cycle { .. })
+    }
+
+    /// Whether this error came from a panic in a query body.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Panic { .. })
+    }
+
+    /// Whether two errors are the same memoized error (pointer equality).
+    pub fn same(&self, other: &Error) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    pub(crate) fn internal(what: impl fmt::Display) -> Self {
+        ErrorKind::Internal(what.to_string()).into()
+    }
+
+    pub(crate) fn panic(query: &str, key: String, payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            (*s).to_string()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "<non-string panic payload>".to_string()
+        };
+        ErrorKind::Panic {
+            query: query.to_string(),
+            key,
+            message,
+        }
+        .into()
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Self {
+        Error {
+            inner: Arc::new(kind),
+        }
+    }
+}
+
+impl<E: StdError + Send + Sync + 'static> From<E> for Error {
+    fn from(error: E) -> Self {
+        Error::new(error)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.kind(), f)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.kind(), f)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorKind::User(e) => fmt::Display::fmt(e, f),
+            ErrorKind::Message(m) => f.write_str(m),
+            ErrorKind::Panic {
+                query,
+                key,
+                message,
+            } => write!(f, "query {query}({key}) panicked: {message}"),
+            ErrorKind::Cycle { path } => write!(f, "cycle detected: {}", path.join(" → ")),
+            ErrorKind::Unregistered {
+                expected,
+                type_name,
+                register_with,
+            } => write!(
+                f,
+                "{type_name} is not registered as an {expected} in this database; \
+                 register it with `{register_with}` before `build()`"
+            ),
+            ErrorKind::Registration(m) => write!(f, "invalid database registration: {m}"),
+            ErrorKind::MissingInput { input, key } => {
+                write!(f, "input {input}({key}) has no value")
+            }
+            ErrorKind::ExecutionFinished { query } => write!(
+                f,
+                "a read through the QueryCx of {query} arrived after that execution finished; \
+                 await spawned work before returning from `execute`"
+            ),
+            ErrorKind::UnknownId { kind, id } => {
+                write!(f, "interned id {id} of {kind} was never handed out by this database")
+            }
+            ErrorKind::Cancelled => f.write_str("query execution was cancelled (runtime shut down)"),
+            ErrorKind::Persist(m) => write!(f, "persisted cache: {m}"),
+            ErrorKind::Internal(m) => write!(f, "picante internal error (please report): {m}"),
+        }
+    }
+}
+
+/// Adapter so a `picante::Error` can travel as a `Box<dyn std::error::Error>`.
+struct StdAdapter(Error);
+
+impl fmt::Display for StdAdapter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for StdAdapter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl StdError for StdAdapter {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self.0.kind() {
+            ErrorKind::User(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for Box<dyn StdError + Send + Sync + 'static> {
+    fn from(error: Error) -> Self {
+        Box::new(StdAdapter(error))
+    }
+}
+
+impl From<Error> for Box<dyn StdError + 'static> {
+    fn from(error: Error) -> Self {
+        Box::new(StdAdapter(error))
+    }
+}

@@ -1,0 +1,162 @@
+//! Fetching a memo at a revision: reuse, revalidate or execute, with
+//! in-flight sharing, cancellation safety and depth cutting.
+//!
+//! `fetch` is the one entry point of the erased engine. For one
+//! (ingredient, key) at the access's pinned revision it:
+//! 1. returns a memo already verified at that revision (a hit);
+//! 2. revalidates one by durability without claiming anything;
+//! 3. otherwise claims the in-flight slot (or waits for its owner, or gets a
+//!    cycle error), then revalidates the old memo by walking its dependencies
+//!    (`revalidate.rs`) or executes the body, publishes the result and
+//!    completes the slot.
+
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use crate::cx::QueryCx;
+use crate::error::{Error, ErrorKind, Result};
+use crate::inflight::{Claim, SlotKey};
+use crate::registry::Ingredient;
+use crate::revalidate::{Verdict, deep_verify};
+use crate::storage::{KeyId, MemoRef, Reason};
+use crate::util::BoxFuture;
+use crate::view::Access;
+
+/// Every this many nested executions, the next one continues on a fresh tokio
+/// task, so that chains of any depth never grow the machine stack unboundedly.
+const SPAWN_EVERY: u32 = 32;
+
+/// What the caller already knows about the memo.
+#[derive(Clone, Copy)]
+pub(crate) enum Hint {
+    /// Nothing: reuse, revalidate or execute as needed.
+    None,
+    /// A dependency walk found it stale: execute unless someone else already
+    /// brought it up to date at this revision.
+    Stale(Reason),
+}
+
+/// The memo for (`index`, `key`) valid at `acc`'s revision. The memo may hold
+/// a user error; `Err` here is an engine error (a cycle, a cancellation).
+pub(crate) fn fetch(acc: &Access, index: u32, key: KeyId, hint: Hint) -> BoxFuture<'_, Result<MemoRef>> {
+    Box::pin(fetch_inner(acc, index, key, hint))
+}
+
+async fn fetch_inner(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Result<MemoRef> {
+    let shared = acc.view.shared.clone();
+    let ing: Arc<dyn Ingredient> = shared.registry.get(index)?.clone();
+    let r = acc.revision();
+    loop {
+        let found = acc.lookup(index, &*ing, key);
+        if let Some((memo, verified_at)) = &found {
+            if *verified_at == r {
+                ing.counters().hits.incr();
+                return Ok(memo.clone());
+            }
+            if matches!(hint, Hint::None) && acc.pinned.durable_since(memo.meta().durability, *verified_at) {
+                ing.counters().revalidations.incr();
+                acc.publish(index, &*ing, &[(key, memo.clone(), r)]);
+                return Ok(memo.clone());
+            }
+        }
+        let slot = SlotKey {
+            ingredient: index,
+            key,
+            revision: r,
+            fork: acc.pinned.fork,
+        };
+        let owner = match shared.inflight.claim(slot, acc.requester.as_ref(), &shared.registry)? {
+            Claim::Wait(waiter) => match waiter.wait().await {
+                Some(memo) => {
+                    acc.publish(index, &*ing, &[(key, memo.clone(), r)]);
+                    return Ok(memo);
+                }
+                // The owner went away without finishing: try to take over.
+                None => continue,
+            },
+            Claim::Owner(owner) => owner,
+        };
+        // Someone may have finished between our lookup and our claim.
+        let found = acc.lookup(index, &*ing, key);
+        if let Some((memo, verified_at)) = &found
+            && *verified_at == r
+        {
+            owner.complete(memo.clone());
+            return Ok(memo.clone());
+        }
+        // Work done on behalf of this slot (dependency walks, execution) is
+        // requested by this slot's node, so that cycles through it are seen.
+        let sub = Access {
+            view: acc.view.clone(),
+            pinned: acc.pinned.clone(),
+            requester: Some(owner.node().clone()),
+            depth: acc.depth,
+        };
+        let reason = match (hint, &found) {
+            (Hint::Stale(reason), _) => reason,
+            (Hint::None, None) => Reason::New,
+            (Hint::None, Some((memo, verified_at))) => {
+                match deep_verify(&sub, index, key, memo.clone(), *verified_at).await {
+                    Verdict::Unchanged => {
+                        ing.counters().revalidations.incr();
+                        acc.publish(index, &*ing, &[(key, memo.clone(), r)]);
+                        owner.complete(memo.clone());
+                        return Ok(memo.clone());
+                    }
+                    Verdict::Changed(reason) => reason,
+                }
+            }
+        };
+        let old = found.map(|(memo, _)| memo);
+        let memo = execute(&sub, index, &ing, key, old, reason).await?;
+        acc.publish(index, &*ing, &[(key, memo.clone(), r)]);
+        owner.complete(memo.clone());
+        return Ok(memo);
+    }
+}
+
+/// Runs the body of (`index`, `key`) once under a fresh `QueryCx`.
+async fn execute(
+    sub: &Access,
+    index: u32,
+    ing: &Arc<dyn Ingredient>,
+    key: KeyId,
+    old: Option<MemoRef>,
+    reason: Reason,
+) -> Result<MemoRef> {
+    let depth = sub.depth + 1;
+    let cx = QueryCx::new(
+        Access {
+            depth,
+            ..sub.clone()
+        },
+        index,
+        key,
+        reason,
+    );
+    ing.counters().executions.incr();
+    let fut = ing.clone().execute(cx, key, old);
+    if depth % SPAWN_EVERY == 0
+        && let Ok(handle) = tokio::runtime::Handle::try_current()
+    {
+        // Continue on a fresh task: its polls start at the bottom of a stack.
+        let mut task = AbortOnDrop(handle.spawn(fut.in_current_span()));
+        return match (&mut task.0).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(Error::internal(format!("execution task panicked: {e}"))),
+            Err(_) => Err(ErrorKind::Cancelled.into()),
+        };
+    }
+    fut.await
+}
+
+/// Aborts the task when the awaiting future is dropped (S14: a dropped caller
+/// stops work nobody waits for; its claim is released by the task's drop).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,162 @@
+//! The typed layer for inputs: slots keyed by the input's key, reads, and the
+//! writes of a batch.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::keys::KeyTable;
+use crate::kinds::Input;
+use crate::registry::{DatabaseBuilder, Ingredient, IngredientKind};
+use crate::revision::{Durability, Revision};
+use crate::stats::Counters;
+use crate::storage::{InputSlot, InputTable, KeyId, State, Table, new_map};
+use crate::util::{short_type_name, values_equal};
+
+type TableOf<I> = InputTable<<I as Input>::Key, <I as Input>::Value>;
+
+pub(crate) struct InputIngredient<I: Input> {
+    name: String,
+    keys: KeyTable<I::Key>,
+    counters: Counters,
+}
+
+impl<I: Input> InputIngredient<I> {
+    pub(crate) fn name_of() -> String {
+        short_type_name::<I>()
+    }
+
+    pub(crate) fn register_with() -> String {
+        format!(".input::<{}>()", short_type_name::<I>())
+    }
+
+    fn key_id(&self, key: &I::Key) -> Result<KeyId> {
+        self.keys
+            .intern(key)
+            .ok_or_else(|| Error::internal(format!("{}: more than 2^32 keys", self.name)))
+    }
+
+    /// The value at `key` in `state` (`None` if absent) and the key's id.
+    pub(crate) fn read(&self, state: &State, index: u32, key: &I::Key) -> Result<(Option<I::Value>, KeyId)> {
+        let table: &TableOf<I> = state.table(index)?;
+        match table.get(key) {
+            Some(slot) => Ok((slot.value.clone(), slot.key)),
+            None => Ok((None, self.key_id(key)?)),
+        }
+    }
+
+    /// Every present (key, value) in `state`.
+    pub(crate) fn entries(&self, state: &State, index: u32) -> Result<Vec<(I::Key, I::Value)>> {
+        let table: &TableOf<I> = state.table(index)?;
+        Ok(table
+            .iter()
+            .filter_map(|(k, slot)| Some((k.clone(), slot.value.clone()?)))
+            .collect())
+    }
+}
+
+impl<I: Input> Ingredient for InputIngredient<I> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> IngredientKind {
+        IngredientKind::Input
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn empty_table(&self) -> Table {
+        Arc::new(new_map::<I::Key, InputSlot<I::Value>>())
+    }
+
+    fn debug_key(&self, key: KeyId) -> String {
+        match self.keys.value(key) {
+            Some(k) => format!("{k:?}"),
+            None => format!("#{key}"),
+        }
+    }
+
+    fn durability(&self) -> Durability {
+        I::DURABILITY
+    }
+
+    fn input_changed_at(&self, table: &Table, key: KeyId) -> Revision {
+        let slot = table
+            .downcast_ref::<TableOf<I>>()
+            .and_then(|t| t.get(self.keys.value(key)?));
+        slot.map_or(Revision::ZERO, |s| s.changed_at)
+    }
+}
+
+/// The writes of one batch to one input kind, applied atomically with the rest.
+pub(crate) trait PendingWrites: Any + Send {
+    /// The kind's table with the writes applied (later writes to the same key
+    /// win), or `None` if every final value equals the stored one.
+    fn apply(self: Box<Self>, ing: &dyn Ingredient, table: &Table, revision: Revision) -> Result<Option<Table>>;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+pub(crate) struct InputWrites<I: Input> {
+    pub ops: Vec<(I::Key, Option<I::Value>)>,
+}
+
+impl<I: Input> PendingWrites for InputWrites<I> {
+    fn apply(self: Box<Self>, ing: &dyn Ingredient, table: &Table, revision: Revision) -> Result<Option<Table>> {
+        let any: &dyn Any = ing;
+        let ing = any
+            .downcast_ref::<InputIngredient<I>>()
+            .ok_or_else(|| Error::internal("input writes applied to another kind"))?;
+        let current = table
+            .downcast_ref::<TableOf<I>>()
+            .ok_or_else(|| Error::internal("input table has an unexpected type"))?;
+        // Later writes to the same slot win.
+        let mut last: HashMap<I::Key, Option<I::Value>, ahash::RandomState> = HashMap::default();
+        for (k, v) in self.ops {
+            last.insert(k, v);
+        }
+        let mut next: Option<TableOf<I>> = None;
+        for (key, value) in last {
+            let slot = current.get(&key);
+            let unchanged = match (slot.and_then(|s| s.value.as_ref()), value.as_ref()) {
+                (Some(old), Some(new)) => values_equal(old, new),
+                (None, None) => true,
+                _ => false,
+            };
+            if unchanged {
+                continue;
+            }
+            let key_id = match slot {
+                Some(s) => s.key,
+                None => ing.key_id(&key)?,
+            };
+            next.get_or_insert_with(|| current.clone()).insert(
+                key,
+                InputSlot {
+                    key: key_id,
+                    value,
+                    changed_at: revision,
+                },
+            );
+        }
+        Ok(next.map(|t| Arc::new(t) as Table))
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl DatabaseBuilder {
+    /// Registers an input kind.
+    pub fn input<I: Input>(self) -> Self {
+        self.push::<I>(Arc::new(InputIngredient::<I> {
+            name: short_type_name::<I>(),
+            keys: KeyTable::new(),
+            counters: Counters::default(),
+        }))
+    }
+}

@@ -1,0 +1,149 @@
+//! Append-only bijections `T ↔ u32`.
+//!
+//! Used twice: every ingredient maps its keys to dense ids (so dependency
+//! edges are 8 bytes: ingredient index + key id), and interned kinds map their
+//! values to [`Id`](crate::Id)s. Both are shared by every view of a database
+//! and only ever grow. Reads by id are lock-free; reads by value take a shard's
+//! read lock (they are off the warm-hit path).
+
+use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, RwLock};
+
+use crate::util::{lock, read, write};
+
+const FIRST_CHUNK: usize = 32;
+const CHUNKS: usize = 28; // 32 * (2^28 - 1) > u32::MAX
+
+/// A vector that only grows, with lock-free reads of published elements.
+pub(crate) struct AppendVec<T> {
+    chunks: [OnceLock<Box<[OnceLock<T>]>>; CHUNKS],
+    len: AtomicUsize,
+    push: Mutex<()>,
+}
+
+fn locate(index: usize) -> (usize, usize) {
+    let i = index / FIRST_CHUNK + 1;
+    let chunk = (usize::BITS - 1 - i.leading_zeros()) as usize;
+    let start = FIRST_CHUNK * ((1usize << chunk) - 1);
+    (chunk, index - start)
+}
+
+impl<T> AppendVec<T> {
+    pub(crate) fn new() -> Self {
+        AppendVec {
+            chunks: std::array::from_fn(|_| OnceLock::new()),
+            len: AtomicUsize::new(0),
+            push: Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn get(&self, index: usize) -> Option<&T> {
+        if index >= self.len() {
+            return None;
+        }
+        let (chunk, offset) = locate(index);
+        self.chunks.get(chunk)?.get()?.get(offset)?.get()
+    }
+
+    /// Appends and returns the new element's index, or `None` when full.
+    pub(crate) fn push(&self, value: T) -> Option<usize> {
+        let _guard = lock(&self.push);
+        let index = self.len.load(Ordering::Relaxed);
+        let (chunk, offset) = locate(index);
+        let slots = self.chunks.get(chunk)?.get_or_init(|| {
+            let size = FIRST_CHUNK << chunk;
+            (0..size).map(|_| OnceLock::new()).collect()
+        });
+        slots.get(offset)?.set(value).ok()?;
+        self.len.store(index + 1, Ordering::Release);
+        Some(index)
+    }
+}
+
+const SHARDS: usize = 16;
+
+/// `T ↔ u32`, append-only, deduplicated by value.
+pub(crate) struct KeyTable<T> {
+    hasher: ahash::RandomState,
+    shards: [RwLock<std::collections::HashMap<T, u32, ahash::RandomState>>; SHARDS],
+    items: AppendVec<T>,
+}
+
+impl<T: Clone + Eq + Hash> KeyTable<T> {
+    pub(crate) fn new() -> Self {
+        KeyTable {
+            hasher: ahash::RandomState::new(),
+            shards: std::array::from_fn(|_| RwLock::new(Default::default())),
+            items: AppendVec::new(),
+        }
+    }
+
+    fn shard(&self, value: &T) -> &RwLock<std::collections::HashMap<T, u32, ahash::RandomState>> {
+        let h = self.hasher.hash_one(value) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    /// The id of `value`, if it was ever interned.
+    pub(crate) fn get(&self, value: &T) -> Option<u32> {
+        read(self.shard(value)).get(value).copied()
+    }
+
+    /// The id of `value`, interning it if new. `None` only if 2^32 ids are used.
+    pub(crate) fn intern(&self, value: &T) -> Option<u32> {
+        if let Some(id) = self.get(value) {
+            return Some(id);
+        }
+        let shard = self.shard(value);
+        let mut map = write(shard);
+        if let Some(id) = map.get(value) {
+            return Some(*id);
+        }
+        let id = u32::try_from(self.items.push(value.clone())?).ok()?;
+        map.insert(value.clone(), id);
+        Some(id)
+    }
+
+    /// The value with id `id`.
+    pub(crate) fn value(&self, id: u32) -> Option<&T> {
+        self.items.get(id as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_covers_chunks_contiguously() {
+        let mut expected = (0, 0);
+        for i in 0..10_000 {
+            let got = locate(i);
+            if got.0 != expected.0 {
+                assert_eq!(got, (expected.0 + 1, 0));
+            } else {
+                assert_eq!(got, expected);
+            }
+            expected = (got.0, got.1 + 1);
+        }
+    }
+
+    #[test]
+    fn interning_dedups_and_round_trips() {
+        let t = KeyTable::new();
+        let a = t.intern(&"a".to_string()).unwrap();
+        let b = t.intern(&"b".to_string()).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(t.intern(&"a".to_string()), Some(a));
+        assert_eq!(t.value(b).map(String::as_str), Some("b"));
+        assert_eq!(t.value(99), None);
+        for i in 0..5000u32 {
+            let id = t.intern(&i.to_string()).unwrap();
+            assert_eq!(t.value(id), Some(&i.to_string()));
+        }
+    }
+}

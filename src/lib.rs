@@ -1,0 +1,96 @@
+//! # picante — an async incremental query engine
+//!
+//! picante gives async Rust pipelines (a static site generator, a build
+//! tool, a language server) the salsa model — memoized queries, automatic
+//! dependency tracking, revisions, early cutoff — with queries that are real
+//! `async fn`s on tokio, O(1) snapshots for consistent concurrent reads, and
+//! a cache that can persist to disk.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use picante::{async_trait, AsyncQuery, Database, Input, QueryCx};
+//!
+//! /// An input: the text of a source file, by path.
+//! struct SourceFile;
+//! impl Input for SourceFile {
+//!     type Key = String;
+//!     type Value = Arc<str>;
+//! }
+//!
+//! /// A derived query: the file's title line.
+//! struct Title;
+//! #[async_trait]
+//! impl AsyncQuery for Title {
+//!     type Key = String;
+//!     type Value = Arc<str>;
+//!     async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Arc<str>> {
+//!         let text = cx.input::<SourceFile>(&path)?; // a recorded dependency
+//!         Ok(text.lines().next().unwrap_or_default().into())
+//!     }
+//! }
+//!
+//! /// Depends on another query.
+//! struct Shout;
+//! #[async_trait]
+//! impl AsyncQuery for Shout {
+//!     type Key = String;
+//!     type Value = String;
+//!     async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<String> {
+//!         Ok(cx.query::<Title>(path).await?.to_uppercase())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> picante::Result<()> {
+//! let db = Database::builder()
+//!     .input::<SourceFile>()
+//!     .query(Title)
+//!     .query(Shout)
+//!     .build()?;
+//!
+//! db.set::<SourceFile>("a.md".into(), "hello\nworld".into())?;
+//! assert_eq!(db.query::<Shout>("a.md".into()).await?, "HELLO");
+//!
+//! // Editing the body but not the title re-runs Title (its input changed),
+//! // which returns an equal value: Shout is not re-run (early cutoff).
+//! db.set::<SourceFile>("a.md".into(), "hello\nthere".into())?;
+//! assert_eq!(db.query::<Shout>("a.md".into()).await?, "HELLO");
+//! let stats = db.stats();
+//! assert_eq!(stats.query("Title").unwrap().executions, 2);
+//! assert_eq!(stats.query("Shout").unwrap().executions, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! See [`Database`], [`Snapshot`], [`QueryCx`] and the README for the
+//! concepts, and `ARCHITECTURE.md` for a map of the code.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod cx;
+mod database;
+mod error;
+mod fetch;
+mod inflight;
+mod input;
+mod interned;
+mod keys;
+mod kinds;
+mod query;
+mod registry;
+mod revalidate;
+mod revision;
+mod stats;
+mod storage;
+mod util;
+mod view;
+
+pub use async_trait::async_trait;
+
+pub use cx::QueryCx;
+pub use database::{Batch, Database, Snapshot, View};
+pub use error::{Error, ErrorKind, Result};
+pub use kinds::{AsyncQuery, Id, Input, Interned, Key, Value};
+pub use registry::DatabaseBuilder;
+pub use revision::{Durability, Revision};
+pub use stats::{ExecutionReason, MemoInfo, QueryStats, Stats};

@@ -1,0 +1,172 @@
+//! The typed layer for derived queries: memo tables keyed by the query's key,
+//! running the body (with panics caught and a tracing span), and early-cutoff
+//! comparison. Everything else is the erased engine's.
+
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use crate::cx::QueryCx;
+use crate::error::{Error, Result};
+use crate::keys::KeyTable;
+use crate::kinds::AsyncQuery;
+use crate::registry::{DatabaseBuilder, Ingredient, IngredientKind};
+use crate::revision::Revision;
+use crate::stats::Counters;
+use crate::storage::{Entry, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table, new_map, typed_memo};
+use crate::util::{BoxFuture, CatchUnwind, short_type_name, values_equal};
+
+type TableOf<Q> = MemoTable<<Q as AsyncQuery>::Key, <Q as AsyncQuery>::Value>;
+
+pub(crate) struct QueryIngredient<Q: AsyncQuery> {
+    query: Arc<Q>,
+    name: String,
+    keys: KeyTable<Q::Key>,
+    counters: Counters,
+}
+
+impl<Q: AsyncQuery> QueryIngredient<Q> {
+    pub(crate) fn register_with() -> String {
+        format!(".query({})", short_type_name::<Q>())
+    }
+
+    pub(crate) fn key_id(&self, key: &Q::Key) -> Result<KeyId> {
+        self.keys
+            .intern(key)
+            .ok_or_else(|| Error::internal(format!("{}: more than 2^32 keys", self.name)))
+    }
+
+    /// The memo for `key` if this state holds one verified at `at` (a hit).
+    #[inline]
+    pub(crate) fn verified_hit<'s>(
+        &self,
+        state: &'s State,
+        index: u32,
+        key: &Q::Key,
+        at: Revision,
+    ) -> Result<Option<&'s Arc<Memo<Q::Value>>>> {
+        let table: &TableOf<Q> = state.table(index)?;
+        match table.get(key) {
+            Some(entry) if entry.verified_at == at => {
+                self.counters.hits.incr();
+                Ok(Some(&entry.memo))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> IngredientKind {
+        IngredientKind::Query
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn empty_table(&self) -> Table {
+        Arc::new(new_map::<Q::Key, Entry<Q::Value>>())
+    }
+
+    fn debug_key(&self, key: KeyId) -> String {
+        match self.keys.value(key) {
+            Some(k) => format!("{k:?}"),
+            None => format!("#{key}"),
+        }
+    }
+
+    fn memo(&self, table: &Table, key: KeyId) -> Option<(MemoRef, Revision)> {
+        let table = table.downcast_ref::<TableOf<Q>>()?;
+        let entry = table.get(self.keys.value(key)?)?;
+        Some((entry.memo.clone(), entry.verified_at))
+    }
+
+    fn memos(&self, table: &Table) -> Vec<(KeyId, MemoRef, Revision)> {
+        let Some(table) = table.downcast_ref::<TableOf<Q>>() else {
+            return Vec::new();
+        };
+        table
+            .values()
+            .map(|e| (e.memo.meta.key, e.memo.clone() as MemoRef, e.verified_at))
+            .collect()
+    }
+
+    fn insert_memos(&self, table: &Table, items: &[Publish]) -> Option<Table> {
+        let current = table.downcast_ref::<TableOf<Q>>()?;
+        let mut next: Option<TableOf<Q>> = None;
+        for (key_id, memo, at) in items {
+            let (Some(key), Ok(memo)) = (self.keys.value(*key_id), typed_memo::<Q::Value>(memo)) else {
+                continue;
+            };
+            let map = next.as_ref().unwrap_or(current);
+            if map.get(key).is_some_and(|e| e.verified_at >= *at) {
+                continue;
+            }
+            next.get_or_insert_with(|| current.clone()).insert(
+                key.clone(),
+                Entry {
+                    memo,
+                    verified_at: *at,
+                },
+            );
+        }
+        next.map(|t| Arc::new(t) as Table)
+    }
+
+    fn execute(self: Arc<Self>, cx: QueryCx, key_id: KeyId, old: Option<MemoRef>) -> BoxFuture<'static, Result<MemoRef>> {
+        Box::pin(async move {
+            let key = self
+                .keys
+                .value(key_id)
+                .ok_or_else(|| Error::internal("unknown key id"))?
+                .clone();
+            let span = tracing::debug_span!(
+                "picante.execute",
+                query = %self.name,
+                key = ?key,
+                revision = %cx.revision()
+            );
+            let body = self.query.execute(&cx, key.clone());
+            let value = match CatchUnwind::new(body).instrument(span).await {
+                Ok(result) => result,
+                Err(payload) => {
+                    let err = Error::panic(&self.name, format!("{key:?}"), &*payload);
+                    tracing::warn!(error = %err, "query panicked");
+                    Err(err)
+                }
+            };
+            let old = old.and_then(|m| typed_memo::<Q::Value>(&m).ok());
+            let unchanged_since = match (&value, &old) {
+                (Ok(new), Some(old)) => match &old.value {
+                    Ok(prev) if values_equal(prev, new) => Some(old.meta.changed_at),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if unchanged_since.is_some() {
+                self.counters.cutoffs.incr();
+            }
+            let meta = cx.finish(unchanged_since);
+            Ok(Arc::new(Memo { meta, value }) as MemoRef)
+        })
+    }
+}
+
+impl DatabaseBuilder {
+    /// Registers a derived query kind. `query` is an instance: it may hold
+    /// state its body uses (an RPC client, a thread pool handle…).
+    pub fn query<Q: AsyncQuery>(self, query: Q) -> Self {
+        let name = short_type_name::<Q>();
+        self.push::<Q>(Arc::new(QueryIngredient {
+            query: Arc::new(query),
+            name,
+            keys: KeyTable::new(),
+            counters: Counters::default(),
+        }))
+    }
+}

@@ -1,0 +1,188 @@
+//! The registry: every ingredient (input, query or interned kind) as a
+//! type-erased trait object, indexed densely and by `TypeId`, frozen at
+//! `build()`. The erased engine talks to ingredients only through
+//! [`Ingredient`]; the typed layers (`input.rs`, `query.rs`, `interned.rs`)
+//! implement it thinly.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cx::QueryCx;
+use crate::error::{ErrorKind, Result};
+use crate::revision::{Durability, Revision};
+use crate::stats::Counters;
+use crate::storage::{KeyId, MemoRef, Publish, Table};
+use crate::util::BoxFuture;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum IngredientKind {
+    Input,
+    Query,
+    Interned,
+}
+
+impl IngredientKind {
+    pub(crate) fn noun(self) -> &'static str {
+        match self {
+            IngredientKind::Input => "input",
+            IngredientKind::Query => "query",
+            IngredientKind::Interned => "interned kind",
+        }
+    }
+}
+
+/// What the erased engine needs from an ingredient. Methods that do not apply
+/// to a kind have inert defaults.
+pub(crate) trait Ingredient: Any + Send + Sync {
+    fn name(&self) -> &str;
+    fn kind(&self) -> IngredientKind;
+    fn counters(&self) -> &Counters;
+    /// A new, empty table for a fresh `State`.
+    fn empty_table(&self) -> Table;
+    /// `Debug` rendering of the key with this id.
+    fn debug_key(&self, key: KeyId) -> String;
+
+    /// Inputs: the kind's durability.
+    fn durability(&self) -> Durability {
+        Durability::High
+    }
+    /// Inputs: when the slot last changed (`ZERO` if never set).
+    fn input_changed_at(&self, _table: &Table, _key: KeyId) -> Revision {
+        Revision::ZERO
+    }
+
+    /// Queries: the memo stored for `key` and the revision it was verified at.
+    fn memo(&self, _table: &Table, _key: KeyId) -> Option<(MemoRef, Revision)> {
+        None
+    }
+    /// Queries: every memo in the table (for inspection and persistence).
+    fn memos(&self, _table: &Table) -> Vec<(KeyId, MemoRef, Revision)> {
+        Vec::new()
+    }
+    /// Queries: `table` with `items` inserted where they are newer than what
+    /// it holds, or `None` if nothing would change.
+    fn insert_memos(&self, _table: &Table, _items: &[Publish]) -> Option<Table> {
+        None
+    }
+    /// Queries: runs the body for `key` under `cx` and builds the memo,
+    /// comparing with `old` for early cutoff.
+    fn execute(
+        self: Arc<Self>,
+        _cx: QueryCx,
+        _key: KeyId,
+        _old: Option<MemoRef>,
+    ) -> BoxFuture<'static, Result<MemoRef>> {
+        Box::pin(async { Err(crate::Error::internal("execute called on a non-query ingredient")) })
+    }
+}
+
+/// All ingredients of a database, frozen at `build()`.
+pub(crate) struct Registry {
+    by_type: HashMap<TypeId, u32, ahash::RandomState>,
+    ingredients: Vec<Arc<dyn Ingredient>>,
+}
+
+impl Registry {
+    pub(crate) fn get(&self, index: u32) -> Result<&Arc<dyn Ingredient>> {
+        self.ingredients
+            .get(index as usize)
+            .ok_or_else(|| crate::Error::internal(format!("no ingredient {index}")))
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Arc<dyn Ingredient>)> {
+        self.ingredients.iter().enumerate().map(|(i, ing)| (i as u32, ing))
+    }
+
+    /// The typed ingredient `T` registered for the kind `K`.
+    #[inline]
+    pub(crate) fn typed<K: ?Sized + 'static, T: Ingredient>(
+        &self,
+        expected: IngredientKind,
+        register_with: fn() -> String,
+    ) -> Result<(u32, &T)> {
+        let found = self.by_type.get(&TypeId::of::<K>()).and_then(|&index| {
+            let ing = self.ingredients.get(index as usize)?;
+            let any: &dyn Any = ing.as_ref();
+            any.downcast_ref::<T>().map(|typed| (index, typed))
+        });
+        found.ok_or_else(|| {
+            ErrorKind::Unregistered {
+                expected: expected.noun(),
+                type_name: std::any::type_name::<K>(),
+                register_with: register_with(),
+            }
+            .into()
+        })
+    }
+}
+
+/// Collects ingredients; see [`Database::builder`](crate::Database::builder).
+///
+/// ```
+/// use picante::{async_trait, AsyncQuery, Database, Input, Interned, QueryCx};
+///
+/// struct Text;
+/// impl Input for Text { type Key = u32; type Value = String; }
+/// struct Len;
+/// #[async_trait]
+/// impl AsyncQuery for Len {
+///     type Key = u32;
+///     type Value = usize;
+///     async fn execute(&self, cx: &QueryCx, k: u32) -> picante::Result<usize> {
+///         Ok(cx.input::<Text>(&k)?.len())
+///     }
+/// }
+/// struct Word;
+/// impl Interned for Word { type Value = String; }
+///
+/// let db = Database::builder().input::<Text>().query(Len).interned::<Word>().build()?;
+///
+/// // Registering a kind twice is refused:
+/// let err = Database::builder().input::<Text>().input::<Text>().build().unwrap_err();
+/// assert!(err.to_string().contains("registered twice"));
+/// # Ok::<(), picante::Error>(())
+/// ```
+#[must_use = "call .build() to get a Database"]
+pub struct DatabaseBuilder {
+    entries: Vec<(TypeId, &'static str, Arc<dyn Ingredient>)>,
+}
+
+impl DatabaseBuilder {
+    pub(crate) fn new() -> Self {
+        DatabaseBuilder {
+            entries: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push<K: ?Sized + 'static>(mut self, ingredient: Arc<dyn Ingredient>) -> Self {
+        self.entries
+            .push((TypeId::of::<K>(), std::any::type_name::<K>(), ingredient));
+        self
+    }
+
+    /// Freezes the registry. Fails if a kind was registered twice.
+    pub fn build(self) -> Result<crate::Database> {
+        let mut by_type = HashMap::with_hasher(ahash::RandomState::new());
+        let mut ingredients = Vec::with_capacity(self.entries.len());
+        for (type_id, type_name, ing) in self.entries {
+            if let Some(&prev) = by_type.get(&type_id) {
+                let prev: &Arc<dyn Ingredient> = &ingredients[prev as usize];
+                return Err(ErrorKind::Registration(format!(
+                    "{type_name} registered twice (as {} and as {})",
+                    prev.kind().noun(),
+                    ing.kind().noun()
+                ))
+                .into());
+            }
+            let index = u32::try_from(ingredients.len())
+                .map_err(|_| ErrorKind::Registration("too many kinds".into()))?;
+            by_type.insert(type_id, index);
+            ingredients.push(ing);
+        }
+        Ok(crate::Database::from_registry(Registry {
+            by_type,
+            ingredients,
+        }))
+    }
+}

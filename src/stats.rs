@@ -1,0 +1,180 @@
+//! Observability: counters (executions, hits, revalidations, cutoffs,
+//! dependency checks), memo inspection ("why did this re-execute?") and the
+//! dependency graph.
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::revision::{Durability, Revision};
+
+const STRIPES: usize = 4;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Stripe(AtomicU64);
+
+/// A counter striped over cache lines so that concurrent hits on different
+/// threads do not fight over one line.
+#[derive(Default)]
+pub(crate) struct Counter {
+    stripes: [Stripe; STRIPES],
+}
+
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+#[inline]
+fn stripe() -> usize {
+    STRIPE.with(|s| {
+        let v = s.get();
+        if v != usize::MAX {
+            return v;
+        }
+        let v = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        s.set(v);
+        v
+    })
+}
+
+impl Counter {
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        self.stripes[stripe()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn incr(&self) {
+        self.add(1)
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.stripes.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Per-kind counters, shared by every view of a database.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub executions: Counter,
+    pub hits: Counter,
+    pub revalidations: Counter,
+    pub cutoffs: Counter,
+}
+
+/// Counters of one query kind, summed over every view of the database.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    /// The kind's name.
+    pub name: String,
+    /// Times the body ran.
+    pub executions: u64,
+    /// Reads answered by a memo already verified at the reader's revision.
+    pub hits: u64,
+    /// Memos found still valid at a new revision without running the body
+    /// (by walking dependencies or by durability).
+    pub revalidations: u64,
+    /// Re-executions whose value equalled the previous one, so dependents
+    /// kept their memos (early cutoff).
+    pub cutoffs: u64,
+}
+
+/// A snapshot of the database's counters. See [`View::stats`](crate::View::stats).
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// One entry per registered query kind, in registration order.
+    pub queries: Vec<QueryStats>,
+    /// Dependency edges examined while revalidating memos.
+    pub dependency_checks: u64,
+    /// Executions currently in flight (claimed and not finished).
+    pub in_flight: usize,
+}
+
+impl Stats {
+    /// Counters of the query kind named `name` (its short type name unless
+    /// registered under another name).
+    pub fn query(&self, name: &str) -> Option<&QueryStats> {
+        self.queries.iter().find(|q| q.name == name)
+    }
+
+    /// Sum of executions over all query kinds.
+    pub fn total_executions(&self) -> u64 {
+        self.queries.iter().map(|q| q.executions).sum()
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<24} {:>10} {:>10} {:>13} {:>8}",
+            "query", "executed", "hits", "revalidated", "cutoffs"
+        )?;
+        for q in &self.queries {
+            writeln!(
+                f,
+                "{:<24} {:>10} {:>10} {:>13} {:>8}",
+                q.name, q.executions, q.hits, q.revalidations, q.cutoffs
+            )?;
+        }
+        write!(f, "dependency checks: {}", self.dependency_checks)
+    }
+}
+
+/// Why a memo's body last ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExecutionReason {
+    /// No memo was usable at that revision (first computation, or a memo from
+    /// another revision that could not be reused).
+    New,
+    /// This dependency (rendered as `Kind(key)`) changed after the memo was
+    /// last verified.
+    DependencyChanged(String),
+    /// The previous dependencies could not be revalidated (a cycle among them,
+    /// or a dependency that failed).
+    Unverifiable,
+}
+
+impl fmt::Display for ExecutionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecutionReason::New => f.write_str("no reusable memo"),
+            ExecutionReason::DependencyChanged(d) => write!(f, "dependency {d} changed"),
+            ExecutionReason::Unverifiable => f.write_str("previous dependencies could not be revalidated"),
+        }
+    }
+}
+
+/// What a view knows about one memo. See [`View::inspect`](crate::View::inspect).
+#[derive(Clone, Debug)]
+pub struct MemoInfo {
+    /// The memo as `Kind(key)`.
+    pub name: String,
+    /// Last revision this view verified the memo at.
+    pub verified_at: Revision,
+    /// Last revision the value changed at (kept across early cutoff).
+    pub changed_at: Revision,
+    /// Revision the body last ran at.
+    pub executed_at: Revision,
+    /// Minimum durability of its dependencies.
+    pub durability: Durability,
+    /// Whether the memoized result is an error.
+    pub is_error: bool,
+    /// Dependencies in the order they were first read, as `Kind(key)`.
+    pub dependencies: Vec<String>,
+    /// Why the body last ran.
+    pub reason: ExecutionReason,
+}
+
+impl fmt::Display for MemoInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} executed at {} ({}), changed at {}, verified at {}",
+            self.name, self.executed_at, self.reason, self.changed_at, self.verified_at
+        )
+    }
+}

@@ -1,0 +1,154 @@
+//! Storage: the immutable `State` a view publishes through `arc-swap`, the
+//! per-ingredient tables inside it (persistent `imbl` maps), input slots,
+//! memos and dependency edges.
+//!
+//! A `State` is never mutated after publication. Writers and memo inserts build
+//! a new `State` that shares everything it did not change (imbl maps share
+//! structure), and swap it in. A snapshot is one `Arc` clone of a `State`.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use crate::revision::{Durability, Revision};
+use crate::{Error, Result};
+
+/// Dense per-ingredient id of a key (see `keys::KeyTable`).
+pub(crate) type KeyId = u32;
+
+/// Identifies one history of inputs: the database and the snapshots that
+/// did not set anything share `MAIN_FORK`; a snapshot that sets an input
+/// gets a fresh fork id, so its revisions never alias the database's.
+pub(crate) type ForkId = u64;
+pub(crate) const MAIN_FORK: ForkId = 0;
+
+/// A dependency edge: ingredient index + key id, 8 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub(crate) struct Dep {
+    pub ingredient: u32,
+    pub key: KeyId,
+}
+
+/// Persistent hash map with a fixed ahash hasher.
+pub(crate) type Map<K, V> = imbl::GenericHashMap<K, V, ahash::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+
+pub(crate) fn new_map<K, V>() -> Map<K, V> {
+    Map::with_hasher(ahash::RandomState::new())
+}
+
+/// One ingredient's table, type-erased. Inputs store `InputTable`, queries
+/// `MemoTable`, interned kinds a unit placeholder.
+pub(crate) type Table = Arc<dyn Any + Send + Sync>;
+
+/// Everything a view sees at one revision.
+#[derive(Clone)]
+pub(crate) struct State {
+    pub revision: Revision,
+    pub fork: ForkId,
+    /// `last_changed[d]`: the last revision at which an input of durability
+    /// `>= d` changed. A memo of durability `d` verified at or after it is
+    /// still valid without walking its dependencies.
+    pub last_changed: [Revision; Durability::COUNT],
+    pub tables: Box<[Table]>,
+}
+
+impl State {
+    pub(crate) fn table<T: Any>(&self, index: u32) -> Result<&T> {
+        self.tables
+            .get(index as usize)
+            .and_then(|t| t.downcast_ref::<T>())
+            .ok_or_else(|| Error::internal(format!("table {index} has an unexpected type")))
+    }
+
+    /// Whether a memo of `durability` verified at `verified_at` is still valid
+    /// here without looking at its dependencies.
+    pub(crate) fn durable_since(&self, durability: Durability, verified_at: Revision) -> bool {
+        self.last_changed[durability.index()] <= verified_at
+    }
+}
+
+/// An input slot. `value: None` is a tombstone left by `remove`, so that
+/// dependents see the removal as a change.
+#[derive(Clone)]
+pub(crate) struct InputSlot<V> {
+    pub key: KeyId,
+    pub value: Option<V>,
+    pub changed_at: Revision,
+}
+
+pub(crate) type InputTable<K, V> = Map<K, InputSlot<V>>;
+
+/// Why a memo was (re-)executed; kept for `View::inspect`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// There was no memo usable at this revision.
+    New,
+    /// This dependency changed after the memo was verified.
+    DependencyChanged(Dep),
+    /// The previous dependencies could not be revalidated (a cycle among them,
+    /// or a dependency whose own fetch failed).
+    Unverifiable,
+}
+
+/// The part of a memo the type-erased engine works with.
+pub(crate) struct MemoMeta {
+    pub key: KeyId,
+    pub deps: Box<[Dep]>,
+    /// Last revision at which the value changed (kept across early cutoff).
+    pub changed_at: Revision,
+    /// Minimum durability over the dependencies (`High` with none).
+    pub durability: Durability,
+    /// The revision the body last ran at.
+    pub executed_at: Revision,
+    pub reason: Reason,
+}
+
+/// A memoized result. Immutable; shared by every view that has it.
+pub(crate) struct Memo<V> {
+    pub meta: MemoMeta,
+    pub value: Result<V>,
+}
+
+/// Type-erased view of a `Memo<V>`.
+pub(crate) trait AnyMemo: Any + Send + Sync {
+    fn meta(&self) -> &MemoMeta;
+    fn error(&self) -> Option<&Error>;
+}
+
+impl<V: Send + Sync + 'static> AnyMemo for Memo<V> {
+    fn meta(&self) -> &MemoMeta {
+        &self.meta
+    }
+    fn error(&self) -> Option<&Error> {
+        self.value.as_ref().err()
+    }
+}
+
+pub(crate) type MemoRef = Arc<dyn AnyMemo>;
+
+/// A memo as stored in a view's table: the shared memo plus the revision this
+/// view last verified it at (re-verifying only replaces this small entry).
+pub(crate) struct Entry<V> {
+    pub memo: Arc<Memo<V>>,
+    pub verified_at: Revision,
+}
+
+impl<V> Clone for Entry<V> {
+    fn clone(&self) -> Self {
+        Entry {
+            memo: self.memo.clone(),
+            verified_at: self.verified_at,
+        }
+    }
+}
+
+pub(crate) type MemoTable<K, V> = Map<K, Entry<V>>;
+
+/// A memo to publish into a view: key, memo, verified-at.
+pub(crate) type Publish = (KeyId, MemoRef, Revision);
+
+/// Downcasts an erased memo to its typed form.
+pub(crate) fn typed_memo<V: Send + Sync + 'static>(memo: &MemoRef) -> Result<Arc<Memo<V>>> {
+    let any: Arc<dyn Any + Send + Sync> = memo.clone();
+    any.downcast::<Memo<V>>()
+        .map_err(|_| Error::internal("memo has an unexpected value type"))
+}

@@ -1,0 +1,206 @@
+//! Views: the database and its snapshots. A view publishes its current
+//! `State` through `arc-swap`; readers load it without locks, writers and memo
+//! inserts swap in a new one. `Shared` is what every view of one database has
+//! in common (registry, in-flight table, counters, key and interned tables
+//! inside the ingredients).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::error::Result;
+use crate::inflight::{InFlight, Node};
+use crate::registry::{Ingredient, Registry};
+use crate::revision::{Durability, Revision};
+use crate::stats::Counter;
+use crate::storage::{ForkId, KeyId, MAIN_FORK, MemoRef, Publish, State, Table};
+use crate::util::lock;
+
+/// Everything the views of one database share.
+pub(crate) struct Shared {
+    pub registry: Registry,
+    pub inflight: InFlight,
+    pub dependency_checks: Counter,
+    next_fork: AtomicU64,
+}
+
+/// One view: the database itself, or a snapshot.
+pub(crate) struct ViewCore {
+    pub shared: Arc<Shared>,
+    pub state: ArcSwap<State>,
+    /// For a snapshot: the view its memos are offered to (and borrowed from)
+    /// while it stays in `parent_fork`, the history it was taken in.
+    pub parent: Option<Arc<ViewCore>>,
+    pub parent_fork: ForkId,
+    /// Serializes this view's writers (never taken by readers).
+    writer: Mutex<()>,
+}
+
+impl ViewCore {
+    pub(crate) fn new_database(registry: Registry) -> Arc<ViewCore> {
+        let tables: Box<[Table]> = registry.iter().map(|(_, ing)| ing.empty_table()).collect();
+        let state = State {
+            revision: Revision::FIRST,
+            fork: MAIN_FORK,
+            last_changed: [Revision::ZERO; Durability::COUNT],
+            tables,
+        };
+        Arc::new(ViewCore {
+            shared: Arc::new(Shared {
+                registry,
+                inflight: InFlight::new(),
+                dependency_checks: Counter::default(),
+                next_fork: AtomicU64::new(MAIN_FORK + 1),
+            }),
+            state: ArcSwap::from_pointee(state),
+            parent: None,
+            parent_fork: MAIN_FORK,
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// A new view of this view's current state: O(1), a few pointer copies.
+    pub(crate) fn snapshot(self: &Arc<Self>) -> Arc<ViewCore> {
+        let state = self.state.load_full();
+        // Offer work to the root of this history: the database, or the
+        // forked snapshot this one was taken from.
+        let (parent, parent_fork) = match &self.parent {
+            Some(p) if state.fork == self.parent_fork => (p.clone(), self.parent_fork),
+            _ => (self.clone(), state.fork),
+        };
+        Arc::new(ViewCore {
+            shared: self.shared.clone(),
+            state: ArcSwap::new(state),
+            parent: Some(parent),
+            parent_fork,
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// Inserts memos of ingredient `index` into this view's current state,
+    /// keeping whatever is newer.
+    pub(crate) fn insert_memos(&self, index: u32, ing: &dyn Ingredient, items: &[Publish]) {
+        let mut cur = self.state.load_full();
+        loop {
+            let Some(table) = cur.tables.get(index as usize) else { return };
+            let Some(new_table) = ing.insert_memos(table, items) else {
+                return;
+            };
+            let mut next = State::clone(&cur);
+            next.tables[index as usize] = new_table;
+            let prev = self.state.compare_and_swap(&cur, Arc::new(next));
+            if Arc::ptr_eq(&*prev, &cur) {
+                return;
+            }
+            cur = arc_swap::Guard::into_inner(prev);
+        }
+    }
+
+    /// Applies input changes computed by `f` from the current state, as one
+    /// new revision. `f` returns the changed tables with their kinds'
+    /// durabilities; returning none is a no-op that keeps the revision.
+    pub(crate) fn commit(
+        &self,
+        f: impl FnOnce(&State, Revision) -> Result<Vec<(u32, Table, Durability)>>,
+    ) -> Result<Revision> {
+        let _writer = lock(&self.writer);
+        let base = self.state.load_full();
+        let revision = base.revision.next();
+        let changes = f(&base, revision)?;
+        if changes.is_empty() {
+            return Ok(base.revision);
+        }
+        // A snapshot that sets its own inputs leaves its original history.
+        let fork = if self.parent.is_some() && base.fork == self.parent_fork {
+            self.shared.next_fork.fetch_add(1, Ordering::Relaxed)
+        } else {
+            base.fork
+        };
+        let max_durability = changes.iter().map(|c| c.2).max().unwrap_or(Durability::Low);
+        // Memo inserts may race with us; writers are serialized by `writer`,
+        // so only memo tables can differ between `base` and the latest state.
+        self.state.rcu(|latest| {
+            let mut next = State::clone(latest);
+            next.revision = revision;
+            next.fork = fork;
+            for d in 0..=max_durability.index() {
+                next.last_changed[d] = revision;
+            }
+            for (index, table, _) in &changes {
+                next.tables[*index as usize] = table.clone();
+            }
+            next
+        });
+        tracing::debug!(%revision, changed_kinds = changes.len(), "inputs changed");
+        Ok(revision)
+    }
+}
+
+/// The context of one read: which view, at which pinned state, on behalf of
+/// which in-flight fetch (for dependency cycles), at what depth.
+#[derive(Clone)]
+pub(crate) struct Access {
+    pub view: Arc<ViewCore>,
+    pub pinned: Arc<State>,
+    pub requester: Option<Arc<Node>>,
+    pub depth: u32,
+}
+
+impl Access {
+    pub(crate) fn top_level(view: &Arc<ViewCore>, pinned: Arc<State>) -> Access {
+        Access {
+            view: view.clone(),
+            pinned,
+            requester: None,
+            depth: 0,
+        }
+    }
+
+    pub(crate) fn revision(&self) -> Revision {
+        self.pinned.revision
+    }
+
+    fn offers_to_parent(&self) -> Option<&Arc<ViewCore>> {
+        self.view
+            .parent
+            .as_ref()
+            .filter(|_| self.pinned.fork == self.view.parent_fork)
+    }
+
+    /// The best memo for (`index`, `key`) usable at the pinned revision: one
+    /// verified at it, or else the most recently verified one before it (to be
+    /// revalidated). Looks in this view, then in the parent view if this view
+    /// is still in the parent's history.
+    pub(crate) fn lookup(&self, index: u32, ing: &dyn Ingredient, key: KeyId) -> Option<(MemoRef, Revision)> {
+        let r = self.pinned.revision;
+        let find = |view: &ViewCore| {
+            let state = view.state.load();
+            let table = state.tables.get(index as usize)?;
+            ing.memo(table, key).filter(|(_, v)| *v <= r)
+        };
+        let own = find(&self.view);
+        if matches!(&own, Some((_, v)) if *v == r) {
+            return own;
+        }
+        let Some(parent) = self.offers_to_parent() else {
+            return own;
+        };
+        match (own, find(parent)) {
+            (Some(a), Some(b)) => Some(if b.1 > a.1 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Makes memos (verified at the pinned revision, or earlier) visible to
+    /// this view and offers them to its parent.
+    pub(crate) fn publish(&self, index: u32, ing: &dyn Ingredient, items: &[Publish]) {
+        if items.is_empty() {
+            return;
+        }
+        self.view.insert_memos(index, ing, items);
+        if let Some(parent) = self.offers_to_parent() {
+            parent.insert_memos(index, ing, items);
+        }
+    }
+}
