@@ -146,8 +146,16 @@ impl QueryCx {
             crate::registry::IngredientKind::Query,
             QueryIngredient::<Q>::register_with,
         )?;
-        if let Some(memo) = ing.verified_hit(&access.view.state.load(), index, &key, access.revision())? {
-            self.record(Dep { ingredient: index, key: memo.meta.key }, memo.meta.durability)?;
+        if let Some(memo) =
+            ing.verified_hit(&access.view.state.load(), index, &key, access.revision())?
+        {
+            self.record(
+                Dep {
+                    ingredient: index,
+                    key: memo.meta.key,
+                },
+                memo.meta.durability,
+            )?;
             return memo.value.clone();
         }
         self.check_open()?;

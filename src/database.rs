@@ -139,7 +139,9 @@ impl Snapshot {
 
 impl fmt::Debug for Database {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Database").field("revision", &self.revision()).finish()
+        f.debug_struct("Database")
+            .field("revision", &self.revision())
+            .finish()
     }
 }
 
@@ -169,9 +171,10 @@ impl View {
     /// task or snapshot, execute it once. Dropping the returned future is not
     /// an error; other waiters still get the result.
     pub async fn query<Q: AsyncQuery>(&self, key: Q::Key) -> Result<Q::Value> {
-        let (index, ing) = self
-            .registry()
-            .typed::<Q, QueryIngredient<Q>>(IngredientKind::Query, QueryIngredient::<Q>::register_with)?;
+        let (index, ing) = self.registry().typed::<Q, QueryIngredient<Q>>(
+            IngredientKind::Query,
+            QueryIngredient::<Q>::register_with,
+        )?;
         let state = self.core.state.load();
         if let Some(memo) = ing.verified_hit(&state, index, &key, state.revision)? {
             return memo.value.clone();
@@ -180,7 +183,10 @@ impl View {
         let memo = Box::pin(async {
             let key_id = ing.key_id(&key)?;
             let access = Access::top_level(&self.core, pinned);
-            fetch(&access, index, key_id, Hint::None).await
+            let memo = fetch(&access, index, key_id, Hint::None).await;
+            // Make this request's memos hits for the next one.
+            access.flush();
+            memo
         })
         .await?;
         typed_memo::<Q::Value>(&memo)?.value.clone()
@@ -200,17 +206,19 @@ impl View {
 
     /// Reads input `I` at `key`, `None` if absent.
     pub fn input_opt<I: Input>(&self, key: &I::Key) -> Result<Option<I::Value>> {
-        let (index, ing) = self
-            .registry()
-            .typed::<I, InputIngredient<I>>(IngredientKind::Input, InputIngredient::<I>::register_with)?;
+        let (index, ing) = self.registry().typed::<I, InputIngredient<I>>(
+            IngredientKind::Input,
+            InputIngredient::<I>::register_with,
+        )?;
         Ok(ing.read(&self.core.state.load(), index, key)?.0)
     }
 
     /// Every present key and value of input kind `I`, in no particular order.
     pub fn inputs<I: Input>(&self) -> Result<Vec<(I::Key, I::Value)>> {
-        let (index, ing) = self
-            .registry()
-            .typed::<I, InputIngredient<I>>(IngredientKind::Input, InputIngredient::<I>::register_with)?;
+        let (index, ing) = self.registry().typed::<I, InputIngredient<I>>(
+            IngredientKind::Input,
+            InputIngredient::<I>::register_with,
+        )?;
         ing.entries(&self.core.state.load(), index)
     }
 
@@ -332,9 +340,11 @@ impl View {
     /// # Ok(()) }
     /// ```
     pub fn inspect<Q: AsyncQuery>(&self, key: &Q::Key) -> Result<Option<MemoInfo>> {
-        let (index, _) = self
-            .registry()
-            .typed::<Q, QueryIngredient<Q>>(IngredientKind::Query, QueryIngredient::<Q>::register_with)?;
+        let (index, _) = self.registry().typed::<Q, QueryIngredient<Q>>(
+            IngredientKind::Query,
+            QueryIngredient::<Q>::register_with,
+        )?;
+        self.core.merge_pending();
         let state = self.core.state.load();
         let table: &crate::storage::MemoTable<Q::Key, Q::Value> = state.table(index)?;
         let Some(entry) = table.get(key) else {
@@ -363,7 +373,9 @@ impl View {
             dependencies: meta.deps.iter().map(|d| describe(*d, registry)).collect(),
             reason: match meta.reason {
                 Reason::New => ExecutionReason::New,
-                Reason::DependencyChanged(d) => ExecutionReason::DependencyChanged(describe(d, registry)),
+                Reason::DependencyChanged(d) => {
+                    ExecutionReason::DependencyChanged(describe(d, registry))
+                }
                 Reason::Unverifiable => ExecutionReason::Unverifiable,
             },
         }
@@ -371,12 +383,22 @@ impl View {
 
     /// Every memo this view holds, with its metadata.
     pub fn memos(&self) -> Vec<MemoInfo> {
+        self.core.merge_pending();
         let state = self.core.state.load();
         let mut out = Vec::new();
         for (index, ing) in self.registry().iter() {
-            let Some(table) = state.tables.get(index as usize) else { continue };
+            let Some(table) = state.tables.get(index as usize) else {
+                continue;
+            };
             for (key, memo, verified_at) in ing.memos(table) {
-                out.push(self.memo_info(Dep { ingredient: index, key }, &memo, verified_at));
+                out.push(self.memo_info(
+                    Dep {
+                        ingredient: index,
+                        key,
+                    },
+                    &memo,
+                    verified_at,
+                ));
             }
         }
         out
@@ -412,10 +434,10 @@ pub struct Batch<'v> {
 
 impl Batch<'_> {
     fn push<I: Input>(&mut self, key: I::Key, value: Option<I::Value>) -> &mut Self {
-        let found = self
-            .view
-            .registry()
-            .typed::<I, InputIngredient<I>>(IngredientKind::Input, InputIngredient::<I>::register_with);
+        let found = self.view.registry().typed::<I, InputIngredient<I>>(
+            IngredientKind::Input,
+            InputIngredient::<I>::register_with,
+        );
         let index = match found {
             Ok((index, _)) => index,
             Err(e) => {
@@ -426,8 +448,11 @@ impl Batch<'_> {
         let writes = match self.writes.iter_mut().find(|(i, _)| *i == index) {
             Some((_, w)) => w,
             None => {
-                self.writes.push((index, Box::new(InputWrites::<I> { ops: Vec::new() })));
-                let Some((_, w)) = self.writes.last_mut() else { return self };
+                self.writes
+                    .push((index, Box::new(InputWrites::<I> { ops: Vec::new() })));
+                let Some((_, w)) = self.writes.last_mut() else {
+                    return self;
+                };
                 w
             }
         };

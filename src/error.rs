@@ -240,9 +240,14 @@ impl fmt::Display for ErrorKind {
                  await spawned work before returning from `execute`"
             ),
             ErrorKind::UnknownId { kind, id } => {
-                write!(f, "interned id {id} of {kind} was never handed out by this database")
+                write!(
+                    f,
+                    "interned id {id} of {kind} was never handed out by this database"
+                )
             }
-            ErrorKind::Cancelled => f.write_str("query execution was cancelled (runtime shut down)"),
+            ErrorKind::Cancelled => {
+                f.write_str("query execution was cancelled (runtime shut down)")
+            }
             ErrorKind::Persist(m) => write!(f, "persisted cache: {m}"),
             ErrorKind::Internal(m) => write!(f, "picante internal error (please report): {m}"),
         }

@@ -39,7 +39,12 @@ pub(crate) enum Hint {
 
 /// The memo for (`index`, `key`) valid at `acc`'s revision. The memo may hold
 /// a user error; `Err` here is an engine error (a cycle, a cancellation).
-pub(crate) fn fetch(acc: &Access, index: u32, key: KeyId, hint: Hint) -> BoxFuture<'_, Result<MemoRef>> {
+pub(crate) fn fetch(
+    acc: &Access,
+    index: u32,
+    key: KeyId,
+    hint: Hint,
+) -> BoxFuture<'_, Result<MemoRef>> {
     Box::pin(fetch_inner(acc, index, key, hint))
 }
 
@@ -48,13 +53,18 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Result
     let ing: Arc<dyn Ingredient> = shared.registry.get(index)?.clone();
     let r = acc.revision();
     loop {
+        let completions = shared.inflight.completions();
         let found = acc.lookup(index, &*ing, key);
         if let Some((memo, verified_at)) = &found {
             if *verified_at == r {
                 ing.counters().hits.incr();
                 return Ok(memo.clone());
             }
-            if matches!(hint, Hint::None) && acc.pinned.durable_since(memo.meta().durability, *verified_at) {
+            if matches!(hint, Hint::None)
+                && acc
+                    .pinned
+                    .durable_since(memo.meta().durability, *verified_at)
+            {
                 ing.counters().revalidations.incr();
                 acc.publish(index, &*ing, &[(key, memo.clone(), r)]);
                 return Ok(memo.clone());
@@ -66,7 +76,10 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Result
             revision: r,
             fork: acc.pinned.fork,
         };
-        let owner = match shared.inflight.claim(slot, acc.requester.as_ref(), &shared.registry)? {
+        let owner = match shared
+            .inflight
+            .claim(slot, acc.requester.as_ref(), &shared.registry)?
+        {
             Claim::Wait(waiter) => match waiter.wait().await {
                 Some(memo) => {
                     acc.publish(index, &*ing, &[(key, memo.clone(), r)]);
@@ -78,7 +91,11 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Result
             Claim::Owner(owner) => owner,
         };
         // Someone may have finished between our lookup and our claim.
-        let found = acc.lookup(index, &*ing, key);
+        let found = if shared.inflight.completions() == completions {
+            found
+        } else {
+            acc.lookup(index, &*ing, key)
+        };
         if let Some((memo, verified_at)) = &found
             && *verified_at == r
         {
@@ -137,7 +154,7 @@ async fn execute(
     );
     ing.counters().executions.incr();
     let fut = ing.clone().execute(cx, key, old);
-    if depth % SPAWN_EVERY == 0
+    if depth.is_multiple_of(SPAWN_EVERY)
         && let Ok(handle) = tokio::runtime::Handle::try_current()
     {
         // Continue on a fresh task: its polls start at the bottom of a stack.

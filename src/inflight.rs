@@ -67,6 +67,8 @@ struct Inner {
 pub(crate) struct InFlight {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
+    /// Incremented whenever an owner completes (after it published).
+    completions: AtomicU64,
 }
 
 /// The outcome of [`InFlight::claim`].
@@ -118,6 +120,9 @@ impl Owner<'_> {
 
     fn finish(&mut self, state: NodeState) {
         self.done = true;
+        if matches!(state, NodeState::Done(_)) {
+            self.table.completions.fetch_add(1, Ordering::SeqCst);
+        }
         *lock(&self.node.state) = state;
         {
             let mut inner = lock(&self.table.inner);
@@ -172,7 +177,15 @@ impl InFlight {
                 edges: HashMap::with_hasher(ahash::RandomState::new()),
             }),
             next_id: AtomicU64::new(1),
+            completions: AtomicU64::new(0),
         }
+    }
+
+    /// A counter that changes whenever some fetch completes. A caller that
+    /// read it before missing a lookup and then claimed a slot only needs to
+    /// look again if it changed.
+    pub(crate) fn completions(&self) -> u64 {
+        self.completions.load(Ordering::SeqCst)
     }
 
     /// Number of slots currently in flight.
@@ -268,7 +281,10 @@ fn path_between(inner: &Inner, from: &Arc<Node>, to: u64) -> Option<Vec<Arc<Node
 /// `path` runs from the slot being requested to the requester; the cycle is
 /// that path closed by the request itself.
 fn cycle_error(path: &[Arc<Node>], registry: &Registry) -> Error {
-    let mut names: Vec<String> = path.iter().map(|n| describe(n.slot.dep(), registry)).collect();
+    let mut names: Vec<String> = path
+        .iter()
+        .map(|n| describe(n.slot.dep(), registry))
+        .collect();
     if let Some(first) = names.first().cloned() {
         names.push(first);
     }

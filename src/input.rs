@@ -38,7 +38,12 @@ impl<I: Input> InputIngredient<I> {
     }
 
     /// The value at `key` in `state` (`None` if absent) and the key's id.
-    pub(crate) fn read(&self, state: &State, index: u32, key: &I::Key) -> Result<(Option<I::Value>, KeyId)> {
+    pub(crate) fn read(
+        &self,
+        state: &State,
+        index: u32,
+        key: &I::Key,
+    ) -> Result<(Option<I::Value>, KeyId)> {
         let table: &TableOf<I> = state.table(index)?;
         match table.get(key) {
             Some(slot) => Ok((slot.value.clone(), slot.key)),
@@ -96,7 +101,12 @@ impl<I: Input> Ingredient for InputIngredient<I> {
 pub(crate) trait PendingWrites: Any + Send {
     /// The kind's table with the writes applied (later writes to the same key
     /// win), or `None` if every final value equals the stored one.
-    fn apply(self: Box<Self>, ing: &dyn Ingredient, table: &Table, revision: Revision) -> Result<Option<Table>>;
+    fn apply(
+        self: Box<Self>,
+        ing: &dyn Ingredient,
+        table: &Table,
+        revision: Revision,
+    ) -> Result<Option<Table>>;
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
@@ -105,7 +115,12 @@ pub(crate) struct InputWrites<I: Input> {
 }
 
 impl<I: Input> PendingWrites for InputWrites<I> {
-    fn apply(self: Box<Self>, ing: &dyn Ingredient, table: &Table, revision: Revision) -> Result<Option<Table>> {
+    fn apply(
+        self: Box<Self>,
+        ing: &dyn Ingredient,
+        table: &Table,
+        revision: Revision,
+    ) -> Result<Option<Table>> {
         let any: &dyn Any = ing;
         let ing = any
             .downcast_ref::<InputIngredient<I>>()

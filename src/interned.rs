@@ -29,10 +29,9 @@ impl<T: Interned> InternedIngredient<T> {
     }
 
     pub(crate) fn intern(&self, value: T::Value) -> Result<Id<T>> {
-        self.values
-            .intern(&value)
-            .map(Id::from_raw)
-            .ok_or_else(|| Error::internal(format!("{}: more than 2^32 interned values", self.name)))
+        self.values.intern(&value).map(Id::from_raw).ok_or_else(|| {
+            Error::internal(format!("{}: more than 2^32 interned values", self.name))
+        })
     }
 
     pub(crate) fn value(&self, id: Id<T>) -> Result<T::Value> {

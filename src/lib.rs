@@ -76,6 +76,7 @@ mod input;
 mod interned;
 mod keys;
 mod kinds;
+mod pending;
 mod query;
 mod registry;
 mod revalidate;

@@ -13,7 +13,9 @@ use crate::kinds::AsyncQuery;
 use crate::registry::{DatabaseBuilder, Ingredient, IngredientKind};
 use crate::revision::Revision;
 use crate::stats::Counters;
-use crate::storage::{Entry, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table, new_map, typed_memo};
+use crate::storage::{
+    Entry, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table, new_map, typed_memo,
+};
 use crate::util::{BoxFuture, CatchUnwind, short_type_name, values_equal};
 
 type TableOf<Q> = MemoTable<<Q as AsyncQuery>::Key, <Q as AsyncQuery>::Value>;
@@ -96,11 +98,16 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
             .collect()
     }
 
+    fn table_len(&self, table: &Table) -> usize {
+        table.downcast_ref::<TableOf<Q>>().map_or(0, |t| t.len())
+    }
+
     fn insert_memos(&self, table: &Table, items: &[Publish]) -> Option<Table> {
         let current = table.downcast_ref::<TableOf<Q>>()?;
         let mut next: Option<TableOf<Q>> = None;
         for (key_id, memo, at) in items {
-            let (Some(key), Ok(memo)) = (self.keys.value(*key_id), typed_memo::<Q::Value>(memo)) else {
+            let (Some(key), Ok(memo)) = (self.keys.value(*key_id), typed_memo::<Q::Value>(memo))
+            else {
                 continue;
             };
             let map = next.as_ref().unwrap_or(current);
@@ -118,7 +125,12 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
         next.map(|t| Arc::new(t) as Table)
     }
 
-    fn execute(self: Arc<Self>, cx: QueryCx, key_id: KeyId, old: Option<MemoRef>) -> BoxFuture<'static, Result<MemoRef>> {
+    fn execute(
+        self: Arc<Self>,
+        cx: QueryCx,
+        key_id: KeyId,
+        old: Option<MemoRef>,
+    ) -> BoxFuture<'static, Result<MemoRef>> {
         Box::pin(async move {
             let key = self
                 .keys

@@ -60,6 +60,10 @@ pub(crate) trait Ingredient: Any + Send + Sync {
     fn memos(&self, _table: &Table) -> Vec<(KeyId, MemoRef, Revision)> {
         Vec::new()
     }
+    /// Queries: number of memos in the table.
+    fn table_len(&self, _table: &Table) -> usize {
+        0
+    }
     /// Queries: `table` with `items` inserted where they are newer than what
     /// it holds, or `None` if nothing would change.
     fn insert_memos(&self, _table: &Table, _items: &[Publish]) -> Option<Table> {
@@ -73,7 +77,11 @@ pub(crate) trait Ingredient: Any + Send + Sync {
         _key: KeyId,
         _old: Option<MemoRef>,
     ) -> BoxFuture<'static, Result<MemoRef>> {
-        Box::pin(async { Err(crate::Error::internal("execute called on a non-query ingredient")) })
+        Box::pin(async {
+            Err(crate::Error::internal(
+                "execute called on a non-query ingredient",
+            ))
+        })
     }
 }
 
@@ -91,7 +99,10 @@ impl Registry {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Arc<dyn Ingredient>)> {
-        self.ingredients.iter().enumerate().map(|(i, ing)| (i as u32, ing))
+        self.ingredients
+            .iter()
+            .enumerate()
+            .map(|(i, ing)| (i as u32, ing))
     }
 
     /// The typed ingredient `T` registered for the kind `K`.

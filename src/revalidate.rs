@@ -44,11 +44,20 @@ type Seen = HashSet<Dep, ahash::RandomState>;
 /// Walks the dependencies of `memo` (for `index`/`key`, last verified at
 /// `verified_at`) at `acc`'s revision. `acc.requester` must be the root's
 /// in-flight node.
-pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: MemoRef, verified_at: Revision) -> Verdict {
+pub(crate) async fn deep_verify(
+    acc: &Access,
+    index: u32,
+    key: KeyId,
+    memo: MemoRef,
+    verified_at: Revision,
+) -> Verdict {
     let shared = acc.view.shared.clone();
     let registry = &shared.registry;
     let r = acc.revision();
-    let root = Dep { ingredient: index, key };
+    let root = Dep {
+        ingredient: index,
+        key,
+    };
     let mut stack = vec![Frame {
         dep: root,
         memo,
@@ -183,7 +192,10 @@ fn publish(acc: &Access, pending: &mut Vec<(Dep, MemoRef)>) {
     let r = acc.revision();
     let mut by_ingredient: HashMap<u32, Vec<Publish>, ahash::RandomState> = HashMap::default();
     for (dep, memo) in pending.drain(..) {
-        by_ingredient.entry(dep.ingredient).or_default().push((dep.key, memo, r));
+        by_ingredient
+            .entry(dep.ingredient)
+            .or_default()
+            .push((dep.key, memo, r));
     }
     for (index, items) in by_ingredient {
         if let Ok(ing) = acc.view.shared.registry.get(index) {

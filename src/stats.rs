@@ -51,7 +51,10 @@ impl Counter {
     }
 
     pub(crate) fn get(&self) -> u64 {
-        self.stripes.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+        self.stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -143,7 +146,9 @@ impl fmt::Display for ExecutionReason {
         match self {
             ExecutionReason::New => f.write_str("no reusable memo"),
             ExecutionReason::DependencyChanged(d) => write!(f, "dependency {d} changed"),
-            ExecutionReason::Unverifiable => f.write_str("previous dependencies could not be revalidated"),
+            ExecutionReason::Unverifiable => {
+                f.write_str("previous dependencies could not be revalidated")
+            }
         }
     }
 }

@@ -29,7 +29,8 @@ pub(crate) struct Dep {
 }
 
 /// Persistent hash map with a fixed ahash hasher.
-pub(crate) type Map<K, V> = imbl::GenericHashMap<K, V, ahash::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+pub(crate) type Map<K, V> =
+    imbl::GenericHashMap<K, V, ahash::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 
 pub(crate) fn new_map<K, V>() -> Map<K, V> {
     Map::with_hasher(ahash::RandomState::new())

@@ -4,17 +4,18 @@
 //! in common (registry, in-flight table, counters, key and interned tables
 //! inside the ingredients).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::error::Result;
 use crate::inflight::{InFlight, Node};
+use crate::pending::Pending;
 use crate::registry::{Ingredient, Registry};
 use crate::revision::{Durability, Revision};
 use crate::stats::Counter;
-use crate::storage::{ForkId, KeyId, MAIN_FORK, MemoRef, Publish, State, Table};
+use crate::storage::{Dep, ForkId, KeyId, MAIN_FORK, MemoRef, Publish, State, Table};
 use crate::util::lock;
 
 /// Everything the views of one database share.
@@ -33,9 +34,22 @@ pub(crate) struct ViewCore {
     /// while it stays in `parent_fork`, the history it was taken in.
     pub parent: Option<Arc<ViewCore>>,
     pub parent_fork: ForkId,
+    /// Memos published but not yet merged into `state`.
+    pending: Pending,
+    /// Memos in `state` at the last merge (to size the next one).
+    merged_len: AtomicUsize,
     /// Serializes this view's writers (never taken by readers).
     writer: Mutex<()>,
 }
+
+/// A publication of at least this many memos of one kind is merged into the
+/// state directly instead of going through the pending buffer.
+const DIRECT_MERGE: usize = 64;
+/// The pending buffer is merged once it holds this many memos, or a quarter
+/// of what the state holds if that is more: a merge copies each touched node
+/// of the persistent maps once, so merging many memos at a time amortizes
+/// the copies (total merge work stays linear in the number of memos).
+const MERGE_AT: usize = 1024;
 
 impl ViewCore {
     pub(crate) fn new_database(registry: Registry) -> Arc<ViewCore> {
@@ -56,6 +70,8 @@ impl ViewCore {
             state: ArcSwap::from_pointee(state),
             parent: None,
             parent_fork: MAIN_FORK,
+            pending: Pending::new(),
+            merged_len: AtomicUsize::new(0),
             writer: Mutex::new(()),
         })
     }
@@ -74,6 +90,8 @@ impl ViewCore {
             state: ArcSwap::new(state),
             parent: Some(parent),
             parent_fork,
+            pending: Pending::new(),
+            merged_len: AtomicUsize::new(0),
             writer: Mutex::new(()),
         })
     }
@@ -81,20 +99,110 @@ impl ViewCore {
     /// Inserts memos of ingredient `index` into this view's current state,
     /// keeping whatever is newer.
     pub(crate) fn insert_memos(&self, index: u32, ing: &dyn Ingredient, items: &[Publish]) {
+        self.update_tables(|tables| {
+            let table = tables.get(index as usize)?;
+            Some(vec![(index, ing.insert_memos(table, items)?)])
+        });
+    }
+
+    /// Swaps in a state whose tables `f` replaced (`None`: nothing to do),
+    /// retrying if another swap won the race.
+    fn update_tables(&self, f: impl Fn(&[Table]) -> Option<Vec<(u32, Table)>>) {
         let mut cur = self.state.load_full();
         loop {
-            let Some(table) = cur.tables.get(index as usize) else { return };
-            let Some(new_table) = ing.insert_memos(table, items) else {
+            let Some(changes) = f(&cur.tables) else {
                 return;
             };
+            if changes.is_empty() {
+                return;
+            }
             let mut next = State::clone(&cur);
-            next.tables[index as usize] = new_table;
+            for (index, table) in changes {
+                next.tables[index as usize] = table;
+            }
             let prev = self.state.compare_and_swap(&cur, Arc::new(next));
             if Arc::ptr_eq(&*prev, &cur) {
                 return;
             }
             cur = arc_swap::Guard::into_inner(prev);
         }
+    }
+
+    /// Makes memos visible in this view: small publications go to the
+    /// pending buffer, large ones straight into the state.
+    fn publish(&self, index: u32, ing: &dyn Ingredient, items: &[Publish]) {
+        if items.len() >= DIRECT_MERGE {
+            self.insert_memos(index, ing, items);
+            return;
+        }
+        for (key, memo, at) in items {
+            self.pending.insert(
+                Dep {
+                    ingredient: index,
+                    key: *key,
+                },
+                memo,
+                *at,
+            );
+        }
+        let threshold = MERGE_AT.max(self.merged_len.load(Ordering::Relaxed) / 4);
+        if self.pending.len() >= threshold {
+            self.merge_pending();
+        }
+    }
+
+    /// Merges the pending buffer into the state in one swap.
+    pub(crate) fn merge_pending(&self) {
+        let registry = &self.shared.registry;
+        self.pending.merge_with(|entries| {
+            let mut by_ingredient: std::collections::HashMap<
+                u32,
+                Vec<Publish>,
+                ahash::RandomState,
+            > = Default::default();
+            for (dep, memo, at) in entries {
+                by_ingredient
+                    .entry(dep.ingredient)
+                    .or_default()
+                    .push((dep.key, memo.clone(), *at));
+            }
+            self.update_tables(|tables| {
+                let mut changes = Vec::new();
+                for (index, items) in &by_ingredient {
+                    let (Ok(ing), Some(table)) =
+                        (registry.get(*index), tables.get(*index as usize))
+                    else {
+                        continue;
+                    };
+                    if let Some(t) = ing.insert_memos(table, items) {
+                        changes.push((*index, t));
+                    }
+                }
+                Some(changes)
+            });
+        });
+        let state = self.state.load();
+        let len = registry
+            .iter()
+            .filter_map(|(i, ing)| Some(ing.table_len(state.tables.get(i as usize)?)))
+            .sum();
+        self.merged_len.store(len, Ordering::Relaxed);
+    }
+
+    /// The best memo for `dep` in this view usable at `r`. Checks the pending
+    /// buffer before the state (see `pending.rs` for why this order).
+    fn find(&self, dep: Dep, ing: &dyn Ingredient, r: Revision) -> Option<(MemoRef, Revision)> {
+        let pending = self.pending.get(dep).filter(|(_, v)| *v <= r);
+        if matches!(&pending, Some((_, v)) if *v == r) {
+            return pending;
+        }
+        let state = self.state.load();
+        let stored = state
+            .tables
+            .get(dep.ingredient as usize)
+            .and_then(|table| ing.memo(table, dep.key))
+            .filter(|(_, v)| *v <= r);
+        newest(pending, stored)
     }
 
     /// Applies input changes computed by `f` from the current state, as one
@@ -172,23 +280,24 @@ impl Access {
     /// verified at it, or else the most recently verified one before it (to be
     /// revalidated). Looks in this view, then in the parent view if this view
     /// is still in the parent's history.
-    pub(crate) fn lookup(&self, index: u32, ing: &dyn Ingredient, key: KeyId) -> Option<(MemoRef, Revision)> {
+    pub(crate) fn lookup(
+        &self,
+        index: u32,
+        ing: &dyn Ingredient,
+        key: KeyId,
+    ) -> Option<(MemoRef, Revision)> {
         let r = self.pinned.revision;
-        let find = |view: &ViewCore| {
-            let state = view.state.load();
-            let table = state.tables.get(index as usize)?;
-            ing.memo(table, key).filter(|(_, v)| *v <= r)
+        let dep = Dep {
+            ingredient: index,
+            key,
         };
-        let own = find(&self.view);
+        let own = self.view.find(dep, ing, r);
         if matches!(&own, Some((_, v)) if *v == r) {
             return own;
         }
-        let Some(parent) = self.offers_to_parent() else {
-            return own;
-        };
-        match (own, find(parent)) {
-            (Some(a), Some(b)) => Some(if b.1 > a.1 { b } else { a }),
-            (a, b) => a.or(b),
+        match self.offers_to_parent() {
+            Some(parent) => newest(own, parent.find(dep, ing, r)),
+            None => own,
         }
     }
 
@@ -198,9 +307,27 @@ impl Access {
         if items.is_empty() {
             return;
         }
-        self.view.insert_memos(index, ing, items);
+        self.view.publish(index, ing, items);
         if let Some(parent) = self.offers_to_parent() {
-            parent.insert_memos(index, ing, items);
+            parent.publish(index, ing, items);
         }
+    }
+
+    /// Merges pending memos of this view (and of the parent it offers to).
+    pub(crate) fn flush(&self) {
+        self.view.merge_pending();
+        if let Some(parent) = self.offers_to_parent() {
+            parent.merge_pending();
+        }
+    }
+}
+
+fn newest(
+    a: Option<(MemoRef, Revision)>,
+    b: Option<(MemoRef, Revision)>,
+) -> Option<(MemoRef, Revision)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.1 > a.1 { b } else { a }),
+        (a, b) => a.or(b),
     }
 }

@@ -24,7 +24,10 @@ impl AsyncQuery for D {
 #[tokio::test]
 async fn smoke() -> Result<()> {
     let runs = Count::new();
-    let db = Database::builder().input::<A>().query(D { runs: runs.clone() }).build()?;
+    let db = Database::builder()
+        .input::<A>()
+        .query(D { runs: runs.clone() })
+        .build()?;
     db.set::<A>(1, 5)?;
     assert_eq!(db.query::<D>(1).await?, 50);
     assert_eq!(db.query::<D>(1).await?, 50);
