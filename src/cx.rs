@@ -11,7 +11,7 @@ use crate::interned::InternedIngredient;
 use crate::kinds::{AsyncQuery, Id, Input, Interned};
 use crate::query::QueryIngredient;
 use crate::revision::{Durability, Revision};
-use crate::storage::{Dep, KeyId, MemoMeta, Reason, typed_memo};
+use crate::storage::{Dep, Edge, KeyId, MemoMeta, Reason, UNSEEN, typed_memo};
 use crate::util::lock;
 use crate::view::Access;
 
@@ -82,7 +82,7 @@ struct CxInner {
 }
 
 struct Recorder {
-    deps: Vec<Dep>,
+    deps: Vec<Edge>,
     durability: Durability,
     finished: bool,
 }
@@ -120,13 +120,13 @@ impl QueryCx {
         ErrorKind::ExecutionFinished { query }.into()
     }
 
-    fn record(&self, dep: Dep, durability: Durability) -> Result<()> {
+    fn record(&self, dep: Dep, seen: Revision, durability: Durability) -> Result<()> {
         let mut rec = lock(&self.inner.recorder);
         if rec.finished {
             drop(rec);
             return Err(self.finished_error());
         }
-        rec.deps.push(dep);
+        rec.deps.push(Edge { dep, seen });
         rec.durability = rec.durability.min(durability);
         Ok(())
     }
@@ -149,14 +149,12 @@ impl QueryCx {
         if let Some(memo) =
             ing.verified_hit(&access.view.state.load(), index, &key, access.revision())?
         {
-            self.record(
-                Dep {
-                    ingredient: index,
-                    key: memo.meta.key,
-                },
-                memo.meta.durability,
-            )?;
-            return memo.value.clone();
+            let dep = Dep {
+                ingredient: index,
+                key: memo.meta.key,
+            };
+            self.record(dep, memo.meta.changed_at, memo.meta.durability)?;
+            return memo.value();
         }
         self.check_open()?;
         let key_id = ing.key_id(&key)?;
@@ -169,12 +167,12 @@ impl QueryCx {
             Ok(memo) => memo,
             Err(e) => {
                 // The read still happened: a cycle or cancellation depends on it.
-                self.record(dep, Durability::Low)?;
+                self.record(dep, UNSEEN, Durability::Low)?;
                 return Err(e);
             }
         };
-        self.record(dep, memo.meta().durability)?;
-        typed_memo::<Q::Value>(&memo)?.value.clone()
+        self.record(dep, memo.meta().changed_at, memo.meta().durability)?;
+        typed_memo::<Q::Value>(&memo)?.value()
     }
 
     /// Reads input `I` at `key` (a recorded dependency). An absent key is an
@@ -198,14 +196,12 @@ impl QueryCx {
             crate::registry::IngredientKind::Input,
             InputIngredient::<I>::register_with,
         )?;
-        let (value, key_id) = ing.read(&access.pinned, index, key)?;
-        self.record(
-            Dep {
-                ingredient: index,
-                key: key_id,
-            },
-            I::DURABILITY,
-        )?;
+        let (value, key_id, changed_at) = ing.read(&access.pinned, index, key)?;
+        let dep = Dep {
+            ingredient: index,
+            key: key_id,
+        };
+        self.record(dep, changed_at, I::DURABILITY)?;
         Ok(value)
     }
 
@@ -240,18 +236,18 @@ impl QueryCx {
 }
 
 /// Removes repeated dependencies, keeping first-read order.
-fn dedup(mut deps: Vec<Dep>) -> Vec<Dep> {
+fn dedup(mut deps: Vec<Edge>) -> Vec<Edge> {
     if deps.len() <= 16 {
-        let mut out: Vec<Dep> = Vec::with_capacity(deps.len());
-        for d in deps {
-            if !out.contains(&d) {
-                out.push(d);
+        let mut out: Vec<Edge> = Vec::with_capacity(deps.len());
+        for e in deps {
+            if !out.iter().any(|o| o.dep == e.dep) {
+                out.push(e);
             }
         }
         out
     } else {
         let mut seen: std::collections::HashSet<Dep, ahash::RandomState> = Default::default();
-        deps.retain(|d| seen.insert(*d));
+        deps.retain(|e| seen.insert(e.dep));
         deps
     }
 }

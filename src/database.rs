@@ -177,7 +177,7 @@ impl View {
         )?;
         let state = self.core.state.load();
         if let Some(memo) = ing.verified_hit(&state, index, &key, state.revision)? {
-            return memo.value.clone();
+            return memo.value();
         }
         let pinned = arc_swap::Guard::into_inner(state);
         let memo = Box::pin(async {
@@ -189,7 +189,7 @@ impl View {
             memo
         })
         .await?;
-        typed_memo::<Q::Value>(&memo)?.value.clone()
+        typed_memo::<Q::Value>(&memo)?.value()
     }
 
     /// Reads input `I` at `key`; an absent key is an error
@@ -370,7 +370,11 @@ impl View {
             executed_at: meta.executed_at,
             durability: meta.durability,
             is_error: memo.error().is_some(),
-            dependencies: meta.deps.iter().map(|d| describe(*d, registry)).collect(),
+            dependencies: meta
+                .deps
+                .iter()
+                .map(|e| describe(e.dep, registry))
+                .collect(),
             reason: match meta.reason {
                 Reason::New => ExecutionReason::New,
                 Reason::DependencyChanged(d) => {

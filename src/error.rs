@@ -167,6 +167,10 @@ impl Error {
         ErrorKind::Internal(what.to_string()).into()
     }
 
+    pub(crate) fn persist(what: impl fmt::Display) -> Self {
+        ErrorKind::Persist(what.to_string()).into()
+    }
+
     pub(crate) fn panic(query: &str, key: String, payload: &(dyn std::any::Any + Send)) -> Self {
         let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
             (*s).to_string()

@@ -113,8 +113,8 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Result
         let reason = match (hint, &found) {
             (Hint::Stale(reason), _) => reason,
             (Hint::None, None) => Reason::New,
-            (Hint::None, Some((memo, verified_at))) => {
-                match deep_verify(&sub, index, key, memo.clone(), *verified_at).await {
+            (Hint::None, Some((memo, _))) => {
+                match deep_verify(&sub, index, key, memo.clone()).await {
                     Verdict::Unchanged => {
                         ing.counters().revalidations.incr();
                         acc.publish(index, &*ing, &[(key, memo.clone(), r)]);

@@ -37,17 +37,18 @@ impl<I: Input> InputIngredient<I> {
             .ok_or_else(|| Error::internal(format!("{}: more than 2^32 keys", self.name)))
     }
 
-    /// The value at `key` in `state` (`None` if absent) and the key's id.
+    /// The value at `key` in `state` (`None` if absent), the key's id and
+    /// the revision its slot last changed at.
     pub(crate) fn read(
         &self,
         state: &State,
         index: u32,
         key: &I::Key,
-    ) -> Result<(Option<I::Value>, KeyId)> {
+    ) -> Result<(Option<I::Value>, KeyId, Revision)> {
         let table: &TableOf<I> = state.table(index)?;
         match table.get(key) {
-            Some(slot) => Ok((slot.value.clone(), slot.key)),
-            None => Ok((None, self.key_id(key)?)),
+            Some(slot) => Ok((slot.value.clone(), slot.key, slot.changed_at)),
+            None => Ok((None, self.key_id(key)?, Revision::ZERO)),
         }
     }
 

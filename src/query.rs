@@ -154,7 +154,7 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
             };
             let old = old.and_then(|m| typed_memo::<Q::Value>(&m).ok());
             let unchanged_since = match (&value, &old) {
-                (Ok(new), Some(old)) => match &old.value {
+                (Ok(new), Some(old)) => match old.result() {
                     Ok(prev) if values_equal(prev, new) => Some(old.meta.changed_at),
                     _ => None,
                 },
@@ -164,7 +164,7 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
                 self.counters.cutoffs.incr();
             }
             let meta = cx.finish(unchanged_since);
-            Ok(Arc::new(Memo { meta, value }) as MemoRef)
+            Ok(Arc::new(Memo::new(meta, value)) as MemoRef)
         })
     }
 }

@@ -2,12 +2,13 @@
 //!
 //! The walk is iterative, with an explicit stack of frames, so that
 //! revalidating a chain 100 000 deep never recurses on the machine stack. Each
-//! frame is a memo being checked and the index of its next dependency:
-//! - an input dependency changed iff its slot's `changed_at` is after the
-//!   frame's `verified_at`;
-//! - a derived dependency already verified at this revision is compared the
-//!   same way by its `changed_at`; one with an older memo gets its own frame
-//!   (checked first, then compared); one without a memo is fetched.
+//! frame is a memo being checked and the index of its next dependency edge.
+//! An edge recorded the `changed_at` of the value it read; the dependency is
+//! unchanged iff its `changed_at` at this revision is still that one:
+//! - an input's is its slot's `changed_at`;
+//! - a derived dependency already verified at this revision gives its memo's;
+//!   one with an older memo gets its own frame (checked first, then
+//!   compared); one without a memo is fetched.
 //!
 //! When a frame turns out to have a changed dependency, its body re-runs
 //! (through `fetch`, so concurrent walkers share the execution) and the
@@ -22,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use crate::fetch::{Hint, fetch};
 use crate::registry::IngredientKind;
 use crate::revision::Revision;
-use crate::storage::{Dep, KeyId, MemoRef, Publish, Reason};
+use crate::storage::{Dep, KeyId, MemoRef, Publish, Reason, UNSEEN};
 use crate::view::Access;
 
 pub(crate) enum Verdict {
@@ -35,22 +36,25 @@ pub(crate) enum Verdict {
 struct Frame {
     dep: Dep,
     memo: MemoRef,
-    verified_at: Revision,
     next: usize,
+}
+
+impl Frame {
+    /// The `changed_at` the edge being examined saw.
+    fn seen(&self) -> Revision {
+        self.memo
+            .meta()
+            .deps
+            .get(self.next)
+            .map_or(UNSEEN, |e| e.seen)
+    }
 }
 
 type Seen = HashSet<Dep, ahash::RandomState>;
 
-/// Walks the dependencies of `memo` (for `index`/`key`, last verified at
-/// `verified_at`) at `acc`'s revision. `acc.requester` must be the root's
+/// Walks the dependencies of `memo` (for `index`/`key`) at `acc`'s revision. `acc.requester` must be the root's
 /// in-flight node.
-pub(crate) async fn deep_verify(
-    acc: &Access,
-    index: u32,
-    key: KeyId,
-    memo: MemoRef,
-    verified_at: Revision,
-) -> Verdict {
+pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: MemoRef) -> Verdict {
     let shared = acc.view.shared.clone();
     let registry = &shared.registry;
     let r = acc.revision();
@@ -61,7 +65,6 @@ pub(crate) async fn deep_verify(
     let mut stack = vec![Frame {
         dep: root,
         memo,
-        verified_at,
         next: 0,
     }];
     let mut on_stack: Seen = Seen::default();
@@ -75,9 +78,9 @@ pub(crate) async fn deep_verify(
             return Verdict::Changed(Reason::Unverifiable);
         };
         let mut changed: Option<Dep> = None;
-        if let Some(&dep) = top.memo.meta().deps.get(top.next) {
+        if let Some(&edge) = top.memo.meta().deps.get(top.next) {
             shared.dependency_checks.incr();
-            let top_verified = top.verified_at;
+            let dep = edge.dep;
             let Ok(dep_ing) = registry.get(dep.ingredient) else {
                 return Verdict::Changed(Reason::Unverifiable);
             };
@@ -101,12 +104,11 @@ pub(crate) async fn deep_verify(
                                 unpublished.push((dep, m));
                                 Some(c)
                             }
-                            Some((m, v)) if !on_stack.contains(&dep) => {
+                            Some((m, _)) if !on_stack.contains(&dep) => {
                                 on_stack.insert(dep);
                                 stack.push(Frame {
                                     dep,
                                     memo: m,
-                                    verified_at: v,
                                     next: 0,
                                 });
                                 continue;
@@ -126,7 +128,7 @@ pub(crate) async fn deep_verify(
                 }
             };
             match dep_changed_at {
-                Some(c) if c <= top_verified => {
+                Some(c) if c == edge.seen => {
                     if let Some(top) = stack.last_mut() {
                         top.next += 1;
                     }
@@ -146,8 +148,7 @@ pub(crate) async fn deep_verify(
             if let Ok(ing) = registry.get(done.dep.ingredient) {
                 ing.counters().revalidations.incr();
             }
-            let c = done.memo.meta().changed_at;
-            if c > parent.verified_at {
+            if done.memo.meta().changed_at != parent.seen() {
                 changed = Some(done.dep);
             } else {
                 parent.next += 1;
@@ -174,7 +175,7 @@ pub(crate) async fn deep_verify(
                 return Verdict::Changed(Reason::Unverifiable);
             };
             match result {
-                Ok(m) if m.meta().changed_at <= parent.verified_at => {
+                Ok(m) if m.meta().changed_at == parent.seen() => {
                     verified.insert(frame.dep, m);
                     parent.next += 1;
                 }

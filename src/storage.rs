@@ -7,7 +7,8 @@
 //! structure), and swap it in. A snapshot is one `Arc` clone of a `State`.
 
 use std::any::Any;
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 use crate::revision::{Durability, Revision};
 use crate::{Error, Result};
@@ -27,6 +28,21 @@ pub(crate) struct Dep {
     pub ingredient: u32,
     pub key: KeyId,
 }
+
+/// A recorded read: what was read, and the `changed_at` of the value seen —
+/// its identity. A memo is still valid when every dependency's current
+/// `changed_at` equals the one it saw. (Comparing identities rather than
+/// "changed after I was verified" stays sound when memos computed at
+/// different revisions — by snapshots, or by accesses pinned to older
+/// revisions — meet in one table.)
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Edge {
+    pub dep: Dep,
+    pub seen: Revision,
+}
+
+/// `seen` of a read that failed (a cycle, a cancellation): never matches.
+pub(crate) const UNSEEN: Revision = Revision::from_u64(u64::MAX);
 
 /// Persistent hash map with a fixed ahash hasher.
 pub(crate) type Map<K, V> =
@@ -93,7 +109,7 @@ pub(crate) enum Reason {
 /// The part of a memo the type-erased engine works with.
 pub(crate) struct MemoMeta {
     pub key: KeyId,
-    pub deps: Box<[Dep]>,
+    pub deps: Box<[Edge]>,
     /// Last revision at which the value changed (kept across early cutoff).
     pub changed_at: Revision,
     /// Minimum durability over the dependencies (`High` with none).
@@ -104,14 +120,73 @@ pub(crate) struct MemoMeta {
 }
 
 /// A memoized result. Immutable; shared by every view that has it.
+///
+/// The value is either computed (set at construction) or loaded from a
+/// persisted cache and decoded the first time it is read.
 pub(crate) struct Memo<V> {
     pub meta: MemoMeta,
-    pub value: Result<V>,
+    value: OnceLock<Result<V>>,
+    encoded: Option<Encoded<V>>,
+}
+
+/// A value still in its persisted encoding.
+pub(crate) struct Encoded<V> {
+    pub bytes: Arc<[u8]>,
+    pub range: Range<usize>,
+    pub decode: fn(&[u8]) -> Result<V>,
+}
+
+impl<V: Clone> Memo<V> {
+    pub(crate) fn new(meta: MemoMeta, value: Result<V>) -> Self {
+        Memo {
+            meta,
+            value: OnceLock::from(value),
+            encoded: None,
+        }
+    }
+
+    #[allow(dead_code)] // used by the persistence layer (in progress)
+    pub(crate) fn loaded(meta: MemoMeta, encoded: Encoded<V>) -> Self {
+        Memo {
+            meta,
+            value: OnceLock::new(),
+            encoded: Some(encoded),
+        }
+    }
+
+    /// The result, decoding it on first use if it was loaded from disk.
+    #[inline]
+    pub(crate) fn result(&self) -> &Result<V> {
+        match self.value.get() {
+            Some(v) => v,
+            None => self.value.get_or_init(|| match &self.encoded {
+                Some(e) => match e.bytes.get(e.range.clone()) {
+                    Some(bytes) => (e.decode)(bytes),
+                    None => Err(Error::persist("memo value out of the file's bounds")),
+                },
+                None => Err(Error::internal("memo without a value")),
+            }),
+        }
+    }
+
+    /// A clone of the result.
+    #[inline]
+    pub(crate) fn value(&self) -> Result<V> {
+        self.result().clone()
+    }
+
+    /// The persisted encoding, if this memo was loaded and is still encoded.
+    #[allow(dead_code)] // used by the persistence layer (in progress)
+    pub(crate) fn encoded_bytes(&self) -> Option<&[u8]> {
+        let e = self.encoded.as_ref()?;
+        e.bytes.get(e.range.clone())
+    }
 }
 
 /// Type-erased view of a `Memo<V>`.
 pub(crate) trait AnyMemo: Any + Send + Sync {
     fn meta(&self) -> &MemoMeta;
+    /// The memoized error, if the result is one (loaded memos are never errors).
     fn error(&self) -> Option<&Error>;
 }
 
@@ -120,7 +195,7 @@ impl<V: Send + Sync + 'static> AnyMemo for Memo<V> {
         &self.meta
     }
     fn error(&self) -> Option<&Error> {
-        self.value.as_ref().err()
+        self.value.get().and_then(|r| r.as_ref().err())
     }
 }
 
