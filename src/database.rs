@@ -16,7 +16,7 @@ use crate::registry::{DatabaseBuilder, IngredientKind, Registry};
 use crate::revision::Revision;
 use crate::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
 use crate::storage::{Dep, MemoRef, Reason, typed_memo};
-use crate::view::{Access, ViewCore};
+use crate::view::{Access, Change, ViewCore};
 
 /// The read and write API shared by [`Database`] and [`Snapshot`] (both
 /// dereference to it). Write functions that take `&View` to accept either.
@@ -126,6 +126,78 @@ impl Database {
                 core: ViewCore::new_database(registry),
             },
         }
+    }
+}
+
+impl Database {
+    /// Loads the cache saved at `path` (and its log) into this database,
+    /// which must be fresh: nothing set or interned yet.
+    ///
+    /// All or nothing: a missing file is "no cache" (`found: false`); an
+    /// unusable one (corrupt, truncated, foreign, larger than
+    /// `options.max_bytes`) is an error — or, with [`OnError::Ignore`](crate::OnError::Ignore),
+    /// reported in [`LoadReport::ignored_error`](crate::LoadReport::ignored_error) —
+    /// and leaves the database exactly as it was. Kinds whose name is unknown
+    /// or whose key/value types changed are dropped (see
+    /// [`LoadReport::dropped_kinds`](crate::LoadReport::dropped_kinds)).
+    /// Loaded memos are revalidated before reuse, and their values decoded
+    /// the first time they are read.
+    ///
+    /// ```
+    /// use picante::{async_trait, AsyncQuery, Database, Input, LoadOptions, QueryCx};
+    ///
+    /// struct Source;
+    /// impl Input for Source { type Key = String; type Value = String; }
+    /// struct Len;
+    /// #[async_trait]
+    /// impl AsyncQuery for Len {
+    ///     type Key = String;
+    ///     type Value = u64;
+    ///     async fn execute(&self, cx: &QueryCx, k: String) -> picante::Result<u64> {
+    ///         Ok(cx.input::<Source>(&k)?.len() as u64)
+    ///     }
+    /// }
+    /// fn db() -> picante::Result<Database> {
+    ///     Database::builder().persistent_input::<Source>().persistent_query(Len).build()
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> picante::Result<()> {
+    /// let dir = std::env::temp_dir().join(format!("picante-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).map_err(picante::Error::new)?;
+    /// let path = dir.join("cache.bin");
+    ///
+    /// let first = db()?;
+    /// first.set::<Source>("a.md".into(), "hello".into())?;
+    /// assert_eq!(first.query::<Len>("a.md".into()).await?, 5);
+    /// first.save_cache(&path)?;
+    ///
+    /// // A later process: load, then reuse without executing.
+    /// let second = db()?;
+    /// let report = second.load_cache(&path, LoadOptions::default())?;
+    /// assert!(report.loaded);
+    /// assert_eq!(second.query::<Len>("a.md".into()).await?, 5);
+    /// assert_eq!(second.stats().query("Len").unwrap().executions, 0);
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// # Ok(()) }
+    /// ```
+    pub fn load_cache(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        options: crate::LoadOptions,
+    ) -> Result<crate::LoadReport> {
+        crate::persist::load(&self.core, path.as_ref(), &options)
+    }
+
+    /// Appends the changes since the last save, load or append — input
+    /// changes, newly computed memos and interned values of persistent kinds
+    /// — to the log beside the cache at `path` (`path` + `.log`). The cost is
+    /// proportional to what changed. A crash during an append leaves a torn
+    /// record that the next load ignores. Compact with
+    /// [`save_cache`](View::save_cache), which writes a new base and drops
+    /// the log.
+    pub fn append_cache(&self, path: impl AsRef<std::path::Path>) -> Result<crate::AppendReport> {
+        crate::persist::append(&self.core, path.as_ref())
     }
 }
 
@@ -292,6 +364,14 @@ impl View {
                 core: self.core.snapshot(),
             },
         }
+    }
+
+    /// Saves the inputs, interned values and memos of persistent kinds at
+    /// this view's revision to `path`, crash-safely (a temporary file in the
+    /// same directory, fsync, atomic rename). Works on a snapshot while the
+    /// database moves on. Also compacts: any log beside `path` is dropped.
+    pub fn save_cache(&self, path: impl AsRef<std::path::Path>) -> Result<crate::SaveReport> {
+        crate::persist::save(&self.core, path.as_ref())
     }
 
     /// Counters of every query kind (summed over all views of the database).
@@ -492,8 +572,13 @@ impl Batch<'_> {
                     .tables
                     .get(index as usize)
                     .ok_or_else(|| Error::internal("missing input table"))?;
-                if let Some(t) = w.apply(&**ing, table, revision)? {
-                    changes.push((index, t, ing.durability()));
+                if let Some((table, keys)) = w.apply(&**ing, table, revision)? {
+                    changes.push(Change {
+                        index,
+                        table,
+                        durability: ing.durability(),
+                        keys,
+                    });
                 }
             }
             Ok(changes)

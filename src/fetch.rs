@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::inflight::{Claim, SlotKey};
 use crate::registry::Ingredient;
 use crate::revalidate::{Verdict, deep_verify};
-use crate::storage::{KeyId, MemoRef, Reason};
+use crate::storage::{Dep, KeyId, MAIN_FORK, MemoRef, Reason};
 use crate::util::BoxFuture;
 use crate::view::Access;
 
@@ -128,6 +128,13 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Result
         let old = found.map(|(memo, _)| memo);
         let memo = execute(&sub, index, &ing, key, old, reason).await?;
         acc.publish(index, &*ing, &[(key, memo.clone(), r)]);
+        if acc.pinned.fork == MAIN_FORK {
+            let dep = Dep {
+                ingredient: index,
+                key,
+            };
+            shared.journal(r, dep);
+        }
         owner.complete(memo.clone());
         return Ok(memo);
     }

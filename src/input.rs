@@ -8,11 +8,13 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::keys::KeyTable;
 use crate::kinds::Input;
+use crate::persist::{Codec, InputsBlob, KIND_INPUT, PersistKind, Stage, stage::KeyedStage};
 use crate::registry::{DatabaseBuilder, Ingredient, IngredientKind};
 use crate::revision::{Durability, Revision};
 use crate::stats::Counters;
 use crate::storage::{InputSlot, InputTable, KeyId, State, Table, new_map};
 use crate::util::{short_type_name, values_equal};
+use facet::Facet;
 
 type TableOf<I> = InputTable<<I as Input>::Key, <I as Input>::Value>;
 
@@ -20,6 +22,8 @@ pub(crate) struct InputIngredient<I: Input> {
     name: String,
     keys: KeyTable<I::Key>,
     counters: Counters,
+    /// Present when registered as persistent.
+    codec: Option<Codec<I::Key, I::Value>>,
 }
 
 impl<I: Input> InputIngredient<I> {
@@ -90,6 +94,10 @@ impl<I: Input> Ingredient for InputIngredient<I> {
         I::DURABILITY
     }
 
+    fn persist(&self) -> Option<&dyn PersistKind> {
+        self.codec.as_ref().map(|_| self as &dyn PersistKind)
+    }
+
     fn input_changed_at(&self, table: &Table, key: KeyId) -> Revision {
         let slot = table
             .downcast_ref::<TableOf<I>>()
@@ -101,13 +109,14 @@ impl<I: Input> Ingredient for InputIngredient<I> {
 /// The writes of one batch to one input kind, applied atomically with the rest.
 pub(crate) trait PendingWrites: Any + Send {
     /// The kind's table with the writes applied (later writes to the same key
-    /// win), or `None` if every final value equals the stored one.
+    /// win) and the keys whose slots changed, or `None` if every final value
+    /// equals the stored one.
     fn apply(
         self: Box<Self>,
         ing: &dyn Ingredient,
         table: &Table,
         revision: Revision,
-    ) -> Result<Option<Table>>;
+    ) -> Result<Option<(Table, Vec<KeyId>)>>;
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
@@ -121,7 +130,7 @@ impl<I: Input> PendingWrites for InputWrites<I> {
         ing: &dyn Ingredient,
         table: &Table,
         revision: Revision,
-    ) -> Result<Option<Table>> {
+    ) -> Result<Option<(Table, Vec<KeyId>)>> {
         let any: &dyn Any = ing;
         let ing = any
             .downcast_ref::<InputIngredient<I>>()
@@ -135,6 +144,7 @@ impl<I: Input> PendingWrites for InputWrites<I> {
             last.insert(k, v);
         }
         let mut next: Option<TableOf<I>> = None;
+        let mut changed = Vec::new();
         for (key, value) in last {
             let slot = current.get(&key);
             let unchanged = match (slot.and_then(|s| s.value.as_ref()), value.as_ref()) {
@@ -149,6 +159,7 @@ impl<I: Input> PendingWrites for InputWrites<I> {
                 Some(s) => s.key,
                 None => ing.key_id(&key)?,
             };
+            changed.push(key_id);
             next.get_or_insert_with(|| current.clone()).insert(
                 key,
                 InputSlot {
@@ -158,7 +169,7 @@ impl<I: Input> PendingWrites for InputWrites<I> {
                 },
             );
         }
-        Ok(next.map(|t| Arc::new(t) as Table))
+        Ok(next.map(|t| (Arc::new(t) as Table, changed)))
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
@@ -166,13 +177,104 @@ impl<I: Input> PendingWrites for InputWrites<I> {
     }
 }
 
+impl<I: Input> InputIngredient<I> {
+    fn codec(&self) -> Result<&Codec<I::Key, I::Value>> {
+        self.codec
+            .as_ref()
+            .ok_or_else(|| Error::internal("not a persistent kind"))
+    }
+}
+
+impl<I: Input> PersistKind for InputIngredient<I> {
+    fn codec_name(&self) -> &str {
+        self.codec.as_ref().map_or("", |c| c.name.as_str())
+    }
+
+    fn fingerprint(&self) -> u64 {
+        self.codec.as_ref().map_or(0, |c| c.fingerprint)
+    }
+
+    fn description(&self) -> &str {
+        self.codec.as_ref().map_or("", |c| c.description.as_str())
+    }
+
+    fn encode_keys(&self, ids: &[KeyId]) -> Result<Vec<u8>> {
+        let keys = ids
+            .iter()
+            .map(|id| self.keys.value(*id).cloned())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::internal("unknown key id"))?;
+        (self.codec()?.encode_keys)(&keys)
+    }
+
+    fn encode_inputs(&self, table: &Table, only: Option<&[KeyId]>) -> Result<InputsBlob> {
+        let table = table
+            .downcast_ref::<TableOf<I>>()
+            .ok_or_else(|| Error::internal("input table has an unexpected type"))?;
+        let mut slots = Vec::new();
+        let mut values = Vec::new();
+        let mut push = |slot: &InputSlot<I::Value>| {
+            slots.push((slot.key, slot.changed_at, slot.value.is_some()));
+            if let Some(v) = &slot.value {
+                values.push(v.clone());
+            }
+        };
+        match only {
+            None => table.values().for_each(&mut push),
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| table.get(self.keys.value(*id)?))
+                .for_each(&mut push),
+        }
+        Ok((slots, (self.codec()?.encode_values)(&values)?))
+    }
+
+    fn stage(&self) -> Box<dyn Stage + '_> {
+        match &self.codec {
+            Some(codec) => Box::new(KeyedStage::new(codec, &self.keys)),
+            None => Box::new(crate::persist::NoStage),
+        }
+    }
+}
+
 impl DatabaseBuilder {
-    /// Registers an input kind.
+    /// Registers an input kind (kept in memory only).
     pub fn input<I: Input>(self) -> Self {
         self.push::<I>(Arc::new(InputIngredient::<I> {
             name: short_type_name::<I>(),
             keys: KeyTable::new(),
             counters: Counters::default(),
+            codec: None,
         }))
+    }
+
+    /// Registers an input kind whose values are saved by
+    /// [`save_cache`](crate::View::save_cache), under its short type name.
+    /// See [`persistent_input_as`](Self::persistent_input_as).
+    pub fn persistent_input<I: Input>(self) -> Self
+    where
+        I::Key: Facet<'static>,
+        I::Value: Facet<'static>,
+    {
+        self.persistent_input_as::<I>(&short_type_name::<I>())
+    }
+
+    /// Registers a persistent input kind under a stable `name` (what a cache
+    /// file matches kinds by; keep it when renaming the Rust type). `build()`
+    /// fails if the key or value type cannot be persisted faithfully.
+    pub fn persistent_input_as<I: Input>(self, name: &str) -> Self
+    where
+        I::Key: Facet<'static>,
+        I::Value: Facet<'static>,
+    {
+        match Codec::new(name.to_string(), KIND_INPUT) {
+            Ok(codec) => self.push::<I>(Arc::new(InputIngredient::<I> {
+                name: short_type_name::<I>(),
+                keys: KeyTable::new(),
+                counters: Counters::default(),
+                codec: Some(codec),
+            })),
+            Err(e) => self.fail(e),
+        }
     }
 }

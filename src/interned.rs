@@ -6,15 +6,19 @@ use std::sync::Arc;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::KeyTable;
 use crate::kinds::{Id, Interned};
+use crate::persist::{Codec, KIND_INTERNED, PersistKind, Stage, stage::InternedStage};
 use crate::registry::{DatabaseBuilder, Ingredient, IngredientKind, Registry};
 use crate::stats::Counters;
 use crate::storage::{KeyId, Table};
 use crate::util::short_type_name;
+use facet::Facet;
 
 pub(crate) struct InternedIngredient<T: Interned> {
     name: String,
     values: KeyTable<T::Value>,
     counters: Counters,
+    /// Present when registered as persistent.
+    codec: Option<Codec<(), T::Value>>,
 }
 
 impl<T: Interned> InternedIngredient<T> {
@@ -62,10 +66,55 @@ impl<T: Interned> Ingredient for InternedIngredient<T> {
         Arc::new(())
     }
 
+    fn persist(&self) -> Option<&dyn PersistKind> {
+        self.codec.as_ref().map(|_| self as &dyn PersistKind)
+    }
+
     fn debug_key(&self, key: KeyId) -> String {
         match self.values.value(key) {
             Some(v) => format!("{v:?}"),
             None => format!("#{key}"),
+        }
+    }
+}
+
+impl<T: Interned> PersistKind for InternedIngredient<T> {
+    fn codec_name(&self) -> &str {
+        self.codec.as_ref().map_or("", |c| c.name.as_str())
+    }
+
+    fn fingerprint(&self) -> u64 {
+        self.codec.as_ref().map_or(0, |c| c.fingerprint)
+    }
+
+    fn description(&self) -> &str {
+        self.codec.as_ref().map_or("", |c| c.description.as_str())
+    }
+
+    fn encode_keys(&self, _ids: &[KeyId]) -> Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    fn interned_len(&self) -> u32 {
+        u32::try_from(self.values.len()).unwrap_or(u32::MAX)
+    }
+
+    fn encode_interned(&self, from: u32, to: u32) -> Result<Vec<u8>> {
+        let codec = self
+            .codec
+            .as_ref()
+            .ok_or_else(|| Error::internal("not a persistent kind"))?;
+        let values = (from..to)
+            .map(|id| self.values.value(id).cloned())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::internal("unknown interned id"))?;
+        (codec.encode_values)(&values)
+    }
+
+    fn stage(&self) -> Box<dyn Stage + '_> {
+        match &self.codec {
+            Some(codec) => Box::new(InternedStage::new(codec, &self.values)),
+            None => Box::new(crate::persist::NoStage),
         }
     }
 }
@@ -77,6 +126,33 @@ impl DatabaseBuilder {
             name: short_type_name::<T>(),
             values: KeyTable::new(),
             counters: Counters::default(),
+            codec: None,
         }))
+    }
+
+    /// Registers an interned kind whose values (and so their ids) are saved
+    /// by [`save_cache`](crate::View::save_cache), under its short type name.
+    pub fn persistent_interned<T: Interned>(self) -> Self
+    where
+        T::Value: Facet<'static>,
+    {
+        self.persistent_interned_as::<T>(&short_type_name::<T>())
+    }
+
+    /// Registers a persistent interned kind under a stable `name`. Ids are
+    /// restored exactly by a load; values interned later get fresh ids.
+    pub fn persistent_interned_as<T: Interned>(self, name: &str) -> Self
+    where
+        T::Value: Facet<'static>,
+    {
+        match Codec::new(name.to_string(), KIND_INTERNED) {
+            Ok(codec) => self.push::<T>(Arc::new(InternedIngredient::<T> {
+                name: short_type_name::<T>(),
+                values: KeyTable::new(),
+                counters: Counters::default(),
+                codec: Some(codec),
+            })),
+            Err(e) => self.fail(e),
+        }
     }
 }

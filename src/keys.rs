@@ -108,6 +108,30 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
         Some(id)
     }
 
+    /// Interns `value` at exactly `id` (restoring a persisted table, whose
+    /// ids must stay stable). False if `id` is not the next free id.
+    pub(crate) fn intern_at(&self, value: &T, id: u32) -> bool {
+        let mut map = write(self.shard(value));
+        if let Some(existing) = map.get(value) {
+            return *existing == id;
+        }
+        if self.items.len() != id as usize {
+            return false;
+        }
+        match self.items.push(value.clone()) {
+            Some(i) if i == id as usize => {
+                map.insert(value.clone(), id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Number of values interned.
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
     /// The value with id `id`.
     pub(crate) fn value(&self, id: u32) -> Option<&T> {
         self.items.get(id as usize)

@@ -77,6 +77,7 @@ mod interned;
 mod keys;
 mod kinds;
 mod pending;
+mod persist;
 mod query;
 mod registry;
 mod revalidate;
@@ -87,11 +88,14 @@ mod util;
 mod view;
 
 pub use async_trait::async_trait;
+/// The reflection crate persistent kinds' keys and values derive (`#[derive(facet::Facet)]`).
+pub use facet;
 
 pub use cx::QueryCx;
 pub use database::{Batch, Database, Snapshot, View};
 pub use error::{Error, ErrorKind, Result};
 pub use kinds::{AsyncQuery, Id, Input, Interned, Key, Value};
+pub use persist::{AppendReport, LoadOptions, LoadReport, OnError, SaveReport};
 pub use registry::DatabaseBuilder;
 pub use revision::{Durability, Revision};
 pub use stats::{ExecutionReason, MemoInfo, QueryStats, Stats};

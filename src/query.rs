@@ -10,6 +10,7 @@ use crate::cx::QueryCx;
 use crate::error::{Error, Result};
 use crate::keys::KeyTable;
 use crate::kinds::AsyncQuery;
+use crate::persist::{Codec, KIND_QUERY, PersistKind, Stage, stage::KeyedStage};
 use crate::registry::{DatabaseBuilder, Ingredient, IngredientKind};
 use crate::revision::Revision;
 use crate::stats::Counters;
@@ -17,6 +18,7 @@ use crate::storage::{
     Entry, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table, new_map, typed_memo,
 };
 use crate::util::{BoxFuture, CatchUnwind, short_type_name, values_equal};
+use facet::Facet;
 
 type TableOf<Q> = MemoTable<<Q as AsyncQuery>::Key, <Q as AsyncQuery>::Value>;
 
@@ -25,6 +27,8 @@ pub(crate) struct QueryIngredient<Q: AsyncQuery> {
     name: String,
     keys: KeyTable<Q::Key>,
     counters: Counters,
+    /// Present when registered as persistent.
+    codec: Option<Codec<Q::Key, Q::Value>>,
 }
 
 impl<Q: AsyncQuery> QueryIngredient<Q> {
@@ -69,6 +73,10 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
 
     fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    fn persist(&self) -> Option<&dyn PersistKind> {
+        self.codec.as_ref().map(|_| self as &dyn PersistKind)
     }
 
     fn empty_table(&self) -> Table {
@@ -169,16 +177,98 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
     }
 }
 
+impl<Q: AsyncQuery> PersistKind for QueryIngredient<Q> {
+    fn codec_name(&self) -> &str {
+        self.codec.as_ref().map_or("", |c| c.name.as_str())
+    }
+
+    fn fingerprint(&self) -> u64 {
+        self.codec.as_ref().map_or(0, |c| c.fingerprint)
+    }
+
+    fn description(&self) -> &str {
+        self.codec.as_ref().map_or("", |c| c.description.as_str())
+    }
+
+    fn encode_keys(&self, ids: &[KeyId]) -> Result<Vec<u8>> {
+        let codec = self
+            .codec
+            .as_ref()
+            .ok_or_else(|| Error::internal("not a persistent kind"))?;
+        let keys = ids
+            .iter()
+            .map(|id| self.keys.value(*id).cloned())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::internal("unknown key id"))?;
+        (codec.encode_keys)(&keys)
+    }
+
+    fn encode_memo_value(&self, memo: &MemoRef) -> Result<Option<Vec<u8>>> {
+        let codec = self
+            .codec
+            .as_ref()
+            .ok_or_else(|| Error::internal("not a persistent kind"))?;
+        let memo = typed_memo::<Q::Value>(memo)?;
+        // A memo loaded from disk and saved again keeps its bytes.
+        if let Some(bytes) = memo.encoded_bytes() {
+            return Ok(Some(bytes.to_vec()));
+        }
+        match memo.result() {
+            Ok(value) => (codec.encode_value)(value).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn stage(&self) -> Box<dyn Stage + '_> {
+        match &self.codec {
+            Some(codec) => Box::new(KeyedStage::new(codec, &self.keys)),
+            None => Box::new(crate::persist::NoStage),
+        }
+    }
+}
+
 impl DatabaseBuilder {
     /// Registers a derived query kind. `query` is an instance: it may hold
     /// state its body uses (an RPC client, a thread pool handle…).
     pub fn query<Q: AsyncQuery>(self, query: Q) -> Self {
-        let name = short_type_name::<Q>();
         self.push::<Q>(Arc::new(QueryIngredient {
             query: Arc::new(query),
-            name,
+            name: short_type_name::<Q>(),
             keys: KeyTable::new(),
             counters: Counters::default(),
+            codec: None,
         }))
+    }
+
+    /// Registers a derived query kind whose memos are saved by
+    /// [`save_cache`](crate::View::save_cache), under its short type name.
+    /// See [`persistent_query_as`](Self::persistent_query_as).
+    pub fn persistent_query<Q: AsyncQuery>(self, query: Q) -> Self
+    where
+        Q::Key: Facet<'static>,
+        Q::Value: Facet<'static>,
+    {
+        self.persistent_query_as(query, &short_type_name::<Q>())
+    }
+
+    /// Registers a persistent query kind under a stable `name`. A memo is
+    /// saved when it is not an error and everything it read is persistent;
+    /// others simply re-run after a load. `build()` fails if the key or
+    /// value type cannot be persisted faithfully.
+    pub fn persistent_query_as<Q: AsyncQuery>(self, query: Q, name: &str) -> Self
+    where
+        Q::Key: Facet<'static>,
+        Q::Value: Facet<'static>,
+    {
+        match Codec::new(name.to_string(), KIND_QUERY) {
+            Ok(codec) => self.push::<Q>(Arc::new(QueryIngredient {
+                query: Arc::new(query),
+                name: short_type_name::<Q>(),
+                keys: KeyTable::new(),
+                counters: Counters::default(),
+                codec: Some(codec),
+            })),
+            Err(e) => self.fail(e),
+        }
     }
 }

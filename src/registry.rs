@@ -16,10 +16,11 @@ use crate::storage::{KeyId, MemoRef, Publish, Table};
 use crate::util::BoxFuture;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
 pub(crate) enum IngredientKind {
-    Input,
-    Query,
-    Interned,
+    Input = 1,
+    Query = 2,
+    Interned = 3,
 }
 
 impl IngredientKind {
@@ -42,6 +43,11 @@ pub(crate) trait Ingredient: Any + Send + Sync {
     fn empty_table(&self) -> Table;
     /// `Debug` rendering of the key with this id.
     fn debug_key(&self, key: KeyId) -> String;
+
+    /// The kind's persisted form, if it was registered as persistent.
+    fn persist(&self) -> Option<&dyn crate::persist::PersistKind> {
+        None
+    }
 
     /// Inputs: the kind's durability.
     fn durability(&self) -> Durability {
@@ -157,13 +163,21 @@ impl Registry {
 #[must_use = "call .build() to get a Database"]
 pub struct DatabaseBuilder {
     entries: Vec<(TypeId, &'static str, Arc<dyn Ingredient>)>,
+    errors: Vec<String>,
 }
 
 impl DatabaseBuilder {
     pub(crate) fn new() -> Self {
         DatabaseBuilder {
             entries: Vec::new(),
+            errors: Vec::new(),
         }
+    }
+
+    /// Records a registration error; `build()` will report it.
+    pub(crate) fn fail(mut self, error: String) -> Self {
+        self.errors.push(error);
+        self
     }
 
     pub(crate) fn push<K: ?Sized + 'static>(mut self, ingredient: Arc<dyn Ingredient>) -> Self {
@@ -172,8 +186,26 @@ impl DatabaseBuilder {
         self
     }
 
-    /// Freezes the registry. Fails if a kind was registered twice.
+    /// Freezes the registry. Fails if a kind was registered twice, if two
+    /// persistent kinds share a name, or if a persistent kind's types cannot
+    /// be persisted faithfully.
     pub fn build(self) -> Result<crate::Database> {
+        if !self.errors.is_empty() {
+            return Err(ErrorKind::Registration(self.errors.join("; ")).into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (_, type_name, ing) in &self.entries {
+            if let Some(p) = ing.persist()
+                && !names.insert(p.codec_name().to_string())
+            {
+                return Err(ErrorKind::Registration(format!(
+                    "two persistent kinds are named {:?} (the second is {type_name}); \
+                     give one another name with the `_as` registration",
+                    p.codec_name()
+                ))
+                .into());
+            }
+        }
         let mut by_type = HashMap::with_hasher(ahash::RandomState::new());
         let mut ingredients = Vec::with_capacity(self.entries.len());
         for (type_id, type_name, ing) in self.entries {

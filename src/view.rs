@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use crate::error::Result;
 use crate::inflight::{InFlight, Node};
 use crate::pending::Pending;
+use crate::persist::{Journal, Link};
 use crate::registry::{Ingredient, Registry};
 use crate::revision::{Durability, Revision};
 use crate::stats::Counter;
@@ -24,6 +25,26 @@ pub(crate) struct Shared {
     pub inflight: InFlight,
     pub dependency_checks: Counter,
     next_fork: AtomicU64,
+    /// Whether any kind is persistent (so changes are journaled).
+    pub persistent: bool,
+    /// The cache file this database was last saved to or loaded from.
+    pub persist_link: Mutex<Option<Link>>,
+    /// Changes of persistent kinds since then.
+    pub journal: Mutex<Journal>,
+}
+
+impl Shared {
+    /// Notes a change of a persistent kind in the database's history.
+    pub(crate) fn journal(&self, revision: Revision, dep: Dep) {
+        if self.persistent
+            && self
+                .registry
+                .get(dep.ingredient)
+                .is_ok_and(|ing| ing.persist().is_some())
+        {
+            lock(&self.journal).push(revision, dep);
+        }
+    }
 }
 
 /// One view: the database itself, or a snapshot.
@@ -54,6 +75,7 @@ const MERGE_AT: usize = 1024;
 impl ViewCore {
     pub(crate) fn new_database(registry: Registry) -> Arc<ViewCore> {
         let tables: Box<[Table]> = registry.iter().map(|(_, ing)| ing.empty_table()).collect();
+        let persistent = registry.iter().any(|(_, ing)| ing.persist().is_some());
         let state = State {
             revision: Revision::FIRST,
             fork: MAIN_FORK,
@@ -66,6 +88,9 @@ impl ViewCore {
                 inflight: InFlight::new(),
                 dependency_checks: Counter::default(),
                 next_fork: AtomicU64::new(MAIN_FORK + 1),
+                persistent,
+                persist_link: Mutex::new(None),
+                journal: Mutex::new(Journal::default()),
             }),
             state: ArcSwap::from_pointee(state),
             parent: None,
@@ -210,7 +235,7 @@ impl ViewCore {
     /// durabilities; returning none is a no-op that keeps the revision.
     pub(crate) fn commit(
         &self,
-        f: impl FnOnce(&State, Revision) -> Result<Vec<(u32, Table, Durability)>>,
+        f: impl FnOnce(&State, Revision) -> Result<Vec<Change>>,
     ) -> Result<Revision> {
         let _writer = lock(&self.writer);
         let base = self.state.load_full();
@@ -225,7 +250,11 @@ impl ViewCore {
         } else {
             base.fork
         };
-        let max_durability = changes.iter().map(|c| c.2).max().unwrap_or(Durability::Low);
+        let max_durability = changes
+            .iter()
+            .map(|c| c.durability)
+            .max()
+            .unwrap_or(Durability::Low);
         // Memo inserts may race with us; writers are serialized by `writer`,
         // so only memo tables can differ between `base` and the latest state.
         self.state.rcu(|latest| {
@@ -235,13 +264,53 @@ impl ViewCore {
             for d in 0..=max_durability.index() {
                 next.last_changed[d] = revision;
             }
-            for (index, table, _) in &changes {
-                next.tables[*index as usize] = table.clone();
+            for change in &changes {
+                next.tables[change.index as usize] = change.table.clone();
             }
             next
         });
+        if self.parent.is_none() {
+            for change in &changes {
+                for key in &change.keys {
+                    let dep = Dep {
+                        ingredient: change.index,
+                        key: *key,
+                    };
+                    self.shared.journal(revision, dep);
+                }
+            }
+        }
         tracing::debug!(%revision, changed_kinds = changes.len(), "inputs changed");
         Ok(revision)
+    }
+}
+
+/// Input changes of one kind, from one commit.
+pub(crate) struct Change {
+    pub index: u32,
+    pub table: Table,
+    pub durability: Durability,
+    /// Keys whose slots changed.
+    pub keys: Vec<KeyId>,
+}
+
+impl ViewCore {
+    /// Installs tables loaded from a cache as revision `revision` of a fresh
+    /// database. Every loaded memo is walked once before reuse.
+    pub(crate) fn install_loaded(&self, revision: Revision, tables: Vec<(u32, Table)>) {
+        let _writer = lock(&self.writer);
+        self.state.rcu(|latest| {
+            let mut next = State::clone(latest);
+            next.revision = revision;
+            next.last_changed = [revision; Durability::COUNT];
+            for (index, table) in &tables {
+                if let Some(slot) = next.tables.get_mut(*index as usize) {
+                    *slot = table.clone();
+                }
+            }
+            next
+        });
+        self.merged_len.store(0, Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,524 @@
+//! Loading: the base file and its log are parsed and decoded into a staging
+//! image first; only if all of it is sound is the image installed, in one
+//! state swap. Any failure leaves the database exactly as it was.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::format::{self, Dec, FileKind, Record, RecordError, Records};
+use super::{Link, LoadOptions, LoadReport, LoadedMemo, OnError, Stage, tag};
+use crate::error::{Error, Result};
+use crate::registry::IngredientKind;
+use crate::revision::{Durability, Revision};
+use crate::storage::{Dep, Edge, MemoMeta, Reason};
+use crate::util::lock;
+use crate::view::ViewCore;
+
+/// A memo as read, before its keys are resolved.
+struct ParsedMemo {
+    verified_at: Revision,
+    changed_at: Revision,
+    executed_at: Revision,
+    durability: Durability,
+    /// (section, file key, seen)
+    deps: Vec<(usize, usize, Revision)>,
+    value: std::ops::Range<usize>,
+    /// The value lies in the log's bytes, not the base's.
+    in_log: bool,
+}
+
+/// One section of the file.
+enum Section<'a> {
+    /// Matched a registered persistent kind.
+    Live {
+        index: u32,
+        kind: IngredientKind,
+        stage: Box<dyn Stage + 'a>,
+    },
+    /// Unknown name or changed types: skipped.
+    Dropped,
+}
+
+struct Image<'a> {
+    revision: Revision,
+    sections: Vec<Section<'a>>,
+    /// (section, file key) → memo; later records win.
+    memos: HashMap<(usize, usize), ParsedMemo>,
+    base_id: u64,
+    log_len: u64,
+}
+
+fn read_file(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::persist(format!("reading {}: {e}", path.display()))),
+    };
+    if meta.len() > max {
+        return Err(Error::persist(format!(
+            "{} is {} bytes, more than the {max}-byte limit",
+            path.display(),
+            meta.len()
+        )));
+    }
+    std::fs::read(path)
+        .map(Some)
+        .map_err(|e| Error::persist(format!("reading {}: {e}", path.display())))
+}
+
+/// Loads the cache at `path` into the fresh database `view`.
+pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> Result<LoadReport> {
+    let fresh = {
+        let state = view.state.load();
+        state.revision == Revision::FIRST
+            && view
+                .shared
+                .registry
+                .iter()
+                .all(|(_, ing)| ing.persist().is_none_or(|p| p.interned_len() == 0))
+    };
+    if !fresh {
+        return Err(Error::persist(
+            "load_cache needs a fresh database (nothing set or interned yet)",
+        ));
+    }
+    let mut report = LoadReport::default();
+    let outcome = (|| {
+        let Some(base) = read_file(path, options.max_bytes)? else {
+            return Ok(None);
+        };
+        report.found = true;
+        report.bytes = base.len() as u64;
+        let base: Arc<[u8]> = base.into();
+        let mut image = parse_base(view, &base, &mut report)?;
+        let log = read_file(&format::log_path(path), options.max_bytes)?;
+        let log: Option<Arc<[u8]>> = log.map(Into::into);
+        if let Some(log) = &log {
+            report.bytes += log.len() as u64;
+            parse_log(log, &mut image, &mut report)?;
+        }
+        Ok(Some((image, base, log)))
+    })();
+    match outcome {
+        Ok(None) => {
+            report.revision = view.state.load().revision;
+            Ok(report)
+        }
+        Ok(Some((image, base, log))) => install(view, path, image, &base, log.as_ref(), report),
+        Err(e) => match options.on_error {
+            OnError::Fail => Err(e),
+            OnError::Ignore => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cache file");
+                Ok(LoadReport {
+                    ignored_error: Some(e),
+                    revision: view.state.load().revision,
+                    ..report
+                })
+            }
+        },
+    }
+}
+
+fn parse_base<'a>(view: &'a ViewCore, bytes: &[u8], report: &mut LoadReport) -> Result<Image<'a>> {
+    let (kind, base_id) = format::read_header(bytes)?;
+    if kind != FileKind::Base {
+        return Err(Error::persist("expected a cache base file, found a log"));
+    }
+    let mut image = Image {
+        revision: Revision::ZERO,
+        sections: Vec::new(),
+        memos: HashMap::new(),
+        base_id,
+        log_len: 0,
+    };
+    let mut records = Records::new(bytes);
+    let mut count = 0u64;
+    let mut ended = false;
+    let mut meta_seen = false;
+    let mut declared_sections = 0usize;
+    while let Some(next) = records.next_record() {
+        let record = next.map_err(|e| match e {
+            RecordError::Torn => Error::persist("cache file is truncated"),
+            RecordError::Corrupt(m) => Error::persist(format!("cache file is corrupt: {m}")),
+        })?;
+        if ended {
+            return Err(Error::persist("data after the end record (corrupt file)"));
+        }
+        match record.tag {
+            tag::META => {
+                let mut d = Dec::new(&record);
+                image.revision = Revision::from_u64(d.var()?);
+                declared_sections = d.len(1 << 20)?;
+                meta_seen = true;
+            }
+            tag::SECTION => {
+                let section = parse_section(view, &record, image.sections.len(), report)?;
+                image.sections.push(section);
+            }
+            tag::END => {
+                let stored = Dec::new(&record).u64()?;
+                if stored != count {
+                    return Err(Error::persist("record count mismatch (corrupt file)"));
+                }
+                ended = true;
+                continue;
+            }
+            _ => {
+                if !meta_seen {
+                    return Err(Error::persist(
+                        "cache file does not start with its metadata",
+                    ));
+                }
+                apply_record(&record, &mut image, false)?;
+            }
+        }
+        count += 1;
+    }
+    if !ended {
+        return Err(Error::persist("cache file is truncated (no end record)"));
+    }
+    if !meta_seen || image.sections.len() != declared_sections {
+        return Err(Error::persist(
+            "cache file sections do not match its metadata",
+        ));
+    }
+    Ok(image)
+}
+
+fn parse_section<'a>(
+    view: &'a ViewCore,
+    record: &Record<'_>,
+    expected: usize,
+    report: &mut LoadReport,
+) -> Result<Section<'a>> {
+    let mut d = Dec::new(record);
+    if d.len(1 << 20)? != expected {
+        return Err(Error::persist("sections out of order (corrupt file)"));
+    }
+    let name = d.str()?;
+    let kind_byte = d.u8()?;
+    let fingerprint = d.u64()?;
+    let description = d.str()?;
+    let found = view.shared.registry.iter().find_map(|(index, ing)| {
+        let p = ing.persist()?;
+        (p.codec_name() == name).then_some((index, ing, p))
+    });
+    let Some((index, ing, p)) = found else {
+        tracing::warn!(
+            kind = name,
+            "cache holds a kind this database does not register as persistent; dropped"
+        );
+        report
+            .dropped_kinds
+            .push(format!("{name}: not registered as persistent"));
+        return Ok(Section::Dropped);
+    };
+    if p.fingerprint() != fingerprint || ing.kind() as u8 != kind_byte {
+        tracing::warn!(
+            kind = name,
+            cached = description,
+            now = p.description(),
+            "cached kind's key/value types changed; dropped"
+        );
+        report.dropped_kinds.push(format!(
+            "{name}: key or value type changed (cached {description}; now {})",
+            p.description()
+        ));
+        return Ok(Section::Dropped);
+    }
+    Ok(Section::Live {
+        index,
+        kind: ing.kind(),
+        stage: p.stage(),
+    })
+}
+
+fn section_mut<'i, 'a>(
+    image: &'i mut Image<'a>,
+    s: usize,
+) -> Result<Option<(&'i mut Box<dyn Stage + 'a>, IngredientKind)>> {
+    match image.sections.get_mut(s) {
+        Some(Section::Live { stage, kind, .. }) => Ok(Some((stage, *kind))),
+        Some(Section::Dropped) => Ok(None),
+        None => Err(Error::persist(format!(
+            "record names section {s}, which does not exist"
+        ))),
+    }
+}
+
+/// Applies a KEYS, INPUTS, MEMOS or INTERNED record to the image.
+fn apply_record(record: &Record<'_>, image: &mut Image<'_>, in_log: bool) -> Result<()> {
+    let mut d = Dec::new(record);
+    let s = d.len(usize::MAX)?;
+    let Some((stage, kind)) = section_mut(image, s)? else {
+        return Ok(());
+    };
+    let limit = record.payload.len();
+    match (record.tag, kind) {
+        (tag::KEYS, IngredientKind::Input | IngredientKind::Query) => {
+            let first = d.len(usize::MAX)?;
+            stage.add_keys(first, d.bytes()?)?;
+        }
+        (tag::INPUTS, IngredientKind::Input) => {
+            let n = d.len(limit)?;
+            let mut slots = Vec::with_capacity(n);
+            for _ in 0..n {
+                let key = d.len(usize::MAX)?;
+                let changed_at = Revision::from_u64(d.var()?);
+                let present = match d.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(Error::persist("bad presence flag (corrupt file)")),
+                };
+                if key >= stage.key_count() {
+                    return Err(Error::persist(
+                        "input slot names an unknown key (corrupt file)",
+                    ));
+                }
+                slots.push((key, changed_at, present));
+            }
+            stage.set_inputs(&slots, d.bytes()?)?;
+        }
+        (tag::INTERNED, IngredientKind::Interned) => {
+            let first = d.u32()?;
+            stage.add_interned(first, d.bytes()?)?;
+        }
+        (tag::MEMOS, IngredientKind::Query) => {
+            let n = d.len(limit)?;
+            for _ in 0..n {
+                let key = d.len(usize::MAX)?;
+                let verified_at = Revision::from_u64(d.var()?);
+                let changed_at = Revision::from_u64(d.var()?);
+                let executed_at = Revision::from_u64(d.var()?);
+                let durability = match d.u8()? {
+                    0 => Durability::Low,
+                    1 => Durability::Medium,
+                    2 => Durability::High,
+                    _ => return Err(Error::persist("bad durability (corrupt file)")),
+                };
+                let ndeps = d.len(limit)?;
+                let mut deps = Vec::with_capacity(ndeps);
+                for _ in 0..ndeps {
+                    let ds = d.len(usize::MAX)?;
+                    let dk = d.len(usize::MAX)?;
+                    let seen = Revision::from_u64(d.var()?);
+                    deps.push((ds, dk, seen));
+                }
+                let (bytes, offset) = d.bytes_at()?;
+                image.memos.insert(
+                    (s, key),
+                    ParsedMemo {
+                        verified_at,
+                        changed_at,
+                        executed_at,
+                        durability,
+                        deps,
+                        value: offset..offset + bytes.len(),
+                        in_log,
+                    },
+                );
+            }
+        }
+        (t, k) => {
+            return Err(Error::persist(format!(
+                "record tag {t} does not fit a {} section (corrupt file)",
+                k.noun()
+            )));
+        }
+    }
+    if !d.is_empty() {
+        return Err(Error::persist("trailing bytes in a record (corrupt file)"));
+    }
+    Ok(())
+}
+
+fn parse_log(bytes: &[u8], image: &mut Image<'_>, report: &mut LoadReport) -> Result<()> {
+    let (kind, base_id) = format::read_header(bytes)?;
+    if kind != FileKind::Log {
+        return Err(Error::persist("expected a cache log file"));
+    }
+    if base_id != image.base_id {
+        // A log left over from an older base (a crash between writing a new
+        // base and removing the old log): it does not apply.
+        tracing::warn!("ignoring a cache log that belongs to another base file");
+        return Ok(());
+    }
+    let mut records = Records::new(bytes);
+    let mut valid = format::HEADER_LEN;
+    while let Some(next) = records.next_record() {
+        match next {
+            Ok(record) => {
+                if record.tag == tag::REVISION {
+                    let r = Revision::from_u64(Dec::new(&record).var()?);
+                    image.revision = image.revision.max(r);
+                } else {
+                    // Memo values in the log point into the log's bytes.
+                    apply_record(&record, image, true)?;
+                }
+                report.log_records += 1;
+                valid = records.position();
+            }
+            Err(RecordError::Torn) => {
+                tracing::warn!("ignoring a torn record at the end of the cache log");
+                report.torn_tail = true;
+                break;
+            }
+            Err(RecordError::Corrupt(m)) => {
+                return Err(Error::persist(format!("cache log is corrupt: {m}")));
+            }
+        }
+    }
+    image.log_len = valid as u64;
+    Ok(())
+}
+
+fn install(
+    view: &Arc<ViewCore>,
+    path: &Path,
+    mut image: Image<'_>,
+    base: &Arc<[u8]>,
+    log: Option<&Arc<[u8]>>,
+    mut report: LoadReport,
+) -> Result<LoadReport> {
+    // Resolve memos' keys before touching anything.
+    let key_counts: Vec<Option<usize>> = image
+        .sections
+        .iter()
+        .map(|s| match s {
+            Section::Live { stage, .. } => Some(stage.key_count()),
+            Section::Dropped => None,
+        })
+        .collect();
+    let mut memos: HashMap<usize, Vec<(usize, ParsedMemo)>> = HashMap::new();
+    for ((s, key), memo) in std::mem::take(&mut image.memos) {
+        let resolvable = key_counts
+            .get(s)
+            .copied()
+            .flatten()
+            .is_some_and(|n| key < n)
+            && memo.deps.iter().all(|(ds, dk, _)| {
+                key_counts
+                    .get(*ds)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|n| *dk < n)
+            });
+        if resolvable {
+            memos.entry(s).or_default().push((key, memo));
+        } else {
+            report.dropped_memos += 1;
+        }
+    }
+    // From here on, nothing can fail on the file's account.
+    let mut key_ids = Vec::with_capacity(image.sections.len());
+    for section in &mut image.sections {
+        key_ids.push(match section {
+            Section::Live { stage, .. } => stage.install_keys()?,
+            Section::Dropped => Vec::new(),
+        });
+    }
+    let index_of: Vec<Option<u32>> = image
+        .sections
+        .iter()
+        .map(|s| match s {
+            Section::Live { index, .. } => Some(*index),
+            Section::Dropped => None,
+        })
+        .collect();
+    let mut tables = Vec::new();
+    for (s, section) in image.sections.iter_mut().enumerate() {
+        let Section::Live { index, kind, stage } = section else {
+            continue;
+        };
+        match kind {
+            IngredientKind::Input => {
+                report.inputs += stage.input_count();
+                tables.push((*index, stage.input_table(&key_ids[s])?));
+            }
+            IngredientKind::Interned => {
+                report.interned += stage.interned_count();
+                stage.install_interned()?;
+            }
+            IngredientKind::Query => {
+                let mut loaded = Vec::new();
+                for (file_key, m) in memos.remove(&s).unwrap_or_default() {
+                    let deps = m
+                        .deps
+                        .iter()
+                        .filter_map(|(ds, dk, seen)| {
+                            Some(Edge {
+                                dep: Dep {
+                                    ingredient: index_of.get(*ds).copied().flatten()?,
+                                    key: *key_ids.get(*ds)?.get(*dk)?,
+                                },
+                                seen: *seen,
+                            })
+                        })
+                        .collect::<Vec<_>>();
+                    let Some(&key) = key_ids[s].get(file_key) else {
+                        continue;
+                    };
+                    // Values of memos parsed from the log point into the log.
+                    let bytes = match (m.in_log, log) {
+                        (true, Some(log)) => log.clone(),
+                        (true, None) => continue,
+                        (false, _) => base.clone(),
+                    };
+                    loaded.push(LoadedMemo {
+                        file_key,
+                        meta: MemoMeta {
+                            key,
+                            deps: deps.into_boxed_slice(),
+                            changed_at: m.changed_at,
+                            durability: m.durability,
+                            executed_at: m.executed_at,
+                            reason: Reason::New,
+                        },
+                        verified_at: m.verified_at,
+                        bytes,
+                        value: m.value,
+                    });
+                }
+                report.memos += loaded.len();
+                let table = stage.memo_table(loaded)?;
+                tables.push((*index, table));
+            }
+        }
+    }
+    let revision = image.revision.next();
+    view.install_loaded(revision, tables);
+    report.loaded = true;
+    report.revision = revision;
+
+    // Link the database to the file so later changes can be appended.
+    let mut keys = HashMap::new();
+    for (s, ids) in key_ids.iter().enumerate() {
+        if let Some(Some(index)) = index_of.get(s) {
+            let map: HashMap<_, _> = ids.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+            keys.insert(*index, (map, ids.len()));
+        }
+    }
+    let interned = image
+        .sections
+        .iter()
+        .filter_map(|s| match s {
+            Section::Live {
+                index,
+                kind: IngredientKind::Interned,
+                stage,
+            } => Some((*index, stage.interned_count() as u32)),
+            _ => None,
+        })
+        .collect();
+    *lock(&view.shared.persist_link) = Some(Link {
+        path: path.to_path_buf(),
+        base_id: image.base_id,
+        revision: image.revision,
+        keys,
+        interned,
+        log_len: image.log_len,
+    });
+    tracing::debug!(path = %path.display(), memos = report.memos, inputs = report.inputs, "cache loaded");
+    Ok(report)
+}

@@ -1,0 +1,289 @@
+//! Persistence (S17, S18): saving inputs, interned values and memos of the
+//! kinds registered as persistent to a file, loading them into a fresh
+//! database, and appending later changes to a log beside it.
+//!
+//! - `format.rs`: framing, checksums, crash-safe writes.
+//! - `schema.rs`: facet shapes → fingerprints; refuses types facet-postcard
+//!   cannot round-trip.
+//! - `codec.rs`: typed encoders, instantiated where the `Facet` bounds hold.
+//! - `save.rs`: full saves and log appends.
+//! - `load.rs`: parsing into a staging image, then installing it at once.
+//!
+//! Memo values are decoded lazily, the first time they are read.
+
+mod codec;
+mod format;
+mod load;
+mod save;
+pub(crate) mod schema;
+pub(crate) mod stage;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub(crate) use codec::{Codec, KIND_INPUT, KIND_INTERNED, KIND_QUERY};
+pub(crate) use load::load;
+pub(crate) use save::{append, save};
+
+use crate::error::{Error, Result};
+use crate::revision::Revision;
+use crate::storage::{Dep, KeyId, MemoMeta, MemoRef, Table};
+
+/// What [`Database::load_cache`](crate::Database::load_cache) does with an
+/// unusable file (corrupt, truncated, foreign, too large).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// Return the error. The database is left exactly as it was.
+    #[default]
+    Fail,
+    /// Start without a cache: return `Ok` with the error in
+    /// [`LoadReport::ignored_error`]. The database is left exactly as it was.
+    Ignore,
+}
+
+/// Options for [`Database::load_cache`](crate::Database::load_cache).
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Files (base or log) larger than this are refused. Default 1 GiB.
+    pub max_bytes: u64,
+    /// What to do with an unusable file. Default [`OnError::Fail`].
+    pub on_error: OnError,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            max_bytes: 1 << 30,
+            on_error: OnError::Fail,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Default options, but an unusable file is ignored instead of failing.
+    pub fn ignore_errors() -> Self {
+        LoadOptions {
+            on_error: OnError::Ignore,
+            ..Self::default()
+        }
+    }
+}
+
+/// What a load found and did.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    /// A cache file existed at the path.
+    pub found: bool,
+    /// Its contents were installed into the database.
+    pub loaded: bool,
+    /// With [`OnError::Ignore`]: why an existing file was not used.
+    pub ignored_error: Option<Error>,
+    /// The database's revision after loading.
+    pub revision: Revision,
+    /// Input values loaded.
+    pub inputs: usize,
+    /// Memos loaded (values still encoded until first read).
+    pub memos: usize,
+    /// Interned values loaded.
+    pub interned: usize,
+    /// Kinds in the file that were not loaded, as `"name: reason"` (unknown
+    /// name, or key/value types changed).
+    pub dropped_kinds: Vec<String>,
+    /// Memos not loaded because a dependency belongs to a dropped kind.
+    pub dropped_memos: usize,
+    /// Records replayed from the log.
+    pub log_records: usize,
+    /// The log ended in an incomplete record (a crash during an append),
+    /// which was ignored.
+    pub torn_tail: bool,
+    /// Bytes read (base and log).
+    pub bytes: u64,
+}
+
+/// What a save wrote.
+#[derive(Clone, Debug, Default)]
+pub struct SaveReport {
+    /// The revision saved.
+    pub revision: Revision,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Input values saved.
+    pub inputs: usize,
+    /// Memos saved.
+    pub memos: usize,
+    /// Interned values saved.
+    pub interned: usize,
+    /// Memos not saved: errors, or memos that read a non-persistent kind
+    /// (they re-run after a load).
+    pub skipped_memos: usize,
+}
+
+/// What an append wrote.
+#[derive(Clone, Debug, Default)]
+pub struct AppendReport {
+    /// The revision the log now reaches.
+    pub revision: Revision,
+    /// Bytes appended (or the size of the new base for a full save).
+    pub bytes: u64,
+    /// Input changes appended.
+    pub inputs: usize,
+    /// Memos appended.
+    pub memos: usize,
+    /// Interned values appended.
+    pub interned: usize,
+    /// The change journal had overflowed, so a full save was written instead.
+    pub full_save: bool,
+}
+
+/// How a typed ingredient reads and writes its persisted form. Implemented by
+/// the typed layers when the kind was registered as persistent.
+pub(crate) trait PersistKind: Send + Sync {
+    fn codec_name(&self) -> &str;
+    fn fingerprint(&self) -> u64;
+    fn description(&self) -> &str;
+    /// Encodes the keys with these ids, as one blob.
+    fn encode_keys(&self, ids: &[KeyId]) -> Result<Vec<u8>>;
+    /// Inputs: the slots of `table` (all, or only `only`) as (key id,
+    /// changed_at, present), and the present values as one blob.
+    fn encode_inputs(&self, _table: &Table, _only: Option<&[KeyId]>) -> Result<InputsBlob> {
+        Ok((Vec::new(), Vec::new()))
+    }
+    /// Queries: a memo's value, encoded; `None` for an error memo.
+    fn encode_memo_value(&self, _memo: &MemoRef) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    /// Interned: number of values interned so far.
+    fn interned_len(&self) -> u32 {
+        0
+    }
+    /// Interned: values with ids `from..to`, as one blob.
+    fn encode_interned(&self, _from: u32, _to: u32) -> Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+    /// A staging area for loading this kind.
+    fn stage(&self) -> Box<dyn Stage + '_>;
+}
+
+/// Slots (key id, changed_at, present) and the present values' blob.
+pub(crate) type InputsBlob = (Vec<(KeyId, Revision, bool)>, Vec<u8>);
+
+/// A memo as parsed from a file, its dependencies resolved to key ids.
+pub(crate) struct LoadedMemo {
+    /// Index of its key in the section's key table.
+    pub file_key: usize,
+    pub meta: MemoMeta,
+    pub verified_at: Revision,
+    /// The file (base or log) its encoded value lies in, and where.
+    pub bytes: Arc<[u8]>,
+    pub value: std::ops::Range<usize>,
+}
+
+/// Decoded contents of one kind, not yet visible to the database.
+pub(crate) trait Stage: Send {
+    /// Decodes keys `first..` of the section's key table.
+    fn add_keys(&mut self, first: usize, blob: &[u8]) -> Result<()>;
+    fn key_count(&self) -> usize;
+    /// Inputs: decodes values and records slots (later records win).
+    fn set_inputs(&mut self, slots: &[(usize, Revision, bool)], blob: &[u8]) -> Result<()>;
+    /// Interned: decodes values with ids `first..`.
+    fn add_interned(&mut self, first: u32, blob: &[u8]) -> Result<()>;
+    fn interned_count(&self) -> usize;
+    fn input_count(&self) -> usize;
+    /// Interns the staged keys; returns key id per file key index.
+    fn install_keys(&mut self) -> Result<Vec<KeyId>>;
+    /// Interned: installs the staged values at their ids.
+    fn install_interned(&mut self) -> Result<()>;
+    /// Inputs: the table of staged slots.
+    fn input_table(&mut self, key_ids: &[KeyId]) -> Result<Table>;
+    /// Queries: the table of `memos`, values decoded lazily on first read.
+    fn memo_table(&mut self, memos: Vec<LoadedMemo>) -> Result<Table>;
+}
+
+/// The stage of a kind without a codec (never used: such kinds are not
+/// persistent); every operation fails.
+pub(crate) struct NoStage;
+
+impl Stage for NoStage {
+    fn add_keys(&mut self, _: usize, _: &[u8]) -> Result<()> {
+        Err(Error::internal("not a persistent kind"))
+    }
+    fn key_count(&self) -> usize {
+        0
+    }
+    fn set_inputs(&mut self, _: &[(usize, Revision, bool)], _: &[u8]) -> Result<()> {
+        Err(Error::internal("not a persistent kind"))
+    }
+    fn add_interned(&mut self, _: u32, _: &[u8]) -> Result<()> {
+        Err(Error::internal("not a persistent kind"))
+    }
+    fn interned_count(&self) -> usize {
+        0
+    }
+    fn input_count(&self) -> usize {
+        0
+    }
+    fn install_keys(&mut self) -> Result<Vec<KeyId>> {
+        Ok(Vec::new())
+    }
+    fn install_interned(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn input_table(&mut self, _: &[KeyId]) -> Result<Table> {
+        Err(Error::internal("not a persistent kind"))
+    }
+    fn memo_table(&mut self, _: Vec<LoadedMemo>) -> Result<Table> {
+        Err(Error::internal("not a persistent kind"))
+    }
+}
+
+/// The file a database is linked to after a save or load, so that later
+/// changes can be appended to its log.
+pub(crate) struct Link {
+    pub path: PathBuf,
+    pub base_id: u64,
+    /// Everything up to this revision is in the base or the log.
+    pub revision: Revision,
+    /// Per ingredient index: key id → index in the file's key table, and
+    /// the number of keys the file holds.
+    pub keys: HashMap<u32, (HashMap<KeyId, usize>, usize)>,
+    /// Per interned ingredient: values in the file.
+    pub interned: HashMap<u32, u32>,
+    /// Length of the log's valid prefix (0: no log yet).
+    pub log_len: u64,
+}
+
+/// Input changes and executions of persistent kinds since the last save or
+/// append, so an append costs what changed, not the database.
+#[derive(Default)]
+pub(crate) struct Journal {
+    pub entries: Vec<(Revision, Dep)>,
+    pub overflowed: bool,
+}
+
+/// Beyond this many entries the journal stops recording and the next
+/// append writes a full save instead.
+pub(crate) const JOURNAL_CAP: usize = 1 << 22;
+
+impl Journal {
+    pub(crate) fn push(&mut self, revision: Revision, dep: Dep) {
+        if self.entries.len() >= JOURNAL_CAP {
+            self.overflowed = true;
+            self.entries = Vec::new();
+        } else if !self.overflowed {
+            self.entries.push((revision, dep));
+        }
+    }
+}
+
+/// Record tags.
+pub(crate) mod tag {
+    pub const META: u8 = 1;
+    pub const SECTION: u8 = 2;
+    pub const KEYS: u8 = 3;
+    pub const INPUTS: u8 = 4;
+    pub const MEMOS: u8 = 5;
+    pub const INTERNED: u8 = 6;
+    pub const REVISION: u8 = 7;
+    pub const END: u8 = 15;
+}

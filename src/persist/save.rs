@@ -1,0 +1,412 @@
+//! Full saves (a new base file, crash-safe) and incremental appends to the
+//! log beside it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::format::{self, Enc, FileKind};
+use super::{AppendReport, Link, PersistKind, SaveReport, tag};
+use crate::error::{Error, Result};
+use crate::registry::{Ingredient, IngredientKind};
+use crate::storage::{Dep, KeyId, MAIN_FORK, MemoRef, State};
+use crate::util::lock;
+use crate::view::ViewCore;
+
+/// The persistent kinds of a registry: section number = position.
+struct Sections<'a> {
+    list: Vec<(u32, &'a Arc<dyn Ingredient>, &'a dyn PersistKind)>,
+    by_ingredient: HashMap<u32, usize>,
+}
+
+impl<'a> Sections<'a> {
+    fn of(view: &'a ViewCore) -> Self {
+        let list: Vec<_> = view
+            .shared
+            .registry
+            .iter()
+            .filter_map(|(i, ing)| Some((i, ing, ing.persist()?)))
+            .collect();
+        let by_ingredient = list
+            .iter()
+            .enumerate()
+            .map(|(s, (i, _, _))| (*i, s))
+            .collect();
+        Sections {
+            list,
+            by_ingredient,
+        }
+    }
+}
+
+/// Key tables being written: per section, key id → file index.
+#[derive(Default)]
+struct KeyMaps {
+    maps: HashMap<usize, (HashMap<KeyId, usize>, usize)>,
+    /// Keys first referenced by this write, per section, in file order.
+    fresh: HashMap<usize, Vec<KeyId>>,
+}
+
+impl KeyMaps {
+    fn index(&mut self, section: usize, key: KeyId) -> usize {
+        let (map, count) = self.maps.entry(section).or_default();
+        *map.entry(key).or_insert_with(|| {
+            let i = *count;
+            *count += 1;
+            self.fresh.entry(section).or_default().push(key);
+            i
+        })
+    }
+
+    /// KEYS records for keys first referenced since the last call.
+    fn flush(&mut self, sections: &Sections<'_>, out: &mut Vec<u8>) -> Result<usize> {
+        let mut records = 0;
+        let mut fresh: Vec<_> = std::mem::take(&mut self.fresh).into_iter().collect();
+        fresh.sort_by_key(|(s, _)| *s);
+        for (section, keys) in fresh {
+            let (_, _, kind) = sections.list[section];
+            let count = self.maps.get(&section).map_or(0, |m| m.1);
+            let mut e = Enc::default();
+            e.var(section as u64)
+                .var((count - keys.len()) as u64)
+                .bytes(&kind.encode_keys(&keys)?);
+            format::push_record(out, tag::KEYS, &e.buf)?;
+            records += 1;
+        }
+        Ok(records)
+    }
+}
+
+/// A memo worth persisting: not an error, and every dependency persistent.
+fn persistable(memo: &MemoRef, sections: &Sections<'_>) -> bool {
+    memo.error().is_none()
+        && memo
+            .meta()
+            .deps
+            .iter()
+            .all(|e| sections.by_ingredient.contains_key(&e.dep.ingredient))
+}
+
+/// Appends one memo to a MEMOS payload.
+fn encode_memo(
+    e: &mut Enc,
+    keys: &mut KeyMaps,
+    sections: &Sections<'_>,
+    section: usize,
+    memo: &MemoRef,
+    verified_at: crate::revision::Revision,
+    value: &[u8],
+) {
+    let meta = memo.meta();
+    e.var(keys.index(section, meta.key) as u64)
+        .var(verified_at.as_u64())
+        .var(meta.changed_at.as_u64())
+        .var(meta.executed_at.as_u64())
+        .u8(meta.durability.index() as u8)
+        .var(meta.deps.len() as u64);
+    for edge in meta.deps.iter() {
+        let s = sections.by_ingredient[&edge.dep.ingredient];
+        e.var(s as u64)
+            .var(keys.index(s, edge.dep.key) as u64)
+            .var(edge.seen.as_u64());
+    }
+    e.bytes(value);
+}
+
+/// Writes a full base file for `view`'s current state.
+pub(crate) fn save(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
+    view.merge_pending();
+    let state = view.state.load_full();
+    let sections = Sections::of(view);
+    let base_id = format::new_base_id();
+    let mut report = SaveReport {
+        revision: state.revision,
+        ..SaveReport::default()
+    };
+    let mut keys = KeyMaps::default();
+    let mut body: Vec<u8> = Vec::new();
+    let mut records = 0usize;
+    let mut interned_counts = HashMap::new();
+    let table = |i: u32| {
+        state
+            .tables
+            .get(i as usize)
+            .ok_or_else(|| Error::internal("missing table"))
+    };
+
+    // Inputs, memos and interned values first (they register keys), keys
+    // after; the loader accepts any order of records.
+    for (s, (index, ing, kind)) in sections.list.iter().enumerate() {
+        match ing.kind() {
+            IngredientKind::Input => {
+                let (slots, blob) = kind.encode_inputs(table(*index)?, None)?;
+                if slots.is_empty() {
+                    continue;
+                }
+                let mut e = Enc::default();
+                e.var(s as u64).var(slots.len() as u64);
+                for (key, changed_at, present) in &slots {
+                    e.var(keys.index(s, *key) as u64)
+                        .var(changed_at.as_u64())
+                        .u8(u8::from(*present));
+                    report.inputs += usize::from(*present);
+                }
+                e.bytes(&blob);
+                format::push_record(&mut body, tag::INPUTS, &e.buf)?;
+                records += 1;
+            }
+            IngredientKind::Query => {
+                let memos = ing.memos(table(*index)?);
+                let mut e = Enc::default();
+                let mut count = 0u64;
+                let mut payload = Enc::default();
+                for (_, memo, verified_at) in &memos {
+                    if !persistable(memo, &sections) {
+                        report.skipped_memos += 1;
+                        continue;
+                    }
+                    let Some(value) = kind.encode_memo_value(memo)? else {
+                        report.skipped_memos += 1;
+                        continue;
+                    };
+                    encode_memo(
+                        &mut payload,
+                        &mut keys,
+                        &sections,
+                        s,
+                        memo,
+                        *verified_at,
+                        &value,
+                    );
+                    count += 1;
+                }
+                if count == 0 {
+                    continue;
+                }
+                report.memos += count as usize;
+                e.var(s as u64).var(count);
+                e.buf.extend_from_slice(&payload.buf);
+                format::push_record(&mut body, tag::MEMOS, &e.buf)?;
+                records += 1;
+            }
+            IngredientKind::Interned => {
+                let n = kind.interned_len();
+                interned_counts.insert(*index, n);
+                if n == 0 {
+                    continue;
+                }
+                let mut e = Enc::default();
+                e.var(s as u64).var(0).bytes(&kind.encode_interned(0, n)?);
+                format::push_record(&mut body, tag::INTERNED, &e.buf)?;
+                records += 1;
+                report.interned += n as usize;
+            }
+        }
+    }
+
+    let mut out = format::header(FileKind::Base, base_id).to_vec();
+    let mut e = Enc::default();
+    e.var(state.revision.as_u64())
+        .var(sections.list.len() as u64);
+    format::push_record(&mut out, tag::META, &e.buf)?;
+    for (s, (_, ing, kind)) in sections.list.iter().enumerate() {
+        let mut e = Enc::default();
+        e.var(s as u64)
+            .str(kind.codec_name())
+            .u8(ing.kind() as u8)
+            .u64(kind.fingerprint())
+            .str(kind.description());
+        format::push_record(&mut out, tag::SECTION, &e.buf)?;
+    }
+    records += 1 + sections.list.len();
+    records += keys.flush(&sections, &mut out)?;
+    out.extend_from_slice(&body);
+    let mut e = Enc::default();
+    e.u64(records as u64);
+    format::push_record(&mut out, tag::END, &e.buf)?;
+
+    format::write_atomic(path, &out)?;
+    // The old log belongs to the old base (its base id no longer matches);
+    // remove it so it does not linger.
+    let _ = std::fs::remove_file(format::log_path(path));
+    report.bytes = out.len() as u64;
+
+    // A forked snapshot's history is not the database's: do not link it.
+    if state.fork == MAIN_FORK {
+        link_after_save(
+            view,
+            path,
+            base_id,
+            &state,
+            &sections,
+            keys,
+            interned_counts,
+        );
+    }
+    tracing::debug!(path = %path.display(), bytes = report.bytes, memos = report.memos, "cache saved");
+    Ok(report)
+}
+
+fn link_after_save(
+    view: &ViewCore,
+    path: &Path,
+    base_id: u64,
+    state: &State,
+    sections: &Sections<'_>,
+    keys: KeyMaps,
+    interned: HashMap<u32, u32>,
+) {
+    let keys = keys
+        .maps
+        .into_iter()
+        .map(|(s, m)| (sections.list[s].0, m))
+        .collect();
+    *lock(&view.shared.persist_link) = Some(Link {
+        path: path.to_path_buf(),
+        base_id,
+        revision: state.revision,
+        keys,
+        interned,
+        log_len: 0,
+    });
+    let mut journal = lock(&view.shared.journal);
+    journal.entries.retain(|(r, _)| *r > state.revision);
+}
+
+/// Appends the changes since the last save/append/load to the log beside
+/// `path`. Falls back to a full save if the journal overflowed.
+pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> {
+    let mut link_guard = lock(&view.shared.persist_link);
+    let Some(link) = link_guard.as_mut().filter(|l| l.path == path) else {
+        return Err(Error::persist(format!(
+            "{} is not this database's cache: call save_cache (or load_cache) on it first",
+            path.display()
+        )));
+    };
+    view.merge_pending();
+    let state = view.state.load_full();
+    let (entries, overflowed) = {
+        let mut journal = lock(&view.shared.journal);
+        let overflowed = std::mem::take(&mut journal.overflowed);
+        (std::mem::take(&mut journal.entries), overflowed)
+    };
+    if overflowed {
+        drop(link_guard);
+        let saved = save(view, path)?;
+        return Ok(AppendReport {
+            revision: saved.revision,
+            bytes: saved.bytes,
+            inputs: saved.inputs,
+            memos: saved.memos,
+            interned: saved.interned,
+            full_save: true,
+        });
+    }
+    let sections = Sections::of(view);
+    let mut keys = KeyMaps::default();
+    for (index, m) in &link.keys {
+        if let Some(&s) = sections.by_ingredient.get(index) {
+            keys.maps.insert(s, m.clone());
+        }
+    }
+    let mut report = AppendReport {
+        revision: state.revision,
+        ..AppendReport::default()
+    };
+    let mut seen: HashSet<Dep> = HashSet::new();
+    let mut body = Vec::new();
+    for (revision, dep) in entries.iter().rev() {
+        if *revision <= link.revision || !seen.insert(*dep) {
+            continue;
+        }
+        let Some(&s) = sections.by_ingredient.get(&dep.ingredient) else {
+            continue;
+        };
+        let (index, ing, kind) = sections.list[s];
+        let Some(table) = state.tables.get(index as usize) else {
+            continue;
+        };
+        let mut e = Enc::default();
+        match ing.kind() {
+            IngredientKind::Input => {
+                let (slots, blob) = kind.encode_inputs(table, Some(&[dep.key]))?;
+                let Some((key, changed_at, present)) = slots.first() else {
+                    continue;
+                };
+                e.var(s as u64)
+                    .var(1)
+                    .var(keys.index(s, *key) as u64)
+                    .var(changed_at.as_u64())
+                    .u8(u8::from(*present))
+                    .bytes(&blob);
+                keys.flush(&sections, &mut body)?;
+                format::push_record(&mut body, tag::INPUTS, &e.buf)?;
+                report.inputs += 1;
+            }
+            IngredientKind::Query => {
+                let Some((memo, verified_at)) = ing.memo(table, dep.key) else {
+                    continue;
+                };
+                if !persistable(&memo, &sections) {
+                    continue;
+                }
+                let Some(value) = kind.encode_memo_value(&memo)? else {
+                    continue;
+                };
+                e.var(s as u64).var(1);
+                encode_memo(&mut e, &mut keys, &sections, s, &memo, verified_at, &value);
+                keys.flush(&sections, &mut body)?;
+                format::push_record(&mut body, tag::MEMOS, &e.buf)?;
+                report.memos += 1;
+            }
+            IngredientKind::Interned => {}
+        }
+    }
+    let mut interned_now = HashMap::new();
+    for (s, (index, ing, kind)) in sections.list.iter().enumerate() {
+        if ing.kind() != IngredientKind::Interned {
+            continue;
+        }
+        let before = link.interned.get(index).copied().unwrap_or(0);
+        let now = kind.interned_len();
+        interned_now.insert(*index, now);
+        if now > before {
+            let mut e = Enc::default();
+            e.var(s as u64)
+                .var(u64::from(before))
+                .bytes(&kind.encode_interned(before, now)?);
+            format::push_record(&mut body, tag::INTERNED, &e.buf)?;
+            report.interned += (now - before) as usize;
+        }
+    }
+
+    let mut out = Vec::new();
+    let log = format::log_path(path);
+    if link.log_len == 0 {
+        out.extend_from_slice(&format::header(FileKind::Log, link.base_id));
+    }
+    let mut e = Enc::default();
+    e.var(state.revision.as_u64());
+    format::push_record(&mut out, tag::REVISION, &e.buf)?;
+    out.extend_from_slice(&body);
+    if link.log_len == 0 {
+        format::write_atomic(&log, &out)?;
+    } else {
+        // Cut a torn tail left by an append that failed or crashed.
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&log)
+            && f.metadata().is_ok_and(|m| m.len() > link.log_len)
+        {
+            f.set_len(link.log_len)
+                .map_err(|e| Error::persist(format!("truncating {}: {e}", log.display())))?;
+        }
+        format::append(&log, &out)?;
+    }
+    link.log_len += out.len() as u64;
+    link.revision = state.revision;
+    for (s, m) in keys.maps {
+        link.keys.insert(sections.list[s].0, m);
+    }
+    link.interned = interned_now;
+    report.bytes = out.len() as u64;
+    Ok(report)
+}

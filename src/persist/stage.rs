@@ -1,0 +1,216 @@
+//! The typed staging area of a load: decoded keys, input values and
+//! interned values of one kind, validated before anything is installed.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+use std::sync::Arc;
+
+use super::{Codec, LoadedMemo, Stage};
+use crate::error::{Error, Result};
+use crate::keys::KeyTable;
+use crate::revision::Revision;
+use crate::storage::{Encoded, Entry, InputSlot, KeyId, Memo, Table, new_map};
+
+/// Staging for an input or query kind.
+pub(crate) struct KeyedStage<'a, K, V> {
+    codec: &'a Codec<K, V>,
+    table: &'a KeyTable<K>,
+    keys: Vec<K>,
+    inputs: HashMap<usize, (Revision, Option<V>)>,
+}
+
+impl<'a, K, V> KeyedStage<'a, K, V> {
+    pub(crate) fn new(codec: &'a Codec<K, V>, table: &'a KeyTable<K>) -> Self {
+        KeyedStage {
+            codec,
+            table,
+            keys: Vec::new(),
+            inputs: HashMap::new(),
+        }
+    }
+}
+
+/// Staging for an interned kind.
+pub(crate) struct InternedStage<'a, V> {
+    codec: &'a Codec<(), V>,
+    table: &'a KeyTable<V>,
+    values: Vec<V>,
+}
+
+impl<'a, V> InternedStage<'a, V> {
+    pub(crate) fn new(codec: &'a Codec<(), V>, table: &'a KeyTable<V>) -> Self {
+        InternedStage {
+            codec,
+            table,
+            values: Vec::new(),
+        }
+    }
+}
+
+fn wrong_kind() -> Error {
+    Error::persist("record does not fit its section's kind (corrupt file)")
+}
+
+impl<V> Stage for InternedStage<'_, V>
+where
+    V: Clone + Eq + Hash + Send + Sync + 'static,
+{
+    fn add_keys(&mut self, _first: usize, _blob: &[u8]) -> Result<()> {
+        Err(wrong_kind())
+    }
+
+    fn key_count(&self) -> usize {
+        0
+    }
+
+    fn set_inputs(&mut self, _slots: &[(usize, Revision, bool)], _blob: &[u8]) -> Result<()> {
+        Err(wrong_kind())
+    }
+
+    fn add_interned(&mut self, first: u32, blob: &[u8]) -> Result<()> {
+        if first as usize != self.values.len() {
+            return Err(Error::persist(
+                "interned records out of order (corrupt file)",
+            ));
+        }
+        self.values.extend((self.codec.decode_values)(blob)?);
+        let distinct: HashSet<&V> = self.values.iter().collect();
+        if distinct.len() != self.values.len() {
+            return Err(Error::persist("interned values repeat (corrupt file)"));
+        }
+        Ok(())
+    }
+
+    fn interned_count(&self) -> usize {
+        self.values.len()
+    }
+
+    fn input_count(&self) -> usize {
+        0
+    }
+
+    fn install_keys(&mut self) -> Result<Vec<KeyId>> {
+        Ok(Vec::new())
+    }
+
+    fn install_interned(&mut self) -> Result<()> {
+        for (id, value) in self.values.iter().enumerate() {
+            let id = u32::try_from(id).map_err(|_| Error::internal("too many interned values"))?;
+            if !self.table.intern_at(value, id) {
+                return Err(Error::internal("interned ids could not be restored"));
+            }
+        }
+        Ok(())
+    }
+
+    fn input_table(&mut self, _key_ids: &[KeyId]) -> Result<Table> {
+        Err(wrong_kind())
+    }
+
+    fn memo_table(&mut self, _memos: Vec<LoadedMemo>) -> Result<Table> {
+        Err(wrong_kind())
+    }
+}
+
+impl<K, V> Stage for KeyedStage<'_, K, V>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn add_keys(&mut self, first: usize, blob: &[u8]) -> Result<()> {
+        if first != self.keys.len() {
+            return Err(Error::persist("key records out of order (corrupt file)"));
+        }
+        self.keys.extend((self.codec.decode_keys)(blob)?);
+        Ok(())
+    }
+
+    fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn set_inputs(&mut self, slots: &[(usize, Revision, bool)], blob: &[u8]) -> Result<()> {
+        let values = (self.codec.decode_values)(blob)?;
+        if values.len() != slots.iter().filter(|s| s.2).count() {
+            return Err(Error::persist(
+                "input values do not match their slots (corrupt file)",
+            ));
+        }
+        let mut values = values.into_iter();
+        for &(key, changed_at, present) in slots {
+            let value = if present { values.next() } else { None };
+            self.inputs.insert(key, (changed_at, value));
+        }
+        Ok(())
+    }
+
+    fn add_interned(&mut self, _first: u32, _blob: &[u8]) -> Result<()> {
+        Err(wrong_kind())
+    }
+
+    fn interned_count(&self) -> usize {
+        0
+    }
+
+    fn input_count(&self) -> usize {
+        self.inputs.values().filter(|(_, v)| v.is_some()).count()
+    }
+
+    fn install_keys(&mut self) -> Result<Vec<KeyId>> {
+        self.keys
+            .iter()
+            .map(|k| {
+                self.table
+                    .intern(k)
+                    .ok_or_else(|| Error::internal("key table full"))
+            })
+            .collect()
+    }
+
+    fn install_interned(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn input_table(&mut self, key_ids: &[KeyId]) -> Result<Table> {
+        let mut map = new_map::<K, InputSlot<V>>();
+        for (&file_key, (changed_at, value)) in &self.inputs {
+            let (Some(key), Some(&id)) = (self.keys.get(file_key), key_ids.get(file_key)) else {
+                continue;
+            };
+            map.insert(
+                key.clone(),
+                InputSlot {
+                    key: id,
+                    value: value.clone(),
+                    changed_at: *changed_at,
+                },
+            );
+        }
+        Ok(Arc::new(map))
+    }
+
+    fn memo_table(&mut self, memos: Vec<LoadedMemo>) -> Result<Table> {
+        let mut map = new_map::<K, Entry<V>>();
+        for m in memos {
+            let Some(key) = self.keys.get(m.file_key) else {
+                continue;
+            };
+            let memo = Memo::loaded(
+                m.meta,
+                Encoded {
+                    bytes: m.bytes,
+                    range: m.value,
+                    decode: self.codec.decode_value,
+                },
+            );
+            map.insert(
+                key.clone(),
+                Entry {
+                    memo: Arc::new(memo),
+                    verified_at: m.verified_at,
+                },
+            );
+        }
+        Ok(Arc::new(map))
+    }
+}
