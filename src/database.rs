@@ -18,6 +18,9 @@ use crate::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
 use crate::storage::{Dep, MemoRef, Reason, typed_memo};
 use crate::view::{Access, Change, ViewCore};
 
+/// A top-level request that left at least this many pending memos merges them.
+const FLUSH_AFTER_REQUEST: usize = 64;
+
 /// The read and write API shared by [`Database`] and [`Snapshot`] (both
 /// dereference to it). Write functions that take `&View` to accept either.
 ///
@@ -256,8 +259,9 @@ impl View {
             let key_id = ing.key_id(&key)?;
             let access = Access::top_level(&self.core, pinned);
             let memo = fetch(&access, index, key_id, Hint::None).await;
-            // Make this request's memos hits for the next one.
-            access.flush();
+            // A request that computed much makes its memos lock-free hits for
+            // the next one; small leftovers wait for the next merge.
+            access.flush_if(FLUSH_AFTER_REQUEST);
             memo
         })
         .await?;

@@ -219,6 +219,9 @@ impl ViewCore {
     fn find(&self, dep: Dep, ing: &dyn Ingredient, r: Revision) -> Option<(MemoRef, Revision)> {
         let pending = self.pending.get(dep).filter(|(_, v)| *v <= r);
         if matches!(&pending, Some((_, v)) if *v == r) {
+            // Someone reads what is still pending: merge, so the next reads
+            // of these memos take the lock-free path.
+            self.merge_pending();
             return pending;
         }
         let state = self.state.load();
@@ -382,10 +385,15 @@ impl Access {
         }
     }
 
-    /// Merges pending memos of this view (and of the parent it offers to).
-    pub(crate) fn flush(&self) {
-        self.view.merge_pending();
-        if let Some(parent) = self.offers_to_parent() {
+    /// Merges pending memos of this view (and of the parent it offers to)
+    /// where at least `min` are pending.
+    pub(crate) fn flush_if(&self, min: usize) {
+        if self.view.pending.len() >= min {
+            self.view.merge_pending();
+        }
+        if let Some(parent) = self.offers_to_parent()
+            && parent.pending.len() >= min
+        {
             parent.merge_pending();
         }
     }

@@ -1,0 +1,367 @@
+//! The site generator as a graph of picante queries.
+//!
+//! ```text
+//!  SourceFile(path) ─▶ ParsePage(path) ─▶ PageTitle(path) ─▶ SiteNav ─▶ SectionNav(section) ─┐
+//!                             │                                  └──────▶ SiteIndex          │
+//!                             └──────────────────────────────▶ RenderPage(path) ◀───────────┘
+//!  TemplateFile(name) ─▶ LoadTemplate(name) ─▶ ResolvedTemplate(name) ─┘
+//!                                   (includes: ResolvedTemplate("partials/x.html"))
+//! ```
+//!
+//! *Inputs* (`SourceFile`, `TemplateFile`, `PageList`) are set by the driver
+//! after scanning the directory. Everything else is a *derived query*: an
+//! `async fn` whose result picante memoizes, together with the list of every
+//! input and query it read through its `QueryCx` (its dependencies). When an
+//! input changes, only the memos that (transitively) read it are re-executed;
+//! the others are *revalidated*: reused without running their body.
+
+use std::sync::Arc;
+
+use picante::{AsyncQuery, Database, Durability, Error, Input, QueryCx, async_trait};
+
+use crate::markup::{self, Segment, Template};
+
+// ---------------------------------------------------------------------------
+// Inputs: the outside world, set by the driver (see `driver::Scanner`).
+// ---------------------------------------------------------------------------
+
+/// The text of one Markdown page, keyed by its path relative to `content/`
+/// (`"peppers/habanero.md"`).
+pub struct SourceFile;
+impl Input for SourceFile {
+    type Key = String;
+    type Value = Arc<str>;
+}
+
+/// The text of a template or partial, keyed by its path relative to
+/// `templates/` (`"doc.html"`, `"partials/sidebar.html"`).
+pub struct TemplateFile;
+impl Input for TemplateFile {
+    type Key = String;
+    type Value = Arc<str>;
+    /// Templates change far less often than content. Memos that only depend
+    /// on `Medium` (or higher) inputs skip their dependency walk entirely
+    /// when only `Low` inputs (pages) changed: durability saves work, it
+    /// never changes results.
+    const DURABILITY: Durability = Durability::Medium;
+}
+
+/// The sorted list of all page paths. Queries cannot enumerate an input
+/// kind, so "which pages exist" is itself an input, set by the scan (and
+/// only changed when a page is added or removed).
+pub struct PageList;
+impl Input for PageList {
+    type Key = ();
+    type Value = Arc<[String]>;
+}
+
+// ---------------------------------------------------------------------------
+// Values. Every query value must be `Clone + PartialEq`: `==` is what early
+// cutoff compares. Large values are wrapped in `Arc` so cloning is cheap.
+// ---------------------------------------------------------------------------
+
+/// A parsed page.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Page {
+    /// First directory of the path (`"peppers"`), or `""` for top-level pages.
+    pub section: String,
+    /// Output path relative to the output directory (`"peppers/habanero.html"`).
+    pub url: String,
+    pub title: Arc<str>,
+    pub template: String,
+    /// The Markdown body rendered to HTML.
+    pub html: String,
+}
+
+/// The navigation: every section and the titles of its pages.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Nav {
+    pub sections: Vec<NavSection>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct NavSection {
+    pub name: String,
+    /// `(url, title)` of each page, in path order.
+    pub pages: Vec<(String, Arc<str>)>,
+}
+
+/// The section of a page path: its first directory.
+pub fn section_of(path: &str) -> &str {
+    path.split_once('/').map_or("", |(section, _)| section)
+}
+
+/// The output path of a page: `"peppers/habanero.md"` → `"peppers/habanero.html"`.
+pub fn url_of(path: &str) -> String {
+    format!("{}.html", path.strip_suffix(".md").unwrap_or(path))
+}
+
+/// The relative prefix leading from a page back to the output root.
+fn root_of(url: &str) -> String {
+    "../".repeat(url.matches('/').count())
+}
+
+// ---------------------------------------------------------------------------
+// Derived queries.
+// ---------------------------------------------------------------------------
+
+/// Front matter + Markdown → a [`Page`].
+pub struct ParsePage;
+#[async_trait]
+impl AsyncQuery for ParsePage {
+    type Key = String;
+    type Value = Arc<Page>;
+    async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Arc<Page>> {
+        // Reading an input through `cx` records it as a dependency of this
+        // execution: ParsePage(path) re-runs when (and only when) this file
+        // changes.
+        let text = cx.input::<SourceFile>(&path)?;
+        let (front, body) = markup::split_front_matter(&text)
+            .map_err(|e| Error::msg(format!("content/{path}: {e}")))?;
+        let stem = path.rsplit('/').next().unwrap_or(&path);
+        let stem = stem.strip_suffix(".md").unwrap_or(stem);
+        Ok(Arc::new(Page {
+            section: section_of(&path).to_string(),
+            url: url_of(&path),
+            title: front.title.unwrap_or_else(|| stem.to_string()).into(),
+            template: front.template.unwrap_or_else(|| "page".to_string()),
+            html: markup::markdown_to_html(body),
+        }))
+    }
+}
+
+/// Just the title of a page.
+///
+/// This tiny query is what makes body edits cheap: it re-runs whenever the
+/// page is re-parsed, but if the title is unchanged its value is `==` the old
+/// one, so picante keeps the old memo's "changed at" revision (*early
+/// cutoff*) and nothing that reads titles (the navigation, the index) re-runs.
+pub struct PageTitle;
+#[async_trait]
+impl AsyncQuery for PageTitle {
+    type Key = String;
+    type Value = Arc<str>;
+    async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Arc<str>> {
+        Ok(cx.query::<ParsePage>(path).await?.title.clone())
+    }
+}
+
+/// Every section with the titles of its pages. Depends on the page list and
+/// on titles only, never on page bodies.
+pub struct SiteNav;
+#[async_trait]
+impl AsyncQuery for SiteNav {
+    type Key = ();
+    type Value = Arc<Nav>;
+    async fn execute(&self, cx: &QueryCx, (): ()) -> picante::Result<Arc<Nav>> {
+        let pages = cx.input::<PageList>(&())?;
+        // A `QueryCx` is cheap to clone and `Send + 'static`: fan the title
+        // reads out on tasks. Reads through any clone are recorded as
+        // dependencies of this one SiteNav execution.
+        let tasks: Vec<_> = pages
+            .iter()
+            .map(|path| {
+                let (cx, path) = (cx.clone(), path.clone());
+                tokio::spawn(async move { cx.query::<PageTitle>(path).await })
+            })
+            .collect();
+        let mut sections: Vec<NavSection> = Vec::new();
+        for (path, task) in pages.iter().zip(tasks) {
+            // Errors are values too: a page whose front matter is broken
+            // fails to render on its own, but should not take the sidebar of
+            // every other page down with it. Its read is recorded all the
+            // same, so fixing the page re-runs SiteNav.
+            let title = match task.await.map_err(Error::new)? {
+                Ok(title) => title,
+                Err(_) => path.rsplit('/').next().unwrap_or(path).into(),
+            };
+            let name = section_of(path);
+            let url = url_of(path);
+            match sections.iter_mut().find(|s| s.name == name) {
+                Some(section) => section.pages.push((url, title)),
+                None => sections.push(NavSection {
+                    name: name.to_string(),
+                    pages: vec![(url, title)],
+                }),
+            }
+        }
+        Ok(Arc::new(Nav { sections }))
+    }
+}
+
+/// The sidebar list of one section, as HTML.
+///
+/// A second level of cutoff: when any title changes, SiteNav changes and
+/// every SectionNav re-runs, but only the section that holds the edited page
+/// produces a different value, so only that section's pages re-render.
+pub struct SectionNav;
+#[async_trait]
+impl AsyncQuery for SectionNav {
+    type Key = String;
+    type Value = Arc<str>;
+    async fn execute(&self, cx: &QueryCx, section: String) -> picante::Result<Arc<str>> {
+        let nav = cx.query::<SiteNav>(()).await?;
+        let mut html = String::from("<ul>\n");
+        for s in nav.sections.iter().filter(|s| s.name == section) {
+            for (url, title) in &s.pages {
+                let file = url.rsplit('/').next().unwrap_or(url);
+                html.push_str(&format!(
+                    "<li><a href=\"{file}\">{}</a></li>\n",
+                    markup::escape_html(title)
+                ));
+            }
+        }
+        html.push_str("</ul>");
+        Ok(html.into())
+    }
+}
+
+/// A template file, parsed (its includes not yet resolved).
+pub struct LoadTemplate;
+#[async_trait]
+impl AsyncQuery for LoadTemplate {
+    type Key = String;
+    type Value = Arc<Template>;
+    async fn execute(&self, cx: &QueryCx, name: String) -> picante::Result<Arc<Template>> {
+        // `input_opt` records the read even when the file is absent, so a
+        // page that names a missing template is rebuilt once it is added.
+        let Some(text) = cx.input_opt::<TemplateFile>(&name)? else {
+            return Err(Error::msg(format!("no template templates/{name}")));
+        };
+        Template::parse(&text)
+            .map(Arc::new)
+            .map_err(|e| Error::msg(format!("templates/{name}: {e}")))
+    }
+}
+
+/// A template with every `{{> partial}}` replaced by that partial's own
+/// resolved template, recursively.
+///
+/// Each include is read through `cx.query`, so it is a recorded dependency:
+/// editing `partials/sidebar.html` re-runs `ResolvedTemplate` only for the
+/// templates that included it, and then `RenderPage` only for the pages using
+/// those templates. A partial that includes itself (directly or not) is a
+/// cycle, which picante reports as an error naming the path, not a hang.
+pub struct ResolvedTemplate;
+#[async_trait]
+impl AsyncQuery for ResolvedTemplate {
+    type Key = String;
+    type Value = Arc<Template>;
+    async fn execute(&self, cx: &QueryCx, name: String) -> picante::Result<Arc<Template>> {
+        let template = cx.query::<LoadTemplate>(name).await?;
+        let mut segments = Vec::with_capacity(template.segments.len());
+        for segment in &template.segments {
+            match segment {
+                Segment::Include(partial) => {
+                    let included = cx
+                        .query::<ResolvedTemplate>(format!("partials/{partial}.html"))
+                        .await?;
+                    segments.extend(included.segments.iter().cloned());
+                }
+                other => segments.push(other.clone()),
+            }
+        }
+        Ok(Arc::new(Template { segments }))
+    }
+}
+
+/// One page, rendered to its final HTML.
+pub struct RenderPage;
+#[async_trait]
+impl AsyncQuery for RenderPage {
+    type Key = String;
+    type Value = Arc<str>;
+    async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Arc<str>> {
+        let page = cx.query::<ParsePage>(path.clone()).await?;
+        let template = cx
+            .query::<ResolvedTemplate>(format!("{}.html", page.template))
+            .await?;
+        // Dependencies are whatever this execution actually read: only pages
+        // whose template shows the section sidebar depend on SectionNav.
+        let section_nav = match template.uses("section_nav") {
+            true => Some(cx.query::<SectionNav>(page.section.clone()).await?),
+            false => None,
+        };
+        let (title, root) = (markup::escape_html(&page.title), root_of(&page.url));
+        let html = template
+            .fill(|var| match var {
+                "title" => Some(title.as_str()),
+                "content" => Some(page.html.as_str()),
+                "section" => Some(page.section.as_str()),
+                "root" => Some(root.as_str()),
+                "section_nav" => section_nav.as_deref(),
+                _ => None,
+            })
+            .map_err(|e| Error::msg(format!("content/{path} (template {}): {e}", page.template)))?;
+        Ok(html.into())
+    }
+}
+
+/// The home page: every section and page, from the navigation.
+pub struct SiteIndex;
+#[async_trait]
+impl AsyncQuery for SiteIndex {
+    type Key = ();
+    type Value = Arc<str>;
+    async fn execute(&self, cx: &QueryCx, (): ()) -> picante::Result<Arc<str>> {
+        // Two independent reads: run them concurrently with `join!`.
+        let (template, nav) = tokio::join!(
+            cx.query::<ResolvedTemplate>("index.html".to_string()),
+            cx.query::<SiteNav>(()),
+        );
+        let (template, nav) = (template?, nav?);
+        let mut list = String::new();
+        for section in &nav.sections {
+            let name = if section.name.is_empty() {
+                "pages"
+            } else {
+                &section.name
+            };
+            list.push_str(&format!("<h2 id=\"{name}\">{name}</h2>\n<ul>\n"));
+            for (url, title) in &section.pages {
+                let title = markup::escape_html(title);
+                list.push_str(&format!("<li><a href=\"{url}\">{title}</a></li>\n"));
+            }
+            list.push_str("</ul>\n");
+        }
+        let html = template
+            .fill(|var| match var {
+                "title" => Some("Picante Pantry"),
+                "content" => Some(list.as_str()),
+                "root" | "section" => Some(""),
+                _ => None,
+            })
+            .map_err(|e| Error::msg(format!("templates/index.html: {e}")))?;
+        Ok(html.into())
+    }
+}
+
+/// The query kinds, in the order the step tables print them.
+pub const QUERY_NAMES: [&str; 8] = [
+    "ParsePage",
+    "PageTitle",
+    "SiteNav",
+    "SectionNav",
+    "LoadTemplate",
+    "ResolvedTemplate",
+    "RenderPage",
+    "SiteIndex",
+];
+
+/// Registers every kind. A database is built once; its handle is a cheap
+/// pointer to share.
+pub fn database() -> picante::Result<Database> {
+    Database::builder()
+        .input::<SourceFile>()
+        .input::<TemplateFile>()
+        .input::<PageList>()
+        .query(ParsePage)
+        .query(PageTitle)
+        .query(SiteNav)
+        .query(SectionNav)
+        .query(LoadTemplate)
+        .query(ResolvedTemplate)
+        .query(RenderPage)
+        .query(SiteIndex)
+        .build()
+}
