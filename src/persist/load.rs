@@ -17,12 +17,14 @@ use crate::view::ViewCore;
 
 /// A memo as read, before its keys are resolved.
 struct ParsedMemo {
+    file_key: usize,
     verified_at: Revision,
     changed_at: Revision,
     executed_at: Revision,
     durability: Durability,
-    /// (section, file key, seen)
-    deps: Vec<(usize, usize, Revision)>,
+    /// Edges whose `ingredient` is still a section number and whose `key`
+    /// is still an index in that section's key table; resolved in place.
+    deps: Vec<Edge>,
     value: std::ops::Range<usize>,
     /// The value lies in the log's bytes, not the base's.
     in_log: bool,
@@ -43,8 +45,9 @@ enum Section<'a> {
 struct Image<'a> {
     revision: Revision,
     sections: Vec<Section<'a>>,
-    /// (section, file key) → memo; later records win.
-    memos: HashMap<(usize, usize), ParsedMemo>,
+    /// Per section, memos in file order (for a key appearing twice, the
+    /// later record wins).
+    memos: Vec<Vec<ParsedMemo>>,
     base_id: u64,
     log_len: u64,
 }
@@ -128,7 +131,7 @@ fn parse_base<'a>(view: &'a ViewCore, bytes: &[u8], report: &mut LoadReport) -> 
     let mut image = Image {
         revision: Revision::ZERO,
         sections: Vec::new(),
-        memos: HashMap::new(),
+        memos: Vec::new(),
         base_id,
         log_len: 0,
     };
@@ -300,15 +303,20 @@ fn apply_record(record: &Record<'_>, image: &mut Image<'_>, in_log: bool) -> Res
                 let ndeps = d.len(limit)?;
                 let mut deps = Vec::with_capacity(ndeps);
                 for _ in 0..ndeps {
-                    let ds = d.len(usize::MAX)?;
-                    let dk = d.len(usize::MAX)?;
+                    let ingredient = d.u32()?;
+                    let key = d.u32()?;
                     let seen = Revision::from_u64(d.var()?);
-                    deps.push((ds, dk, seen));
+                    deps.push(Edge {
+                        dep: Dep { ingredient, key },
+                        seen,
+                    });
                 }
                 let (bytes, offset) = d.bytes_at()?;
-                image.memos.insert(
-                    (s, key),
-                    ParsedMemo {
+                if image.memos.len() <= s {
+                    image.memos.resize_with(s + 1, Vec::new);
+                }
+                image.memos[s].push(ParsedMemo {
+                        file_key: key,
                         verified_at,
                         changed_at,
                         executed_at,
@@ -316,8 +324,7 @@ fn apply_record(record: &Record<'_>, image: &mut Image<'_>, in_log: bool) -> Res
                         deps,
                         value: offset..offset + bytes.len(),
                         in_log,
-                    },
-                );
+                    });
             }
         }
         (t, k) => {
@@ -390,24 +397,33 @@ fn install(
             Section::Dropped => None,
         })
         .collect();
-    let mut memos: HashMap<usize, Vec<(usize, ParsedMemo)>> = HashMap::new();
-    for ((s, key), memo) in std::mem::take(&mut image.memos) {
-        let resolvable = key_counts
-            .get(s)
-            .copied()
-            .flatten()
-            .is_some_and(|n| key < n)
-            && memo.deps.iter().all(|(ds, dk, _)| {
-                key_counts
-                    .get(*ds)
-                    .copied()
-                    .flatten()
-                    .is_some_and(|n| *dk < n)
+    let mut memos: Vec<Vec<ParsedMemo>> = std::mem::take(&mut image.memos);
+    for (s, list) in memos.iter_mut().enumerate() {
+        let before = list.len();
+        let resolvable = |k: usize, section: usize| {
+            key_counts.get(section).copied().flatten().is_some_and(|n| k < n)
+        };
+        list.retain(|m| {
+            resolvable(m.file_key, s)
+                && m.deps
+                    .iter()
+                    .all(|e| resolvable(e.dep.key as usize, e.dep.ingredient as usize))
+        });
+        report.dropped_memos += before - list.len();
+        // Later records (the log) win over earlier ones for the same key.
+        let mut last: Vec<usize> = vec![usize::MAX; key_counts.get(s).copied().flatten().unwrap_or(0)];
+        let mut repeated = false;
+        for (i, m) in list.iter().enumerate() {
+            repeated |= last[m.file_key] != usize::MAX;
+            last[m.file_key] = i;
+        }
+        if repeated {
+            let mut i = 0;
+            list.retain(|m| {
+                let keep = last[m.file_key] == i;
+                i += 1;
+                keep
             });
-        if resolvable {
-            memos.entry(s).or_default().push((key, memo));
-        } else {
-            report.dropped_memos += 1;
         }
     }
     // From here on, nothing can fail on the file's account.
@@ -441,22 +457,19 @@ fn install(
                 stage.install_interned()?;
             }
             IngredientKind::Query => {
-                let mut loaded = Vec::new();
-                for (file_key, m) in memos.remove(&s).unwrap_or_default() {
-                    let deps = m
-                        .deps
-                        .iter()
-                        .filter_map(|(ds, dk, seen)| {
-                            Some(Edge {
-                                dep: Dep {
-                                    ingredient: index_of.get(*ds).copied().flatten()?,
-                                    key: *key_ids.get(*ds)?.get(*dk)?,
-                                },
-                                seen: *seen,
-                            })
-                        })
-                        .collect::<Vec<_>>();
-                    let Some(&key) = key_ids[s].get(file_key) else {
+                let list = memos.get_mut(s).map(std::mem::take).unwrap_or_default();
+                let mut loaded = Vec::with_capacity(list.len());
+                for mut m in list {
+                    for e in &mut m.deps {
+                        let (ds, dk) = (e.dep.ingredient as usize, e.dep.key as usize);
+                        let (Some(Some(ingredient)), Some(&key)) =
+                            (index_of.get(ds), key_ids.get(ds).and_then(|ids| ids.get(dk)))
+                        else {
+                            return Err(Error::internal("unresolved dependency after validation"));
+                        };
+                        e.dep = Dep { ingredient: *ingredient, key };
+                    }
+                    let Some(&key) = key_ids[s].get(m.file_key) else {
                         continue;
                     };
                     // Values of memos parsed from the log point into the log.
@@ -466,10 +479,10 @@ fn install(
                         (false, _) => base.clone(),
                     };
                     loaded.push(LoadedMemo {
-                        file_key,
+                        file_key: m.file_key,
                         meta: MemoMeta {
                             key,
-                            deps: deps.into_boxed_slice(),
+                            deps: m.deps.into_boxed_slice(),
                             changed_at: m.changed_at,
                             durability: m.durability,
                             executed_at: m.executed_at,
