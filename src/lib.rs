@@ -99,3 +99,8 @@ pub use persist::{AppendReport, LoadOptions, LoadReport, OnError, SaveReport};
 pub use registry::DatabaseBuilder;
 pub use revision::{Durability, Revision};
 pub use stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
+
+/// The README's examples, compiled and run by `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
