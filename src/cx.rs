@@ -11,9 +11,10 @@ use crate::interned::InternedIngredient;
 use crate::kinds::{AsyncQuery, Id, Input, Interned};
 use crate::query::QueryIngredient;
 use crate::revision::{Durability, Revision};
-use crate::storage::{Dep, Edge, KeyId, MemoMeta, Reason, UNSEEN, typed_memo};
+use crate::storage::{Dep, Edge, KeyId, MAIN_FORK, MemoMeta, Reason, UNSEEN, typed_memo};
 use crate::util::lock;
 use crate::view::Access;
+use std::sync::atomic::AtomicU64;
 
 /// The context of one query execution.
 ///
@@ -146,9 +147,14 @@ impl QueryCx {
             crate::registry::IngredientKind::Query,
             QueryIngredient::<Q>::register_with,
         )?;
-        if let Some(memo) =
-            ing.verified_hit(&access.view.state.load(), index, &key, access.revision())?
-        {
+        let main = access.pinned.fork == MAIN_FORK;
+        if let Some(memo) = ing.verified_hit(
+            &access.view.state.load(),
+            index,
+            &key,
+            access.revision(),
+            main,
+        )? {
             let dep = Dep {
                 ingredient: index,
                 key: memo.meta.key,
@@ -224,6 +230,7 @@ impl QueryCx {
             (std::mem::take(&mut rec.deps), rec.durability)
         };
         let r = self.revision();
+        let main = self.inner.access.pinned.fork == MAIN_FORK;
         MemoMeta {
             key: self.inner.key,
             deps: dedup(deps).into_boxed_slice(),
@@ -231,6 +238,7 @@ impl QueryCx {
             durability,
             executed_at: r,
             reason: self.inner.reason,
+            verified_main: AtomicU64::new(if main { r.as_u64() } else { 0 }),
         }
     }
 }

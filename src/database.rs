@@ -15,7 +15,7 @@ use crate::query::QueryIngredient;
 use crate::registry::{DatabaseBuilder, IngredientKind, Registry};
 use crate::revision::Revision;
 use crate::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
-use crate::storage::{Dep, MemoRef, Reason, typed_memo};
+use crate::storage::{Dep, MAIN_FORK, MemoRef, Reason, typed_memo};
 use crate::view::{Access, Change, ViewCore};
 
 /// A top-level request that left at least this many pending memos merges them.
@@ -251,7 +251,9 @@ impl View {
             QueryIngredient::<Q>::register_with,
         )?;
         let state = self.core.state.load();
-        if let Some(memo) = ing.verified_hit(&state, index, &key, state.revision)? {
+        if let Some(memo) =
+            ing.verified_hit(&state, index, &key, state.revision, state.fork == MAIN_FORK)?
+        {
             return memo.value();
         }
         let pinned = arc_swap::Guard::into_inner(state);
@@ -440,7 +442,11 @@ impl View {
                 key: entry.memo.meta.key,
             },
             &(entry.memo.clone() as MemoRef),
-            entry.verified_at,
+            entry.memo.meta.effective_verified(
+                entry.verified_at,
+                state.revision,
+                state.fork == MAIN_FORK,
+            ),
         )))
     }
 
@@ -478,7 +484,11 @@ impl View {
             let Some(table) = state.tables.get(index as usize) else {
                 continue;
             };
-            for (key, memo, verified_at) in ing.memos(table) {
+            for (key, memo, entry_verified) in ing.memos(table) {
+                let main = state.fork == MAIN_FORK;
+                let verified_at =
+                    memo.meta()
+                        .effective_verified(entry_verified, state.revision, main);
                 out.push(self.memo_info(
                     Dep {
                         ingredient: index,

@@ -66,7 +66,7 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Result
                     .durable_since(memo.meta().durability, *verified_at)
             {
                 ing.counters().revalidations.incr();
-                acc.publish(index, &*ing, &[(key, memo.clone(), r)]);
+                acc.verified(index, &*ing, key, memo);
                 return Ok(memo.clone());
             }
         }
@@ -117,7 +117,7 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Result
                 match deep_verify(&sub, index, key, memo.clone()).await {
                     Verdict::Unchanged => {
                         ing.counters().revalidations.incr();
-                        acc.publish(index, &*ing, &[(key, memo.clone(), r)]);
+                        acc.verified(index, &*ing, key, memo);
                         owner.complete(memo.clone());
                         return Ok(memo.clone());
                     }

@@ -71,13 +71,18 @@ impl Pending {
 
     /// Runs `merge` over a copy of every entry, then removes the entries it
     /// saw (unless replaced meanwhile). Only one merge runs at a time; if one
-    /// is already running this returns at once.
-    pub(crate) fn merge_with(&self, merge: impl FnOnce(&[(Dep, MemoRef, Revision)])) {
+    /// is already running this waits for it (`wait`) or returns at once.
+    pub(crate) fn merge_with(&self, wait: bool, merge: impl FnOnce(&[(Dep, MemoRef, Revision)])) {
         if self.len() == 0 {
             return;
         }
-        let Ok(_merging) = self.merging.try_lock() else {
-            return;
+        let _merging = if wait {
+            lock(&self.merging)
+        } else {
+            match self.merging.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return,
+            }
         };
         let mut entries = Vec::with_capacity(self.len());
         for shard in &self.shards {

@@ -42,7 +42,8 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
             .ok_or_else(|| Error::internal(format!("{}: more than 2^32 keys", self.name)))
     }
 
-    /// The memo for `key` if this state holds one verified at `at` (a hit).
+    /// The memo for `key` if this state holds one verified at `at` (a hit);
+    /// `main`: the reader is in the database's main history.
     #[inline]
     pub(crate) fn verified_hit<'s>(
         &self,
@@ -50,10 +51,13 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
         index: u32,
         key: &Q::Key,
         at: Revision,
+        main: bool,
     ) -> Result<Option<&'s Arc<Memo<Q::Value>>>> {
         let table: &TableOf<Q> = state.table(index)?;
         match table.get(key) {
-            Some(entry) if entry.verified_at == at => {
+            Some(entry)
+                if entry.verified_at == at || (main && entry.memo.meta.verified_main() == at) =>
+            {
                 self.counters.hits.incr();
                 Ok(Some(&entry.memo))
             }

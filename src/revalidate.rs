@@ -16,7 +16,8 @@
 //! `changed_at` (early cutoff, S7) and the parent may still be valid. Only the
 //! root's re-execution is left to the caller, which holds its claim.
 //!
-//! Memos found valid are published in batches, not one state swap each.
+//! Memos found valid are marked verified on the memo itself (main history)
+//! or published in batches (forks), not one state swap each.
 
 use std::collections::{HashMap, HashSet};
 
@@ -101,7 +102,7 @@ pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: Memo
                                 dep_ing.counters().revalidations.incr();
                                 let c = m.meta().changed_at;
                                 verified.insert(dep, m.clone());
-                                unpublished.push((dep, m));
+                                record(acc, &mut unpublished, dep, m);
                                 Some(c)
                             }
                             Some((m, _)) if !on_stack.contains(&dep) => {
@@ -154,7 +155,7 @@ pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: Memo
                 parent.next += 1;
             }
             verified.insert(done.dep, done.memo.clone());
-            unpublished.push((done.dep, done.memo));
+            record(acc, &mut unpublished, done.dep, done.memo);
         }
 
         // The top frame has a changed dependency: re-execute it (unless it is
@@ -185,7 +186,17 @@ pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: Memo
     }
 }
 
-/// Publishes the memos verified so far, one state swap per ingredient.
+/// Records that `memo` is valid at the access's revision: on the memo itself
+/// in the main history; in a fork, queued for publication.
+fn record(acc: &Access, unpublished: &mut Vec<(Dep, MemoRef)>, dep: Dep, memo: MemoRef) {
+    if acc.in_main_history() {
+        memo.meta().mark_verified(acc.revision());
+    } else {
+        unpublished.push((dep, memo));
+    }
+}
+
+/// Publishes the memos verified so far (forks only), one state swap per ingredient.
 fn publish(acc: &Access, pending: &mut Vec<(Dep, MemoRef)>) {
     if pending.is_empty() {
         return;

@@ -8,6 +8,7 @@
 
 use std::any::Any;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::revision::{Durability, Revision};
@@ -117,6 +118,37 @@ pub(crate) struct MemoMeta {
     /// The revision the body last ran at.
     pub executed_at: Revision,
     pub reason: Reason,
+    /// The latest revision *of the database's main history* at which this
+    /// memo is known valid. Whether a memo is valid at revision r depends
+    /// only on r's inputs, not on which view checked, so any view in the main
+    /// history records a successful revalidation here (an atomic max) instead
+    /// of re-inserting a table entry. Forked views ignore it.
+    pub verified_main: AtomicU64,
+}
+
+impl MemoMeta {
+    pub(crate) fn verified_main(&self) -> Revision {
+        Revision::from_u64(self.verified_main.load(Ordering::Acquire))
+    }
+
+    /// Records that the memo is valid at main-history revision `r`.
+    pub(crate) fn mark_verified(&self, r: Revision) {
+        self.verified_main.fetch_max(r.as_u64(), Ordering::AcqRel);
+    }
+
+    /// The latest revision ≤ `r` this memo is known valid at, given the
+    /// entry's own `verified_at` and, for an access in the main history,
+    /// `verified_main`.
+    #[inline]
+    pub(crate) fn effective_verified(&self, entry: Revision, r: Revision, main: bool) -> Revision {
+        if main {
+            let v = self.verified_main();
+            if v > entry && v <= r {
+                return v;
+            }
+        }
+        entry
+    }
 }
 
 /// A memoized result. Immutable; shared by every view that has it.

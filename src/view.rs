@@ -101,8 +101,11 @@ impl ViewCore {
         })
     }
 
-    /// A new view of this view's current state: O(1), a few pointer copies.
+    /// A new view of this view's current state: a few pointer copies (after
+    /// folding memos still pending in this view into its state, so the
+    /// snapshot keeps them even if this view later replaces them).
     pub(crate) fn snapshot(self: &Arc<Self>) -> Arc<ViewCore> {
+        self.merge_pending_now(true);
         let state = self.state.load_full();
         // Offer work to the root of this history: the database, or the
         // forked snapshot this one was taken from.
@@ -176,10 +179,15 @@ impl ViewCore {
         }
     }
 
-    /// Merges the pending buffer into the state in one swap.
+    /// Merges the pending buffer into the state in one swap (unless another
+    /// merge is running).
     pub(crate) fn merge_pending(&self) {
+        self.merge_pending_now(false)
+    }
+
+    fn merge_pending_now(&self, wait: bool) {
         let registry = &self.shared.registry;
-        self.pending.merge_with(|entries| {
+        self.pending.merge_with(wait, |entries| {
             let mut by_ingredient: std::collections::HashMap<
                 u32,
                 Vec<Publish>,
@@ -216,8 +224,18 @@ impl ViewCore {
 
     /// The best memo for `dep` in this view usable at `r`. Checks the pending
     /// buffer before the state (see `pending.rs` for why this order).
-    fn find(&self, dep: Dep, ing: &dyn Ingredient, r: Revision) -> Option<(MemoRef, Revision)> {
-        let pending = self.pending.get(dep).filter(|(_, v)| *v <= r);
+    fn find(
+        &self,
+        dep: Dep,
+        ing: &dyn Ingredient,
+        r: Revision,
+        main: bool,
+    ) -> Option<(MemoRef, Revision)> {
+        let effective = |(m, v): (MemoRef, Revision)| {
+            let v = m.meta().effective_verified(v, r, main);
+            (v <= r).then_some((m, v))
+        };
+        let pending = self.pending.get(dep).and_then(effective);
         if matches!(&pending, Some((_, v)) if *v == r) {
             // Someone reads what is still pending: merge, so the next reads
             // of these memos take the lock-free path.
@@ -229,7 +247,7 @@ impl ViewCore {
             .tables
             .get(dep.ingredient as usize)
             .and_then(|table| ing.memo(table, dep.key))
-            .filter(|(_, v)| *v <= r);
+            .and_then(effective);
         newest(pending, stored)
     }
 
@@ -341,6 +359,21 @@ impl Access {
         self.pinned.revision
     }
 
+    /// Whether this access reads the database's main history (not a fork).
+    pub(crate) fn in_main_history(&self) -> bool {
+        self.pinned.fork == MAIN_FORK
+    }
+
+    /// Records that `memo` is valid at this access's revision: on the memo
+    /// itself in the main history, by publishing an entry in a fork.
+    pub(crate) fn verified(&self, index: u32, ing: &dyn Ingredient, key: KeyId, memo: &MemoRef) {
+        if self.in_main_history() {
+            memo.meta().mark_verified(self.pinned.revision);
+        } else {
+            self.publish(index, ing, &[(key, memo.clone(), self.pinned.revision)]);
+        }
+    }
+
     fn offers_to_parent(&self) -> Option<&Arc<ViewCore>> {
         self.view
             .parent
@@ -363,12 +396,13 @@ impl Access {
             ingredient: index,
             key,
         };
-        let own = self.view.find(dep, ing, r);
+        let main = self.in_main_history();
+        let own = self.view.find(dep, ing, r, main);
         if matches!(&own, Some((_, v)) if *v == r) {
             return own;
         }
         match self.offers_to_parent() {
-            Some(parent) => newest(own, parent.find(dep, ing, r)),
+            Some(parent) => newest(own, parent.find(dep, ing, r, main)),
             None => own,
         }
     }

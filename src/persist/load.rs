@@ -14,6 +14,7 @@ use crate::revision::{Durability, Revision};
 use crate::storage::{Dep, Edge, MemoMeta, Reason};
 use crate::util::lock;
 use crate::view::ViewCore;
+use std::sync::atomic::AtomicU64;
 
 /// A memo as read, before its keys are resolved.
 struct ParsedMemo {
@@ -316,15 +317,15 @@ fn apply_record(record: &Record<'_>, image: &mut Image<'_>, in_log: bool) -> Res
                     image.memos.resize_with(s + 1, Vec::new);
                 }
                 image.memos[s].push(ParsedMemo {
-                        file_key: key,
-                        verified_at,
-                        changed_at,
-                        executed_at,
-                        durability,
-                        deps,
-                        value: offset..offset + bytes.len(),
-                        in_log,
-                    });
+                    file_key: key,
+                    verified_at,
+                    changed_at,
+                    executed_at,
+                    durability,
+                    deps,
+                    value: offset..offset + bytes.len(),
+                    in_log,
+                });
             }
         }
         (t, k) => {
@@ -401,7 +402,11 @@ fn install(
     for (s, list) in memos.iter_mut().enumerate() {
         let before = list.len();
         let resolvable = |k: usize, section: usize| {
-            key_counts.get(section).copied().flatten().is_some_and(|n| k < n)
+            key_counts
+                .get(section)
+                .copied()
+                .flatten()
+                .is_some_and(|n| k < n)
         };
         list.retain(|m| {
             resolvable(m.file_key, s)
@@ -411,7 +416,8 @@ fn install(
         });
         report.dropped_memos += before - list.len();
         // Later records (the log) win over earlier ones for the same key.
-        let mut last: Vec<usize> = vec![usize::MAX; key_counts.get(s).copied().flatten().unwrap_or(0)];
+        let mut last: Vec<usize> =
+            vec![usize::MAX; key_counts.get(s).copied().flatten().unwrap_or(0)];
         let mut repeated = false;
         for (i, m) in list.iter().enumerate() {
             repeated |= last[m.file_key] != usize::MAX;
@@ -462,12 +468,16 @@ fn install(
                 for mut m in list {
                     for e in &mut m.deps {
                         let (ds, dk) = (e.dep.ingredient as usize, e.dep.key as usize);
-                        let (Some(Some(ingredient)), Some(&key)) =
-                            (index_of.get(ds), key_ids.get(ds).and_then(|ids| ids.get(dk)))
-                        else {
+                        let (Some(Some(ingredient)), Some(&key)) = (
+                            index_of.get(ds),
+                            key_ids.get(ds).and_then(|ids| ids.get(dk)),
+                        ) else {
                             return Err(Error::internal("unresolved dependency after validation"));
                         };
-                        e.dep = Dep { ingredient: *ingredient, key };
+                        e.dep = Dep {
+                            ingredient: *ingredient,
+                            key,
+                        };
                     }
                     let Some(&key) = key_ids[s].get(m.file_key) else {
                         continue;
@@ -487,6 +497,7 @@ fn install(
                             durability: m.durability,
                             executed_at: m.executed_at,
                             reason: Reason::New,
+                            verified_main: AtomicU64::new(m.verified_at.as_u64()),
                         },
                         verified_at: m.verified_at,
                         bytes,

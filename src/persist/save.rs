@@ -160,7 +160,12 @@ pub(crate) fn save(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
                 let mut e = Enc::default();
                 let mut count = 0u64;
                 let mut payload = Enc::default();
-                for (_, memo, verified_at) in &memos {
+                let main = state.fork == MAIN_FORK;
+                for (_, memo, entry_verified) in &memos {
+                    let verified_at =
+                        &memo
+                            .meta()
+                            .effective_verified(*entry_verified, state.revision, main);
                     if !persistable(memo, &sections) {
                         report.skipped_memos += 1;
                         continue;
@@ -344,7 +349,7 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
                 report.inputs += 1;
             }
             IngredientKind::Query => {
-                let Some((memo, verified_at)) = ing.memo(table, dep.key) else {
+                let Some((memo, entry_verified)) = ing.memo(table, dep.key) else {
                     continue;
                 };
                 if !persistable(&memo, &sections) {
@@ -353,6 +358,9 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
                 let Some(value) = kind.encode_memo_value(&memo)? else {
                     continue;
                 };
+                let verified_at =
+                    memo.meta()
+                        .effective_verified(entry_verified, state.revision, true);
                 e.var(s as u64).var(1);
                 encode_memo(&mut e, &mut keys, &sections, s, &memo, verified_at, &value);
                 keys.flush(&sections, &mut body)?;
