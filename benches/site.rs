@@ -201,7 +201,7 @@ fn site(c: &mut Criterion) {
     };
     let whitespace = |v: u32| -> Arc<str> {
         let base = source(7, 0);
-        if v % 2 == 0 {
+        if v.is_multiple_of(2) {
             base
         } else {
             format!("{base}   \n").replace(" some", "  some").into()
