@@ -48,7 +48,7 @@ pub(crate) fn fetch(
     Box::pin(fetch_inner(acc, index, key, hint))
 }
 
-async fn fetch_inner(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Result<MemoRef> {
+async fn fetch_inner(acc: &Access, index: u32, key: KeyId, mut hint: Hint) -> Result<MemoRef> {
     let shared = acc.view.shared.clone();
     let ing: Arc<dyn Ingredient> = shared.registry.get(index)?.clone();
     let r = acc.revision();
@@ -68,6 +68,19 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Result
                 ing.counters().revalidations.incr();
                 acc.verified(index, &*ing, key, memo);
                 return Ok(memo.clone());
+            }
+            // Try revalidating without claiming: if no dependency needs to
+            // run, nothing is executed and no slot is needed.
+            if matches!(hint, Hint::None) {
+                match deep_verify(acc, index, key, memo.clone(), false).await {
+                    Verdict::Unchanged => {
+                        ing.counters().revalidations.incr();
+                        acc.verified(index, &*ing, key, memo);
+                        return Ok(memo.clone());
+                    }
+                    Verdict::Changed(reason) => hint = Hint::Stale(reason),
+                    Verdict::Blocked => {}
+                }
             }
         }
         let slot = SlotKey {
@@ -114,7 +127,7 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Result
             (Hint::Stale(reason), _) => reason,
             (Hint::None, None) => Reason::New,
             (Hint::None, Some((memo, _))) => {
-                match deep_verify(&sub, index, key, memo.clone()).await {
+                match deep_verify(&sub, index, key, memo.clone(), true).await {
                     Verdict::Unchanged => {
                         ing.counters().revalidations.incr();
                         acc.verified(index, &*ing, key, memo);
@@ -122,6 +135,7 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Result
                         return Ok(memo.clone());
                     }
                     Verdict::Changed(reason) => reason,
+                    Verdict::Blocked => Reason::Unverifiable,
                 }
             }
         };

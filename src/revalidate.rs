@@ -32,6 +32,8 @@ pub(crate) enum Verdict {
     Unchanged,
     /// The memo must be re-executed, for this reason.
     Changed(Reason),
+    /// (Without execution only.) Deciding needs a dependency executed.
+    Blocked,
 }
 
 struct Frame {
@@ -53,9 +55,20 @@ impl Frame {
 
 type Seen = HashSet<Dep, ahash::RandomState>;
 
-/// Walks the dependencies of `memo` (for `index`/`key`) at `acc`'s revision. `acc.requester` must be the root's
-/// in-flight node.
-pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: MemoRef) -> Verdict {
+/// Walks the dependencies of `memo` (for `index`/`key`) at `acc`'s revision.
+///
+/// With `execute`, stale or missing dependencies are fetched (executed) and
+/// `acc.requester` must be the root's in-flight node. Without, the walk runs
+/// no user code and claims nothing: it returns `Blocked` where it would have
+/// to execute something. A revalidation that needs no execution is
+/// idempotent, so callers try it first, unclaimed.
+pub(crate) async fn deep_verify(
+    acc: &Access,
+    index: u32,
+    key: KeyId,
+    memo: MemoRef,
+    execute: bool,
+) -> Verdict {
     let shared = acc.view.shared.clone();
     let registry = &shared.registry;
     let r = acc.revision();
@@ -68,10 +81,12 @@ pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: Memo
         memo,
         next: 0,
     }];
-    let mut on_stack: Seen = Seen::default();
-    on_stack.insert(root);
-    // Memos verified at `r` during this walk.
-    let mut verified: HashMap<Dep, MemoRef, ahash::RandomState> = HashMap::default();
+    let mut on_stack = OnStack::default();
+    on_stack.push(root);
+    // Memos verified at `r` during this walk, in a fork (in the main history
+    // they are marked on the memo, so lookups see them).
+    let mut verified: HashMap<Dep, MemoRef, ahash::RandomState> =
+        HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4));
     let mut unpublished: Vec<(Dep, MemoRef)> = Vec::new();
 
     loop {
@@ -101,12 +116,11 @@ pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: Memo
                             Some((m, v)) if acc.pinned.durable_since(m.meta().durability, v) => {
                                 dep_ing.counters().revalidations.incr();
                                 let c = m.meta().changed_at;
-                                verified.insert(dep, m.clone());
-                                record(acc, &mut unpublished, dep, m);
+                                record(acc, &mut verified, &mut unpublished, dep, m);
                                 Some(c)
                             }
-                            Some((m, _)) if !on_stack.contains(&dep) => {
-                                on_stack.insert(dep);
+                            Some((m, _)) if !on_stack.contains(dep, &stack) => {
+                                on_stack.push(dep);
                                 stack.push(Frame {
                                     dep,
                                     memo: m,
@@ -119,6 +133,9 @@ pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: Memo
                             // the in-flight table and reported as an error).
                             _ => {
                                 publish(acc, &mut unpublished);
+                                if !execute {
+                                    return Verdict::Blocked;
+                                }
                                 fetch(acc, dep.ingredient, dep.key, Hint::None)
                                     .await
                                     .ok()
@@ -141,7 +158,7 @@ pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: Memo
             let Some(done) = stack.pop() else {
                 return Verdict::Changed(Reason::Unverifiable);
             };
-            on_stack.remove(&done.dep);
+            on_stack.pop(done.dep);
             let Some(parent) = stack.last_mut() else {
                 publish(acc, &mut unpublished);
                 return Verdict::Unchanged;
@@ -154,8 +171,7 @@ pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: Memo
             } else {
                 parent.next += 1;
             }
-            verified.insert(done.dep, done.memo.clone());
-            record(acc, &mut unpublished, done.dep, done.memo);
+            record(acc, &mut verified, &mut unpublished, done.dep, done.memo);
         }
 
         // The top frame has a changed dependency: re-execute it (unless it is
@@ -168,8 +184,11 @@ pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: Memo
             let Some(frame) = stack.pop() else {
                 return Verdict::Changed(Reason::Unverifiable);
             };
-            on_stack.remove(&frame.dep);
+            on_stack.pop(frame.dep);
             publish(acc, &mut unpublished);
+            if !execute {
+                return Verdict::Blocked;
+            }
             let hint = Hint::Stale(Reason::DependencyChanged(cause));
             let result = fetch(acc, frame.dep.ingredient, frame.dep.key, hint).await;
             let Some(parent) = stack.last_mut() else {
@@ -177,7 +196,9 @@ pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: Memo
             };
             match result {
                 Ok(m) if m.meta().changed_at == parent.seen() => {
-                    verified.insert(frame.dep, m);
+                    if !acc.in_main_history() {
+                        verified.insert(frame.dep, m);
+                    }
                     parent.next += 1;
                 }
                 _ => changed = Some(frame.dep),
@@ -187,12 +208,57 @@ pub(crate) async fn deep_verify(acc: &Access, index: u32, key: KeyId, memo: Memo
 }
 
 /// Records that `memo` is valid at the access's revision: on the memo itself
-/// in the main history; in a fork, queued for publication.
-fn record(acc: &Access, unpublished: &mut Vec<(Dep, MemoRef)>, dep: Dep, memo: MemoRef) {
+/// in the main history; in a fork, in the walk's map and queued for
+/// publication.
+fn record(
+    acc: &Access,
+    verified: &mut HashMap<Dep, MemoRef, ahash::RandomState>,
+    unpublished: &mut Vec<(Dep, MemoRef)>,
+    dep: Dep,
+    memo: MemoRef,
+) {
     if acc.in_main_history() {
         memo.meta().mark_verified(acc.revision());
     } else {
+        verified.insert(dep, memo.clone());
         unpublished.push((dep, memo));
+    }
+}
+
+/// The dependencies on the walk's stack (to stop at cycles among old
+/// dependencies). Short walks scan the stack; a set takes over past
+/// `SCAN_LIMIT` frames so deep chains stay linear.
+#[derive(Default)]
+struct OnStack {
+    set: Option<Seen>,
+    depth: usize,
+}
+
+const SCAN_LIMIT: usize = 32;
+
+impl OnStack {
+    fn push(&mut self, dep: Dep) {
+        self.depth += 1;
+        if let Some(set) = &mut self.set {
+            set.insert(dep);
+        }
+    }
+
+    fn pop(&mut self, dep: Dep) {
+        self.depth = self.depth.saturating_sub(1);
+        if let Some(set) = &mut self.set {
+            set.remove(&dep);
+        }
+    }
+
+    fn contains(&mut self, dep: Dep, stack: &[Frame]) -> bool {
+        if self.set.is_none() && self.depth >= SCAN_LIMIT {
+            self.set = Some(stack.iter().map(|f| f.dep).collect());
+        }
+        match &self.set {
+            Some(set) => set.contains(&dep),
+            None => stack.iter().any(|f| f.dep == dep),
+        }
     }
 }
 
