@@ -13,6 +13,10 @@
 //!   requester's task, in another task, or in a `join!` sibling). A request
 //!   that would wait on a slot that (transitively) waits on the requester is a
 //!   cycle, reported with its path instead of deadlocking.
+//!
+//!   The edge from the requester that *claimed* a slot is the slot's `parent`
+//!   (set once, free); only requests that wait on someone else's slot are
+//!   kept in a map. Cycle checks walk the graph backwards from the requester.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,12 +60,14 @@ pub(crate) struct Node {
     pub slot: SlotKey,
     state: Mutex<NodeState>,
     notify: Notify,
+    /// The in-flight fetch that claimed this one (it waits on it), if any.
+    parent: Option<Arc<Node>>,
 }
 
 struct Inner {
     nodes: HashMap<SlotKey, Arc<Node>, ahash::RandomState>,
-    /// requester node id → targets it is currently requesting (a multiset).
-    edges: HashMap<u64, Vec<Arc<Node>>, ahash::RandomState>,
+    /// target node id → requesters waiting on it (a multiset).
+    waiters: HashMap<u64, Vec<Arc<Node>>, ahash::RandomState>,
 }
 
 pub(crate) struct InFlight {
@@ -79,22 +85,22 @@ pub(crate) enum Claim<'a> {
     Wait(Waiter<'a>),
 }
 
-/// A requester → target edge, removed when dropped.
-struct Edge<'a> {
+/// A requester waiting on someone else's slot; removed when dropped.
+struct WaitEdge<'a> {
     table: &'a InFlight,
     requester: Arc<Node>,
-    target: Arc<Node>,
+    target: u64,
 }
 
-impl Drop for Edge<'_> {
+impl Drop for WaitEdge<'_> {
     fn drop(&mut self) {
         let mut inner = lock(&self.table.inner);
-        if let Some(targets) = inner.edges.get_mut(&self.requester.id) {
-            if let Some(pos) = targets.iter().position(|t| Arc::ptr_eq(t, &self.target)) {
-                targets.swap_remove(pos);
+        if let Some(list) = inner.waiters.get_mut(&self.target) {
+            if let Some(pos) = list.iter().position(|r| Arc::ptr_eq(r, &self.requester)) {
+                list.swap_remove(pos);
             }
-            if targets.is_empty() {
-                inner.edges.remove(&self.requester.id);
+            if list.is_empty() {
+                inner.waiters.remove(&self.target);
             }
         }
     }
@@ -105,7 +111,6 @@ pub(crate) struct Owner<'a> {
     table: &'a InFlight,
     node: Arc<Node>,
     done: bool,
-    _edge: Option<Edge<'a>>,
 }
 
 impl Owner<'_> {
@@ -148,7 +153,7 @@ impl Drop for Owner<'_> {
 /// A wait for someone else's fetch.
 pub(crate) struct Waiter<'a> {
     node: Arc<Node>,
-    _edge: Option<Edge<'a>>,
+    _edge: Option<WaitEdge<'a>>,
 }
 
 impl Waiter<'_> {
@@ -174,7 +179,7 @@ impl InFlight {
         InFlight {
             inner: Mutex::new(Inner {
                 nodes: HashMap::with_hasher(ahash::RandomState::new()),
-                edges: HashMap::with_hasher(ahash::RandomState::new()),
+                waiters: HashMap::with_hasher(ahash::RandomState::new()),
             }),
             next_id: AtomicU64::new(1),
             completions: AtomicU64::new(0),
@@ -205,15 +210,15 @@ impl InFlight {
         if let Some(node) = inner.nodes.get(&slot).cloned() {
             let edge = match requester {
                 Some(req) => {
-                    if let Some(path) = path_between(&inner, &node, req.id) {
+                    if let Some(path) = cycle_path(&inner, req, node.id) {
                         drop(inner);
                         return Err(cycle_error(&path, registry));
                     }
-                    inner.edges.entry(req.id).or_default().push(node.clone());
-                    Some(Edge {
+                    inner.waiters.entry(node.id).or_default().push(req.clone());
+                    Some(WaitEdge {
                         table: self,
                         requester: req.clone(),
-                        target: node.clone(),
+                        target: node.id,
                     })
                 }
                 None => None,
@@ -225,54 +230,46 @@ impl InFlight {
             slot,
             state: Mutex::new(NodeState::Running),
             notify: Notify::new(),
+            parent: requester.cloned(),
         });
         inner.nodes.insert(slot, node.clone());
-        let edge = requester.map(|req| {
-            inner.edges.entry(req.id).or_default().push(node.clone());
-            Edge {
-                table: self,
-                requester: req.clone(),
-                target: node.clone(),
-            }
-        });
         Ok(Claim::Owner(Owner {
             table: self,
             node,
             done: false,
-            _edge: edge,
         }))
     }
 }
 
-/// Path `from → … → to` in the wait-for graph (iterative DFS), if any.
-fn path_between(inner: &Inner, from: &Arc<Node>, to: u64) -> Option<Vec<Arc<Node>>> {
-    if from.id == to {
-        return Some(vec![from.clone()]);
-    }
-    let mut parent: HashMap<u64, (Arc<Node>, u64), ahash::RandomState> =
-        HashMap::with_hasher(ahash::RandomState::new());
-    parent.insert(from.id, (from.clone(), 0));
-    let mut stack = vec![from.clone()];
+/// If `target` (transitively) waits on `requester`, the cycle as a path from
+/// `target` forward to `requester`. Walks backwards from `requester`: the
+/// fetches waiting on a node are its `parent` and its registered waiters.
+fn cycle_path(inner: &Inner, requester: &Arc<Node>, target: u64) -> Option<Vec<Arc<Node>>> {
+    // node id → (node, the node it waits on, towards the requester).
+    let mut next_of: HashMap<u64, (Arc<Node>, u64), ahash::RandomState> = HashMap::default();
+    next_of.insert(requester.id, (requester.clone(), requester.id));
+    let mut stack = vec![requester.clone()];
     while let Some(n) = stack.pop() {
-        for t in inner.edges.get(&n.id).into_iter().flatten() {
-            if parent.contains_key(&t.id) {
+        if n.id == target {
+            // Follow the chain from the target forward to the requester.
+            let mut path = vec![n.clone()];
+            let mut cur = n.id;
+            while cur != requester.id {
+                cur = next_of.get(&cur)?.1;
+                path.push(next_of.get(&cur)?.0.clone());
+            }
+            return Some(path);
+        }
+        let preds = n
+            .parent
+            .iter()
+            .chain(inner.waiters.get(&n.id).into_iter().flatten());
+        for p in preds {
+            if next_of.contains_key(&p.id) {
                 continue;
             }
-            parent.insert(t.id, (t.clone(), n.id));
-            if t.id == to {
-                let mut path = vec![t.clone()];
-                let mut cur = n.id;
-                while let Some((node, up)) = parent.get(&cur) {
-                    path.push(node.clone());
-                    if cur == from.id {
-                        break;
-                    }
-                    cur = *up;
-                }
-                path.reverse();
-                return Some(path);
-            }
-            stack.push(t.clone());
+            next_of.insert(p.id, (p.clone(), n.id));
+            stack.push(p.clone());
         }
     }
     None

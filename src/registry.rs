@@ -91,9 +91,32 @@ pub(crate) trait Ingredient: Any + Send + Sync {
     }
 }
 
+/// `TypeId`s are already hashes: use their bits directly.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct TypeIdHasher(u64);
+
+impl std::hash::Hasher for TypeIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8)) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+
+type TypeIdMap = HashMap<TypeId, u32, std::hash::BuildHasherDefault<TypeIdHasher>>;
+
 /// All ingredients of a database, frozen at `build()`.
 pub(crate) struct Registry {
-    by_type: HashMap<TypeId, u32, ahash::RandomState>,
+    by_type: TypeIdMap,
     ingredients: Vec<Arc<dyn Ingredient>>,
 }
 
@@ -206,7 +229,7 @@ impl DatabaseBuilder {
                 .into());
             }
         }
-        let mut by_type = HashMap::with_hasher(ahash::RandomState::new());
+        let mut by_type = TypeIdMap::default();
         let mut ingredients = Vec::with_capacity(self.entries.len());
         for (type_id, type_name, ing) in self.entries {
             if let Some(&prev) = by_type.get(&type_id) {
