@@ -148,6 +148,7 @@ impl QueryCx {
             QueryIngredient::<Q>::register_with,
         )?;
         let main = access.pinned.fork == MAIN_FORK;
+        let mut hint = Hint::None;
         if let Some(memo) = ing.verified_hit(
             &access.view.state.load(),
             index,
@@ -155,12 +156,15 @@ impl QueryCx {
             access.revision(),
             main,
         )? {
-            let dep = Dep {
-                ingredient: index,
-                key: memo.meta.key,
-            };
-            self.record(dep, memo.meta.changed_at, memo.meta.durability)?;
-            return memo.value();
+            if let Some(result) = memo.read() {
+                let dep = Dep {
+                    ingredient: index,
+                    key: memo.meta.key,
+                };
+                self.record(dep, memo.meta.changed_at, memo.meta.durability)?;
+                return result;
+            }
+            hint = Hint::Replace(memo.clone());
         }
         self.check_open()?;
         let key_id = ing.key_id(&key)?;
@@ -168,17 +172,24 @@ impl QueryCx {
             ingredient: index,
             key: key_id,
         };
-        let fetched = fetch(access, index, key_id, Hint::None).await;
-        let memo = match fetched {
-            Ok(memo) => memo,
-            Err(e) => {
-                // The read still happened: a cycle or cancellation depends on it.
-                self.record(dep, UNSEEN, Durability::Low)?;
-                return Err(e);
+        loop {
+            let memo = match fetch(access, index, key_id, hint).await {
+                Ok(memo) => memo,
+                Err(e) => {
+                    // The read still happened: a cycle or cancellation depends on it.
+                    self.record(dep, UNSEEN, Durability::Low)?;
+                    return Err(e);
+                }
+            };
+            match typed_memo::<Q::Value>(&memo)?.read() {
+                Some(result) => {
+                    self.record(dep, memo.meta().changed_at, memo.meta().durability)?;
+                    return result;
+                }
+                // Loaded from disk and undecodable: recompute it.
+                None => hint = Hint::Replace(memo),
             }
-        };
-        self.record(dep, memo.meta().changed_at, memo.meta().durability)?;
-        typed_memo::<Q::Value>(&memo)?.value()
+        }
     }
 
     /// Reads input `I` at `key` (a recorded dependency). An absent key is an

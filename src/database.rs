@@ -6,7 +6,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::fetch::{Hint, fetch};
+use crate::fetch::{Hint, fetch_value};
 use crate::inflight::describe;
 use crate::input::{InputIngredient, InputWrites, PendingWrites};
 use crate::interned::InternedIngredient;
@@ -15,7 +15,7 @@ use crate::query::QueryIngredient;
 use crate::registry::{DatabaseBuilder, IngredientKind, Registry};
 use crate::revision::Revision;
 use crate::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
-use crate::storage::{Dep, MAIN_FORK, MemoRef, Reason, typed_memo};
+use crate::storage::{Dep, MAIN_FORK, MemoRef, Reason};
 use crate::view::{Access, Change, ViewCore};
 
 /// A top-level request that left at least this many pending memos merges them.
@@ -251,23 +251,26 @@ impl View {
             QueryIngredient::<Q>::register_with,
         )?;
         let state = self.core.state.load();
+        let mut hint = Hint::None;
         if let Some(memo) =
             ing.verified_hit(&state, index, &key, state.revision, state.fork == MAIN_FORK)?
         {
-            return memo.value();
+            match memo.read() {
+                Some(result) => return result,
+                None => hint = Hint::Replace(memo.clone()),
+            }
         }
         let pinned = arc_swap::Guard::into_inner(state);
-        let memo = Box::pin(async {
+        Box::pin(async {
             let key_id = ing.key_id(&key)?;
             let access = Access::top_level(&self.core, pinned);
-            let memo = fetch(&access, index, key_id, Hint::None).await;
+            let result = fetch_value::<Q::Value>(&access, index, key_id, hint).await;
             // A request that computed much makes its memos lock-free hits for
             // the next one; small leftovers wait for the next merge.
             access.flush_if(FLUSH_AFTER_REQUEST);
-            memo
+            result
         })
-        .await?;
-        typed_memo::<Q::Value>(&memo)?.value()
+        .await
     }
 
     /// Reads input `I` at `key`; an absent key is an error

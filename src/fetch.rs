@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::inflight::{Claim, SlotKey};
 use crate::registry::Ingredient;
 use crate::revalidate::{Verdict, deep_verify};
-use crate::storage::{Dep, KeyId, MAIN_FORK, MemoRef, Reason};
+use crate::storage::{Dep, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo};
 use crate::util::BoxFuture;
 use crate::view::Access;
 
@@ -28,13 +28,22 @@ use crate::view::Access;
 const SPAWN_EVERY: u32 = 32;
 
 /// What the caller already knows about the memo.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) enum Hint {
     /// Nothing: reuse, revalidate or execute as needed.
     None,
     /// A dependency walk found it stale: execute unless someone else already
     /// brought it up to date at this revision.
     Stale(Reason),
+    /// This memo (loaded from disk) cannot be decoded: execute unless a
+    /// different memo is already valid at this revision.
+    Replace(MemoRef),
+}
+
+impl Hint {
+    fn rejects(&self, memo: &MemoRef) -> bool {
+        matches!(self, Hint::Replace(bad) if Arc::ptr_eq(bad, memo))
+    }
 }
 
 /// The memo for (`index`, `key`) valid at `acc`'s revision. The memo may hold
@@ -48,6 +57,27 @@ pub(crate) fn fetch(
     Box::pin(fetch_inner(acc, index, key, hint))
 }
 
+/// `fetch`, then the memo's value; a memo loaded from disk whose value does
+/// not decode is recomputed.
+pub(crate) async fn fetch_value<V: Clone + Send + Sync + 'static>(
+    acc: &Access,
+    index: u32,
+    key: KeyId,
+    hint: Hint,
+) -> Result<V> {
+    let mut hint = hint;
+    loop {
+        let memo = fetch(acc, index, key, hint).await?;
+        match typed_memo::<V>(&memo)?.read() {
+            Some(result) => return result,
+            None => {
+                tracing::warn!("a cached value does not decode; recomputing it");
+                hint = Hint::Replace(memo);
+            }
+        }
+    }
+}
+
 async fn fetch_inner(acc: &Access, index: u32, key: KeyId, mut hint: Hint) -> Result<MemoRef> {
     let shared = acc.view.shared.clone();
     let ing: Arc<dyn Ingredient> = shared.registry.get(index)?.clone();
@@ -55,7 +85,9 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, mut hint: Hint) -> Re
     loop {
         let completions = shared.inflight.completions();
         let found = acc.lookup(index, &*ing, key);
-        if let Some((memo, verified_at)) = &found {
+        if let Some((memo, verified_at)) = &found
+            && !hint.rejects(memo)
+        {
             if *verified_at == r {
                 ing.counters().hits.incr();
                 return Ok(memo.clone());
@@ -111,6 +143,7 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, mut hint: Hint) -> Re
         };
         if let Some((memo, verified_at)) = &found
             && *verified_at == r
+            && !hint.rejects(memo)
         {
             owner.complete(memo.clone());
             return Ok(memo.clone());
@@ -123,8 +156,9 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, mut hint: Hint) -> Re
             requester: Some(owner.node().clone()),
             depth: acc.depth,
         };
-        let reason = match (hint, &found) {
-            (Hint::Stale(reason), _) => reason,
+        let reason = match (&hint, &found) {
+            (Hint::Stale(reason), _) => *reason,
+            (Hint::Replace(_), _) => Reason::Unverifiable,
             (Hint::None, None) => Reason::New,
             (Hint::None, Some((memo, _))) => {
                 match deep_verify(&sub, index, key, memo.clone(), true).await {

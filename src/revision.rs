@@ -37,7 +37,7 @@ impl Revision {
     }
 
     pub(crate) fn next(self) -> Self {
-        Revision(self.0 + 1)
+        Revision(self.0.saturating_add(1))
     }
 }
 

@@ -177,7 +177,6 @@ impl<V: Clone> Memo<V> {
         }
     }
 
-    #[allow(dead_code)] // used by the persistence layer (in progress)
     pub(crate) fn loaded(meta: MemoMeta, encoded: Encoded<V>) -> Self {
         Memo {
             meta,
@@ -201,15 +200,23 @@ impl<V: Clone> Memo<V> {
         }
     }
 
-    /// A clone of the result.
+    /// A clone of the result, or `None` if this memo was loaded from disk
+    /// and its value does not decode (it must then be recomputed: loaded
+    /// memos are never errors).
     #[inline]
-    pub(crate) fn value(&self) -> Result<V> {
-        self.result().clone()
+    pub(crate) fn read(&self) -> Option<Result<V>> {
+        match self.result() {
+            Err(_) if self.encoded.is_some() => None,
+            r => Some(r.clone()),
+        }
     }
 
-    /// The persisted encoding, if this memo was loaded and is still encoded.
-    #[allow(dead_code)] // used by the persistence layer (in progress)
+    /// The persisted encoding, if this memo was loaded from disk and its
+    /// bytes are not known to be undecodable.
     pub(crate) fn encoded_bytes(&self) -> Option<&[u8]> {
+        if matches!(self.value.get(), Some(Err(_))) {
+            return None;
+        }
         let e = self.encoded.as_ref()?;
         e.bytes.get(e.range.clone())
     }

@@ -882,7 +882,6 @@ fn s18_crafting_reproduces_the_checksums() {
 /// overflows `Revision::next` — a panic in debug builds, a wrap to r0 in
 /// release.
 #[test]
-#[ignore = "BUG: a crafted revision near u64::MAX overflows Revision::next (panic in debug)"]
 fn s18_a_crafted_huge_revision_is_not_a_panic() {
     let f = fixture();
     let h = Harness::new("huge-revision");
@@ -920,7 +919,6 @@ fn s18_a_crafted_huge_revision_is_not_a_panic() {
 /// serves the decoding error at every revision until an input it read
 /// changes, instead of being recomputed.
 #[test]
-#[ignore = "BUG: a loaded memo whose value fails to decode serves the error instead of re-executing"]
 fn s18_a_memo_value_that_does_not_decode_is_recomputed() {
     let f = fixture();
     let h = Harness::new("bad-value");

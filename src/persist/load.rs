@@ -53,12 +53,15 @@ struct Image<'a> {
     log_len: u64,
 }
 
-fn read_file(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+/// Reads a cache file; `Ok(None)` if it does not exist. Sets `found` as soon
+/// as the file is known to exist (even if it is then refused).
+fn read_file(path: &Path, max: u64, found: &mut bool) -> Result<Option<Vec<u8>>> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::persist(format!("reading {}: {e}", path.display()))),
     };
+    *found = true;
     if meta.len() > max {
         return Err(Error::persist(format!(
             "{} is {} bytes, more than the {max}-byte limit",
@@ -89,14 +92,13 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
     }
     let mut report = LoadReport::default();
     let outcome = (|| {
-        let Some(base) = read_file(path, options.max_bytes)? else {
+        let Some(base) = read_file(path, options.max_bytes, &mut report.found)? else {
             return Ok(None);
         };
-        report.found = true;
         report.bytes = base.len() as u64;
         let base: Arc<[u8]> = base.into();
         let mut image = parse_base(view, &base, &mut report)?;
-        let log = read_file(&format::log_path(path), options.max_bytes)?;
+        let log = read_file(&format::log_path(path), options.max_bytes, &mut false)?;
         let log: Option<Arc<[u8]>> = log.map(Into::into);
         if let Some(log) = &log {
             report.bytes += log.len() as u64;
@@ -123,6 +125,20 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
         },
     }
 }
+
+/// Revisions in a file must leave room to count on from them.
+fn checked_revision(r: Revision) -> Result<Revision> {
+    if r.as_u64() >= MAX_REVISION {
+        return Err(Error::persist(format!(
+            "revision {r} is out of range (corrupt file)"
+        )));
+    }
+    Ok(r)
+}
+
+/// Far beyond any real history (a million revisions a second for 100 000
+/// years), far below overflow.
+const MAX_REVISION: u64 = 1 << 62;
 
 fn parse_base<'a>(view: &'a ViewCore, bytes: &[u8], report: &mut LoadReport) -> Result<Image<'a>> {
     let (kind, base_id) = format::read_header(bytes)?;
@@ -152,7 +168,7 @@ fn parse_base<'a>(view: &'a ViewCore, bytes: &[u8], report: &mut LoadReport) -> 
         match record.tag {
             tag::META => {
                 let mut d = Dec::new(&record);
-                image.revision = Revision::from_u64(d.var()?);
+                image.revision = checked_revision(Revision::from_u64(d.var()?))?;
                 declared_sections = d.len(1 << 20)?;
                 meta_seen = true;
             }
@@ -354,28 +370,55 @@ fn parse_log(bytes: &[u8], image: &mut Image<'_>, report: &mut LoadReport) -> Re
     }
     let mut records = Records::new(bytes);
     let mut valid = format::HEADER_LEN;
+    // Records of the append being read; applied only once its COMMIT is read,
+    // so an append torn by a crash is dropped whole.
+    let mut current: Vec<Record<'_>> = Vec::new();
+    let mut revision = None;
     while let Some(next) = records.next_record() {
         match next {
-            Ok(record) => {
-                if record.tag == tag::REVISION {
-                    let r = Revision::from_u64(Dec::new(&record).var()?);
-                    image.revision = image.revision.max(r);
-                } else {
+            Ok(record) if record.tag == tag::COMMIT => {
+                let count = Dec::new(&record).u64()?;
+                if count != current.len() as u64 + u64::from(revision.is_some()) {
+                    return Err(Error::persist(
+                        "cache log append is inconsistent (corrupt file)",
+                    ));
+                }
+                let r = revision.take().ok_or_else(|| {
+                    Error::persist("cache log append without a revision (corrupt file)")
+                })?;
+                image.revision = image.revision.max(checked_revision(r)?);
+                for record in current.drain(..) {
                     // Memo values in the log point into the log's bytes.
                     apply_record(&record, image, true)?;
                 }
                 report.log_records += 1;
                 valid = records.position();
             }
-            Err(RecordError::Torn) => {
-                tracing::warn!("ignoring a torn record at the end of the cache log");
-                report.torn_tail = true;
-                break;
+            Ok(record) if record.tag == tag::REVISION => {
+                if revision.is_some() {
+                    return Err(Error::persist(
+                        "cache log append is not committed (corrupt file)",
+                    ));
+                }
+                revision = Some(Revision::from_u64(Dec::new(&record).var()?));
             }
+            Ok(record) => {
+                if revision.is_none() {
+                    return Err(Error::persist(
+                        "cache log record outside an append (corrupt file)",
+                    ));
+                }
+                current.push(record);
+            }
+            Err(RecordError::Torn) => break,
             Err(RecordError::Corrupt(m)) => {
                 return Err(Error::persist(format!("cache log is corrupt: {m}")));
             }
         }
+    }
+    if valid < bytes.len() {
+        tracing::warn!("ignoring an incomplete append at the end of the cache log");
+        report.torn_tail = true;
     }
     image.log_len = valid as u64;
     Ok(())

@@ -257,7 +257,9 @@ pub(crate) struct Link {
 /// append, so an append costs what changed, not the database.
 #[derive(Default)]
 pub(crate) struct Journal {
-    pub entries: Vec<(Revision, Dep)>,
+    /// (sequence number, revision, what changed), in the order pushed.
+    pub entries: Vec<(u64, Revision, Dep)>,
+    next_seq: u64,
     pub overflowed: bool,
 }
 
@@ -271,8 +273,35 @@ impl Journal {
             self.overflowed = true;
             self.entries = Vec::new();
         } else if !self.overflowed {
-            self.entries.push((revision, dep));
+            self.entries.push((self.next_seq, revision, dep));
         }
+        self.next_seq += 1;
+    }
+
+    /// Sequence number the next entry will get.
+    pub(crate) fn end(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// After a save of a state at `revision` that began when the journal
+    /// ended at `cut`: forgets what the save covered — entries from before
+    /// `cut` at or before `revision`. Later entries (even at the same
+    /// revision: memos computed after the save began) are kept.
+    pub(crate) fn saved(&mut self, cut: u64, revision: Revision) {
+        self.entries
+            .retain(|(seq, r, _)| *seq >= cut || *r > revision);
+        self.overflowed = false;
+    }
+
+    /// Takes every entry (for an append).
+    pub(crate) fn take(&mut self) -> Vec<(u64, Revision, Dep)> {
+        std::mem::take(&mut self.entries)
+    }
+
+    /// Puts back entries an append could not write.
+    pub(crate) fn restore(&mut self, mut entries: Vec<(u64, Revision, Dep)>) {
+        entries.append(&mut self.entries);
+        self.entries = entries;
     }
 }
 
@@ -285,5 +314,8 @@ pub(crate) mod tag {
     pub const MEMOS: u8 = 5;
     pub const INTERNED: u8 = 6;
     pub const REVISION: u8 = 7;
+    /// Ends one append: the log's records since the previous `COMMIT` are
+    /// applied only if it is present (a torn append is dropped whole).
+    pub const COMMIT: u8 = 8;
     pub const END: u8 = 15;
 }

@@ -116,6 +116,9 @@ fn encode_memo(
 /// Writes a full base file for `view`'s current state.
 pub(crate) fn save(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
     view.merge_pending();
+    // Journal entries from before this point are covered by the state we
+    // are about to read (if at or before its revision).
+    let cut = lock(&view.shared.journal).end();
     let state = view.state.load_full();
     let sections = Sections::of(view);
     let base_id = format::new_base_id();
@@ -247,6 +250,7 @@ pub(crate) fn save(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
             keys,
             interned_counts,
         );
+        lock(&view.shared.journal).saved(cut, state.revision);
     }
     tracing::debug!(path = %path.display(), bytes = report.bytes, memos = report.memos, "cache saved");
     Ok(report)
@@ -274,12 +278,11 @@ fn link_after_save(
         interned,
         log_len: 0,
     });
-    let mut journal = lock(&view.shared.journal);
-    journal.entries.retain(|(r, _)| *r > state.revision);
 }
 
 /// Appends the changes since the last save/append/load to the log beside
-/// `path`. Falls back to a full save if the journal overflowed.
+/// `path`, as one atomic unit (ended by a `COMMIT` record). Falls back to a
+/// full save if the journal overflowed.
 pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> {
     let mut link_guard = lock(&view.shared.persist_link);
     let Some(link) = link_guard.as_mut().filter(|l| l.path == path) else {
@@ -289,11 +292,9 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
         )));
     };
     view.merge_pending();
-    let state = view.state.load_full();
     let (entries, overflowed) = {
         let mut journal = lock(&view.shared.journal);
-        let overflowed = std::mem::take(&mut journal.overflowed);
-        (std::mem::take(&mut journal.entries), overflowed)
+        (journal.take(), journal.overflowed)
     };
     if overflowed {
         drop(link_guard);
@@ -307,6 +308,24 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
             full_save: true,
         });
     }
+    let state = view.state.load_full();
+    match write_append(view, path, link, &state, &entries) {
+        Ok(report) => Ok(report),
+        Err(e) => {
+            // Nothing was recorded as written: keep the changes for next time.
+            lock(&view.shared.journal).restore(entries);
+            Err(e)
+        }
+    }
+}
+
+fn write_append(
+    view: &ViewCore,
+    path: &Path,
+    link: &mut Link,
+    state: &State,
+    entries: &[(u64, crate::revision::Revision, Dep)],
+) -> Result<AppendReport> {
     let sections = Sections::of(view);
     let mut keys = KeyMaps::default();
     for (index, m) in &link.keys {
@@ -318,10 +337,39 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
         revision: state.revision,
         ..AppendReport::default()
     };
+    let mut out = Vec::new();
+    if link.log_len == 0 {
+        out.extend_from_slice(&format::header(FileKind::Log, link.base_id));
+    }
+    let mut e = Enc::default();
+    e.var(state.revision.as_u64());
+    format::push_record(&mut out, tag::REVISION, &e.buf)?;
+    let mut records = 1u64;
+
+    // Interned values first: memos and keys below may name them.
+    let mut interned_now = HashMap::new();
+    for (s, (index, ing, kind)) in sections.list.iter().enumerate() {
+        if ing.kind() != IngredientKind::Interned {
+            continue;
+        }
+        let before = link.interned.get(index).copied().unwrap_or(0);
+        let now = kind.interned_len();
+        interned_now.insert(*index, now);
+        if now > before {
+            let mut e = Enc::default();
+            e.var(s as u64)
+                .var(u64::from(before))
+                .bytes(&kind.encode_interned(before, now)?);
+            format::push_record(&mut out, tag::INTERNED, &e.buf)?;
+            records += 1;
+            report.interned += (now - before) as usize;
+        }
+    }
+
+    // The latest state of each changed slot or memo, once.
     let mut seen: HashSet<Dep> = HashSet::new();
-    let mut body = Vec::new();
-    for (revision, dep) in entries.iter().rev() {
-        if *revision <= link.revision || !seen.insert(*dep) {
+    for (_, _, dep) in entries.iter().rev() {
+        if !seen.insert(*dep) {
             continue;
         }
         let Some(&s) = sections.by_ingredient.get(&dep.ingredient) else {
@@ -332,7 +380,7 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
             continue;
         };
         let mut e = Enc::default();
-        match ing.kind() {
+        let record = match ing.kind() {
             IngredientKind::Input => {
                 let (slots, blob) = kind.encode_inputs(table, Some(&[dep.key]))?;
                 let Some((key, changed_at, present)) = slots.first() else {
@@ -344,9 +392,8 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
                     .var(changed_at.as_u64())
                     .u8(u8::from(*present))
                     .bytes(&blob);
-                keys.flush(&sections, &mut body)?;
-                format::push_record(&mut body, tag::INPUTS, &e.buf)?;
                 report.inputs += 1;
+                tag::INPUTS
             }
             IngredientKind::Query => {
                 let Some((memo, entry_verified)) = ing.memo(table, dep.key) else {
@@ -363,40 +410,21 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
                         .effective_verified(entry_verified, state.revision, true);
                 e.var(s as u64).var(1);
                 encode_memo(&mut e, &mut keys, &sections, s, &memo, verified_at, &value);
-                keys.flush(&sections, &mut body)?;
-                format::push_record(&mut body, tag::MEMOS, &e.buf)?;
                 report.memos += 1;
+                tag::MEMOS
             }
-            IngredientKind::Interned => {}
-        }
-    }
-    let mut interned_now = HashMap::new();
-    for (s, (index, ing, kind)) in sections.list.iter().enumerate() {
-        if ing.kind() != IngredientKind::Interned {
-            continue;
-        }
-        let before = link.interned.get(index).copied().unwrap_or(0);
-        let now = kind.interned_len();
-        interned_now.insert(*index, now);
-        if now > before {
-            let mut e = Enc::default();
-            e.var(s as u64)
-                .var(u64::from(before))
-                .bytes(&kind.encode_interned(before, now)?);
-            format::push_record(&mut body, tag::INTERNED, &e.buf)?;
-            report.interned += (now - before) as usize;
-        }
-    }
-
-    let mut out = Vec::new();
-    let log = format::log_path(path);
-    if link.log_len == 0 {
-        out.extend_from_slice(&format::header(FileKind::Log, link.base_id));
+            IngredientKind::Interned => continue,
+        };
+        // Keys first referenced by this record go before it.
+        records += keys.flush(&sections, &mut out)? as u64;
+        format::push_record(&mut out, record, &e.buf)?;
+        records += 1;
     }
     let mut e = Enc::default();
-    e.var(state.revision.as_u64());
-    format::push_record(&mut out, tag::REVISION, &e.buf)?;
-    out.extend_from_slice(&body);
+    e.u64(records);
+    format::push_record(&mut out, tag::COMMIT, &e.buf)?;
+
+    let log = format::log_path(path);
     if link.log_len == 0 {
         format::write_atomic(&log, &out)?;
     } else {
