@@ -18,7 +18,7 @@ use crate::cx::QueryCx;
 use crate::error::{Error, ErrorKind, Result};
 use crate::inflight::{Claim, SlotKey};
 use crate::registry::Ingredient;
-use crate::revalidate::{Verdict, deep_verify};
+use crate::revalidate::{Verdict, Walk};
 use crate::storage::{Dep, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo};
 use crate::util::BoxFuture;
 use crate::view::Access;
@@ -83,6 +83,7 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, mut hint: Hint) -> Re
     let ing: Arc<dyn Ingredient> = shared.registry.get(index)?.clone();
     let r = acc.revision();
     loop {
+        let mut blocked: Option<Walk> = None;
         let completions = shared.inflight.completions();
         let found = acc.lookup(index, &*ing, key);
         if let Some((memo, verified_at)) = &found
@@ -102,16 +103,18 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, mut hint: Hint) -> Re
                 return Ok(memo.clone());
             }
             // Try revalidating without claiming: if no dependency needs to
-            // run, nothing is executed and no slot is needed.
+            // run, nothing is executed and no slot is needed. If something
+            // must run, the walk is resumed once the slot is claimed.
             if matches!(hint, Hint::None) {
-                match deep_verify(acc, index, key, memo.clone(), false).await {
+                let mut walk = Walk::new(index, key, memo.clone());
+                match walk.run(acc, false).await {
                     Verdict::Unchanged => {
                         ing.counters().revalidations.incr();
                         acc.verified(index, &*ing, key, memo);
                         return Ok(memo.clone());
                     }
                     Verdict::Changed(reason) => hint = Hint::Stale(reason),
-                    Verdict::Blocked => {}
+                    Verdict::Blocked => blocked = Some(walk),
                 }
             }
         }
@@ -161,7 +164,12 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, mut hint: Hint) -> Re
             (Hint::Replace(_), _) => Reason::Unverifiable,
             (Hint::None, None) => Reason::New,
             (Hint::None, Some((memo, _))) => {
-                match deep_verify(&sub, index, key, memo.clone(), true).await {
+                // Resume the unclaimed walk if it was over this same memo.
+                let mut walk = match blocked.take() {
+                    Some(w) if w.root().is_some_and(|m| Arc::ptr_eq(m, memo)) => w,
+                    _ => Walk::new(index, key, memo.clone()),
+                };
+                match walk.run(&sub, true).await {
                     Verdict::Unchanged => {
                         ing.counters().revalidations.incr();
                         acc.verified(index, &*ing, key, memo);

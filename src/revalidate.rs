@@ -55,155 +55,188 @@ impl Frame {
 
 type Seen = HashSet<Dep, ahash::RandomState>;
 
-/// Walks the dependencies of `memo` (for `index`/`key`) at `acc`'s revision.
-///
-/// With `execute`, stale or missing dependencies are fetched (executed) and
-/// `acc.requester` must be the root's in-flight node. Without, the walk runs
-/// no user code and claims nothing: it returns `Blocked` where it would have
-/// to execute something. A revalidation that needs no execution is
-/// idempotent, so callers try it first, unclaimed.
-pub(crate) async fn deep_verify(
-    acc: &Access,
-    index: u32,
-    key: KeyId,
-    memo: MemoRef,
-    execute: bool,
-) -> Verdict {
-    let shared = acc.view.shared.clone();
-    let registry = &shared.registry;
-    let r = acc.revision();
-    let root = Dep {
-        ingredient: index,
-        key,
-    };
-    let mut stack = vec![Frame {
-        dep: root,
-        memo,
-        next: 0,
-    }];
-    let mut on_stack = OnStack::default();
-    on_stack.push(root);
-    // Memos verified at `r` during this walk, in a fork (in the main history
-    // they are marked on the memo, so lookups see them).
-    let mut verified: HashMap<Dep, MemoRef, ahash::RandomState> =
-        HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4));
-    let mut unpublished: Vec<(Dep, MemoRef)> = Vec::new();
+/// A dependency walk over `memo` (for `index`/`key`) at an access's
+/// revision, resumable: run without execution first (claiming nothing, running
+/// no user code — such a revalidation is idempotent), and if that is
+/// `Blocked`, claim the root and resume the same walk with execution.
+pub(crate) struct Walk {
+    stack: Vec<Frame>,
+    on_stack: OnStack,
+    /// Memos verified during this walk, in a fork (in the main history they
+    /// are marked on the memo itself, so lookups see them).
+    verified: HashMap<Dep, MemoRef, ahash::RandomState>,
+    unpublished: Vec<(Dep, MemoRef)>,
+    /// The top frame has this changed dependency (the walk stopped before
+    /// re-executing the frame).
+    changed: Option<Dep>,
+}
 
-    loop {
-        let Some(top) = stack.last_mut() else {
-            return Verdict::Changed(Reason::Unverifiable);
+impl Walk {
+    pub(crate) fn new(index: u32, key: KeyId, memo: MemoRef) -> Walk {
+        let root = Dep {
+            ingredient: index,
+            key,
         };
-        let mut changed: Option<Dep> = None;
-        if let Some(&edge) = top.memo.meta().deps.get(top.next) {
-            shared.dependency_checks.incr();
-            let dep = edge.dep;
-            let Ok(dep_ing) = registry.get(dep.ingredient) else {
-                return Verdict::Changed(Reason::Unverifiable);
-            };
-            let dep_changed_at: Option<Revision> = match dep_ing.kind() {
-                IngredientKind::Interned => Some(Revision::ZERO),
-                IngredientKind::Input => acc
-                    .pinned
-                    .tables
-                    .get(dep.ingredient as usize)
-                    .map(|t| dep_ing.input_changed_at(t, dep.key)),
-                IngredientKind::Query => {
-                    if let Some(m) = verified.get(&dep) {
-                        Some(m.meta().changed_at)
-                    } else {
-                        match acc.lookup(dep.ingredient, &**dep_ing, dep.key) {
-                            Some((m, v)) if v == r => Some(m.meta().changed_at),
-                            Some((m, v)) if acc.pinned.durable_since(m.meta().durability, v) => {
-                                dep_ing.counters().revalidations.incr();
-                                let c = m.meta().changed_at;
-                                record(acc, &mut verified, &mut unpublished, dep, m);
-                                Some(c)
-                            }
-                            Some((m, _)) if !on_stack.contains(dep, &stack) => {
-                                on_stack.push(dep);
-                                stack.push(Frame {
-                                    dep,
-                                    memo: m,
-                                    next: 0,
-                                });
-                                continue;
-                            }
-                            // No memo, or a cycle among the old dependencies:
-                            // fetch it for real (a cycle is then detected by
-                            // the in-flight table and reported as an error).
-                            _ => {
-                                publish(acc, &mut unpublished);
-                                if !execute {
-                                    return Verdict::Blocked;
+        let mut on_stack = OnStack::default();
+        on_stack.push(root);
+        Walk {
+            stack: vec![Frame {
+                dep: root,
+                memo,
+                next: 0,
+            }],
+            on_stack,
+            verified: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
+            unpublished: Vec::new(),
+            changed: None,
+        }
+    }
+
+    /// The memo at the root of the walk.
+    pub(crate) fn root(&self) -> Option<&MemoRef> {
+        self.stack.first().map(|f| &f.memo)
+    }
+
+    /// Continues the walk at `acc`'s revision. With `execute`, stale or
+    /// missing dependencies are fetched (executed) and `acc.requester` must be
+    /// the root's in-flight node; without, the walk stops with `Blocked` where
+    /// it would have to execute something, and can be resumed.
+    pub(crate) async fn run(&mut self, acc: &Access, execute: bool) -> Verdict {
+        let shared = acc.view.shared.clone();
+        let registry = &shared.registry;
+        let r = acc.revision();
+        loop {
+            if self.changed.is_none() {
+                let Some(top) = self.stack.last_mut() else {
+                    return Verdict::Changed(Reason::Unverifiable);
+                };
+                if let Some(&edge) = top.memo.meta().deps.get(top.next) {
+                    shared.dependency_checks.incr();
+                    let dep = edge.dep;
+                    let Ok(dep_ing) = registry.get(dep.ingredient) else {
+                        return Verdict::Changed(Reason::Unverifiable);
+                    };
+                    let dep_changed_at: Option<Revision> = match dep_ing.kind() {
+                        IngredientKind::Interned => Some(Revision::ZERO),
+                        IngredientKind::Input => acc
+                            .pinned
+                            .tables
+                            .get(dep.ingredient as usize)
+                            .map(|t| dep_ing.input_changed_at(t, dep.key)),
+                        IngredientKind::Query => {
+                            if let Some(m) = self.verified.get(&dep) {
+                                Some(m.meta().changed_at)
+                            } else {
+                                match acc.lookup(dep.ingredient, &**dep_ing, dep.key) {
+                                    Some((m, v)) if v == r => Some(m.meta().changed_at),
+                                    Some((m, v))
+                                        if acc.pinned.durable_since(m.meta().durability, v) =>
+                                    {
+                                        dep_ing.counters().revalidations.incr();
+                                        let c = m.meta().changed_at;
+                                        self.record(acc, dep, m);
+                                        Some(c)
+                                    }
+                                    Some((m, _)) if !self.on_stack.contains(dep, &self.stack) => {
+                                        self.on_stack.push(dep);
+                                        self.stack.push(Frame {
+                                            dep,
+                                            memo: m,
+                                            next: 0,
+                                        });
+                                        continue;
+                                    }
+                                    // No memo, or a cycle among the old
+                                    // dependencies: fetch it for real (a cycle
+                                    // is then detected by the in-flight table
+                                    // and reported as an error).
+                                    _ => {
+                                        self.publish(acc);
+                                        if !execute {
+                                            return Verdict::Blocked;
+                                        }
+                                        fetch(acc, dep.ingredient, dep.key, Hint::None)
+                                            .await
+                                            .ok()
+                                            .map(|m| m.meta().changed_at)
+                                    }
                                 }
-                                fetch(acc, dep.ingredient, dep.key, Hint::None)
-                                    .await
-                                    .ok()
-                                    .map(|m| m.meta().changed_at)
                             }
                         }
+                    };
+                    match dep_changed_at {
+                        Some(c) if c == edge.seen => {
+                            if let Some(top) = self.stack.last_mut() {
+                                top.next += 1;
+                            }
+                        }
+                        _ => self.changed = Some(dep),
                     }
-                }
-            };
-            match dep_changed_at {
-                Some(c) if c == edge.seen => {
-                    if let Some(top) = stack.last_mut() {
-                        top.next += 1;
+                } else {
+                    // Every dependency of the top frame is unchanged: it is valid.
+                    let Some(done) = self.stack.pop() else {
+                        return Verdict::Changed(Reason::Unverifiable);
+                    };
+                    self.on_stack.pop(done.dep);
+                    let Some(parent) = self.stack.last_mut() else {
+                        self.publish(acc);
+                        return Verdict::Unchanged;
+                    };
+                    if let Ok(ing) = registry.get(done.dep.ingredient) {
+                        ing.counters().revalidations.incr();
                     }
+                    if done.memo.meta().changed_at != parent.seen() {
+                        self.changed = Some(done.dep);
+                    } else {
+                        parent.next += 1;
+                    }
+                    self.record(acc, done.dep, done.memo);
                 }
-                _ => changed = Some(dep),
             }
-        } else {
-            // Every dependency of the top frame is unchanged: it is valid.
-            let Some(done) = stack.pop() else {
-                return Verdict::Changed(Reason::Unverifiable);
-            };
-            on_stack.pop(done.dep);
-            let Some(parent) = stack.last_mut() else {
-                publish(acc, &mut unpublished);
-                return Verdict::Unchanged;
-            };
-            if let Ok(ing) = registry.get(done.dep.ingredient) {
-                ing.counters().revalidations.incr();
-            }
-            if done.memo.meta().changed_at != parent.seen() {
-                changed = Some(done.dep);
-            } else {
-                parent.next += 1;
-            }
-            record(acc, &mut verified, &mut unpublished, done.dep, done.memo);
-        }
 
-        // The top frame has a changed dependency: re-execute it (unless it is
-        // the root) and let its new `changed_at` decide for its parent.
-        while let Some(cause) = changed.take() {
-            if stack.len() <= 1 {
-                publish(acc, &mut unpublished);
-                return Verdict::Changed(Reason::DependencyChanged(cause));
-            }
-            let Some(frame) = stack.pop() else {
-                return Verdict::Changed(Reason::Unverifiable);
-            };
-            on_stack.pop(frame.dep);
-            publish(acc, &mut unpublished);
-            if !execute {
-                return Verdict::Blocked;
-            }
-            let hint = Hint::Stale(Reason::DependencyChanged(cause));
-            let result = fetch(acc, frame.dep.ingredient, frame.dep.key, hint).await;
-            let Some(parent) = stack.last_mut() else {
-                return Verdict::Changed(Reason::Unverifiable);
-            };
-            match result {
-                Ok(m) if m.meta().changed_at == parent.seen() => {
-                    if !acc.in_main_history() {
-                        verified.insert(frame.dep, m);
-                    }
-                    parent.next += 1;
+            // The top frame has a changed dependency: re-execute it (unless
+            // it is the root) and let its new `changed_at` decide for its
+            // parent.
+            while let Some(cause) = self.changed {
+                if self.stack.len() <= 1 {
+                    self.publish(acc);
+                    self.changed = None;
+                    return Verdict::Changed(Reason::DependencyChanged(cause));
                 }
-                _ => changed = Some(frame.dep),
+                self.publish(acc);
+                if !execute {
+                    return Verdict::Blocked;
+                }
+                let Some(frame) = self.stack.pop() else {
+                    return Verdict::Changed(Reason::Unverifiable);
+                };
+                self.on_stack.pop(frame.dep);
+                self.changed = None;
+                let hint = Hint::Stale(Reason::DependencyChanged(cause));
+                let result = fetch(acc, frame.dep.ingredient, frame.dep.key, hint).await;
+                let Some(parent) = self.stack.last_mut() else {
+                    return Verdict::Changed(Reason::Unverifiable);
+                };
+                match result {
+                    Ok(m) if m.meta().changed_at == parent.seen() => {
+                        if !acc.in_main_history() {
+                            self.verified.insert(frame.dep, m);
+                        }
+                        parent.next += 1;
+                    }
+                    _ => self.changed = Some(frame.dep),
+                }
             }
         }
+    }
+
+    /// Records that `memo` is valid at the access's revision.
+    fn record(&mut self, acc: &Access, dep: Dep, memo: MemoRef) {
+        record(acc, &mut self.verified, &mut self.unpublished, dep, memo);
+    }
+
+    fn publish(&mut self, acc: &Access) {
+        publish(acc, &mut self.unpublished);
     }
 }
 
