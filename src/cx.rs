@@ -2,7 +2,7 @@
 //! read as a dependency of the one execution it belongs to, from any clone,
 //! any `join!` branch, any spawned task.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fetch::{Hint, fetch};
@@ -11,7 +11,9 @@ use crate::interned::InternedIngredient;
 use crate::kinds::{AsyncQuery, Id, Input, Interned};
 use crate::query::QueryIngredient;
 use crate::revision::{Durability, Revision};
-use crate::storage::{Dep, Edge, KeyId, MAIN_FORK, MemoMeta, Reason, UNSEEN, typed_memo};
+use crate::storage::{
+    AnyMemo, Dep, Edge, KeyId, MAIN_FORK, Memo, MemoMeta, Reason, UNSEEN, typed_memo,
+};
 use crate::util::lock;
 use crate::view::Access;
 use std::sync::atomic::AtomicU64;
@@ -121,13 +123,19 @@ impl QueryCx {
         ErrorKind::ExecutionFinished { query }.into()
     }
 
-    fn record(&self, dep: Dep, seen: Revision, durability: Durability) -> Result<()> {
+    fn record(
+        &self,
+        dep: Dep,
+        seen: Revision,
+        durability: Durability,
+        memo: Option<Weak<dyn AnyMemo>>,
+    ) -> Result<()> {
         let mut rec = lock(&self.inner.recorder);
         if rec.finished {
             drop(rec);
             return Err(self.finished_error());
         }
-        rec.deps.push(Edge { dep, seen });
+        rec.deps.push(Edge { dep, seen, memo });
         rec.durability = rec.durability.min(durability);
         Ok(())
     }
@@ -161,7 +169,8 @@ impl QueryCx {
                     ingredient: index,
                     key: memo.meta.key,
                 };
-                self.record(dep, memo.meta.changed_at, memo.meta.durability)?;
+                let weak: Weak<dyn AnyMemo> = Arc::downgrade(memo) as Weak<Memo<Q::Value>>;
+                self.record(dep, memo.meta.changed_at, memo.meta.durability, Some(weak))?;
                 return result;
             }
             hint = Hint::Replace(memo.clone());
@@ -177,13 +186,19 @@ impl QueryCx {
                 Ok(memo) => memo,
                 Err(e) => {
                     // The read still happened: a cycle or cancellation depends on it.
-                    self.record(dep, UNSEEN, Durability::Low)?;
+                    self.record(dep, UNSEEN, Durability::Low, None)?;
                     return Err(e);
                 }
             };
             match typed_memo::<Q::Value>(&memo)?.read() {
                 Some(result) => {
-                    self.record(dep, memo.meta().changed_at, memo.meta().durability)?;
+                    let meta = memo.meta();
+                    self.record(
+                        dep,
+                        meta.changed_at,
+                        meta.durability,
+                        Some(Arc::downgrade(&memo)),
+                    )?;
                     return result;
                 }
                 // Loaded from disk and undecodable: recompute it.
@@ -218,7 +233,7 @@ impl QueryCx {
             ingredient: index,
             key: key_id,
         };
-        self.record(dep, changed_at, I::DURABILITY)?;
+        self.record(dep, changed_at, I::DURABILITY, None)?;
         Ok(value)
     }
 

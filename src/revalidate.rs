@@ -20,6 +20,7 @@
 //! or published in batches (forks), not one state swap each.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::fetch::{Hint, fetch};
 use crate::registry::IngredientKind;
@@ -110,9 +111,15 @@ impl Walk {
                 let Some(top) = self.stack.last_mut() else {
                     return Verdict::Changed(Reason::Unverifiable);
                 };
-                if let Some(&edge) = top.memo.meta().deps.get(top.next) {
+                if let Some(edge) = top.memo.meta().deps.get(top.next) {
                     shared.dependency_checks.incr();
-                    let dep = edge.dep;
+                    let (dep, seen) = (edge.dep, edge.seen);
+                    // In the main history, follow the memo the edge read, if
+                    // it still exists, instead of looking the key up.
+                    let followed = match &edge.memo {
+                        Some(weak) if acc.in_main_history() => weak.upgrade(),
+                        _ => None,
+                    };
                     let Ok(dep_ing) = registry.get(dep.ingredient) else {
                         return Verdict::Changed(Reason::Unverifiable);
                     };
@@ -127,7 +134,14 @@ impl Walk {
                             if let Some(m) = self.verified.get(&dep) {
                                 Some(m.meta().changed_at)
                             } else {
-                                match acc.lookup(dep.ingredient, &**dep_ing, dep.key) {
+                                let found = followed
+                                    .map(|m| {
+                                        let v = m.meta().verified_main();
+                                        (m, v)
+                                    })
+                                    .filter(|(_, v)| *v <= r)
+                                    .or_else(|| acc.lookup(dep.ingredient, &**dep_ing, dep.key));
+                                match found {
                                     Some((m, v)) if v == r => Some(m.meta().changed_at),
                                     Some((m, v))
                                         if acc.pinned.durable_since(m.meta().durability, v) =>
@@ -165,7 +179,7 @@ impl Walk {
                         }
                     };
                     match dep_changed_at {
-                        Some(c) if c == edge.seen => {
+                        Some(c) if c == seen => {
                             if let Some(top) = self.stack.last_mut() {
                                 top.next += 1;
                             }
@@ -212,7 +226,19 @@ impl Walk {
                 };
                 self.on_stack.pop(frame.dep);
                 self.changed = None;
-                let hint = Hint::Stale(Reason::DependencyChanged(cause));
+                // The frame's memo may be an older one an edge led to, not
+                // the one now in the table (which may well be valid): only
+                // call the table's memo stale if it is this one.
+                let current = registry
+                    .get(frame.dep.ingredient)
+                    .ok()
+                    .and_then(|ing| acc.lookup(frame.dep.ingredient, &**ing, frame.dep.key));
+                let hint = match current {
+                    Some((m, _)) if Arc::ptr_eq(&m, &frame.memo) => {
+                        Hint::Stale(Reason::DependencyChanged(cause))
+                    }
+                    _ => Hint::None,
+                };
                 let result = fetch(acc, frame.dep.ingredient, frame.dep.key, hint).await;
                 let Some(parent) = self.stack.last_mut() else {
                     return Verdict::Changed(Reason::Unverifiable);

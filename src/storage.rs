@@ -9,7 +9,7 @@
 use std::any::Any;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use crate::revision::{Durability, Revision};
 use crate::{Error, Result};
@@ -36,10 +36,14 @@ pub(crate) struct Dep {
 /// "changed after I was verified" stays sound when memos computed at
 /// different revisions — by snapshots, or by accesses pinned to older
 /// revisions — meet in one table.)
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone)]
 pub(crate) struct Edge {
     pub dep: Dep,
     pub seen: Revision,
+    /// The memo read (for derived dependencies), without keeping it alive:
+    /// revalidation follows it instead of looking the key up, when it still
+    /// exists.
+    pub memo: Option<Weak<dyn AnyMemo>>,
 }
 
 /// `seen` of a read that failed (a cycle, a cancellation): never matches.

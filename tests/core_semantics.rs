@@ -1788,3 +1788,36 @@ fn bad_use_registering_twice_fails_build() {
             .is_ok()
     );
 }
+
+/// A memo cut off at one revision stays reusable at the next: its dependents
+/// must not re-run it after an unrelated change, even while an older version
+/// of it is still alive (held by a snapshot) and reachable from their
+/// dependency edges.
+#[tokio::test]
+async fn s7_cut_off_memo_is_not_rerun_after_unrelated_change() -> Result<()> {
+    let (d, q, top) = (Count::new(), Count::new(), Count::new());
+    let db = Database::builder()
+        .input::<A>()
+        .input::<B>()
+        .query(D7 { runs: d.clone() })
+        .query(Q7 { runs: q.clone() })
+        .query(Top7 { runs: top.clone() })
+        .build()?;
+    db.set::<A>(0, 1)?;
+    assert_eq!(db.query::<Top7>(()).await?, "big: false");
+    // The snapshot keeps the first versions of every memo alive.
+    let old = db.snapshot();
+    db.set::<A>(0, 2)?; // D7 changes, Q7 re-runs and is cut off (still false)
+    assert_eq!(db.query::<Top7>(()).await?, "big: false");
+    assert_eq!((d.get(), q.get(), top.get()), (2, 2, 1));
+    db.set::<B>(9, 1)?; // unrelated
+    assert_eq!(db.query::<Top7>(()).await?, "big: false");
+    assert_eq!((d.get(), q.get(), top.get()), (2, 2, 1), "nothing re-runs");
+    db.set::<B>(9, 2)?; // unrelated again
+    assert_eq!(db.query::<Top7>(()).await?, "big: false");
+    assert_eq!((d.get(), q.get(), top.get()), (2, 2, 1), "nothing re-runs");
+    // The snapshot still answers from its own revision.
+    assert_eq!(old.query::<Top7>(()).await?, "big: false");
+    assert_eq!((d.get(), q.get(), top.get()), (2, 2, 1));
+    Ok(())
+}

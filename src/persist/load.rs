@@ -326,6 +326,7 @@ fn apply_record(record: &Record<'_>, image: &mut Image<'_>, in_log: bool) -> Res
                     deps.push(Edge {
                         dep: Dep { ingredient, key },
                         seen,
+                        memo: None,
                     });
                 }
                 let (bytes, offset) = d.bytes_at()?;
