@@ -383,6 +383,22 @@ impl View {
         crate::persist::save(&self.core, path.as_ref())
     }
 
+    /// Counters of query kind `Q` (summed over all views of the database).
+    pub fn query_stats<Q: AsyncQuery>(&self) -> Result<QueryStats> {
+        let (_, ing) = self.registry().typed::<Q, QueryIngredient<Q>>(
+            IngredientKind::Query,
+            QueryIngredient::<Q>::register_with,
+        )?;
+        let c = crate::registry::Ingredient::counters(ing);
+        Ok(QueryStats {
+            name: crate::registry::Ingredient::name(ing).to_string(),
+            executions: c.executions.get(),
+            hits: c.hits.get(),
+            revalidations: c.revalidations.get(),
+            cutoffs: c.cutoffs.get(),
+        })
+    }
+
     /// Counters of every query kind (summed over all views of the database).
     pub fn stats(&self) -> Stats {
         let queries = self

@@ -62,6 +62,10 @@ pub(crate) struct Node {
     notify: Notify,
     /// The in-flight fetch that claimed this one (it waits on it), if any.
     parent: Option<Arc<Node>>,
+    /// Whether anyone ever waited on this node (set under the table lock,
+    /// before the node can leave the table), so completing an unwatched node
+    /// skips waking.
+    watched: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -137,7 +141,11 @@ impl Owner<'_> {
                 inner.nodes.remove(&self.node.slot);
             }
         }
-        self.node.notify.notify_waiters();
+        // Waiters register under the table lock while the node is in the
+        // table, so after the removal above this flag is final.
+        if self.node.watched.load(Ordering::Acquire) {
+            self.node.notify.notify_waiters();
+        }
     }
 }
 
@@ -208,6 +216,7 @@ impl InFlight {
     ) -> Result<Claim<'a>> {
         let mut inner = lock(&self.inner);
         if let Some(node) = inner.nodes.get(&slot).cloned() {
+            node.watched.store(true, Ordering::Release);
             let edge = match requester {
                 Some(req) => {
                     if let Some(path) = cycle_path(&inner, req, node.id) {
@@ -231,6 +240,7 @@ impl InFlight {
             state: Mutex::new(NodeState::Running),
             notify: Notify::new(),
             parent: requester.cloned(),
+            watched: std::sync::atomic::AtomicBool::new(false),
         });
         inner.nodes.insert(slot, node.clone());
         Ok(Claim::Owner(Owner {

@@ -106,6 +106,50 @@ impl Stats {
     pub fn total_executions(&self) -> u64 {
         self.queries.iter().map(|q| q.executions).sum()
     }
+
+    /// What happened between `earlier` and `self` (counters only grow, so
+    /// this is a per-step view).
+    ///
+    /// ```
+    /// # use picante::{async_trait, AsyncQuery, Database, Input, QueryCx};
+    /// # struct N; impl Input for N { type Key = (); type Value = u32; }
+    /// # struct Twice;
+    /// # #[async_trait] impl AsyncQuery for Twice { type Key = (); type Value = u32;
+    /// #   async fn execute(&self, cx: &QueryCx, _: ()) -> picante::Result<u32> { Ok(cx.input::<N>(&())? * 2) } }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> picante::Result<()> {
+    /// let db = Database::builder().input::<N>().query(Twice).build()?;
+    /// db.set::<N>((), 1)?;
+    /// db.query::<Twice>(()).await?;
+    /// let before = db.stats();
+    /// db.set::<N>((), 2)?;
+    /// db.query::<Twice>(()).await?;
+    /// let step = db.stats().since(&before);
+    /// assert_eq!(step.query("Twice").unwrap().executions, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        let queries = self
+            .queries
+            .iter()
+            .map(|q| match earlier.query(&q.name) {
+                Some(e) => QueryStats {
+                    name: q.name.clone(),
+                    executions: q.executions.saturating_sub(e.executions),
+                    hits: q.hits.saturating_sub(e.hits),
+                    revalidations: q.revalidations.saturating_sub(e.revalidations),
+                    cutoffs: q.cutoffs.saturating_sub(e.cutoffs),
+                },
+                None => q.clone(),
+            })
+            .collect();
+        Stats {
+            queries,
+            dependency_checks: self
+                .dependency_checks
+                .saturating_sub(earlier.dependency_checks),
+            in_flight: self.in_flight,
+        }
+    }
 }
 
 impl fmt::Display for Stats {
