@@ -250,17 +250,24 @@ impl View {
             IngredientKind::Query,
             QueryIngredient::<Q>::register_with,
         )?;
-        let state = self.core.state.load();
-        let mut hint = Hint::None;
-        if let Some(memo) =
-            ing.verified_hit(&state, index, &key, state.revision, state.fork == MAIN_FORK)?
-        {
-            match memo.read() {
-                Some(result) => return result,
-                None => hint = Hint::Replace(memo.clone()),
+        // Warm hit: a memo verified at the current revision. The state comes
+        // from a per-thread cache revalidated with one atomic load.
+        let hit = self.core.with_state(|state| {
+            let main = state.fork == MAIN_FORK;
+            match ing.verified_hit(state, index, &key, state.revision, main) {
+                Ok(Some(memo)) => Some(memo.read().ok_or_else(|| memo.clone())),
+                Ok(None) => None,
+                Err(e) => Some(Ok(Err(e))),
             }
+        });
+        let mut hint = Hint::None;
+        match hit.flatten() {
+            Some(Ok(result)) => return result,
+            // Loaded from disk and undecodable: recompute it.
+            Some(Err(bad)) => hint = Hint::Replace(bad),
+            None => {}
         }
-        let pinned = arc_swap::Guard::into_inner(state);
+        let pinned = self.core.state.load_full();
         Box::pin(async {
             let key_id = ing.key_id(&key)?;
             let access = Access::top_level(&self.core, pinned);
