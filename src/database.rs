@@ -250,24 +250,19 @@ impl View {
             IngredientKind::Query,
             QueryIngredient::<Q>::register_with,
         )?;
-        // Warm hit: a memo verified at the current revision. The state comes
-        // from a per-thread cache revalidated with one atomic load.
-        let hit = self.core.with_state(|state| {
-            let main = state.fork == MAIN_FORK;
-            match ing.verified_hit(state, index, &key, state.revision, main) {
-                Ok(Some(memo)) => Some(memo.read().ok_or_else(|| memo.clone())),
-                Ok(None) => None,
-                Err(e) => Some(Ok(Err(e))),
-            }
-        });
+        // Warm hit: a memo verified at the current revision.
+        let state = self.core.state.load();
         let mut hint = Hint::None;
-        match hit.flatten() {
-            Some(Ok(result)) => return result,
-            // Loaded from disk and undecodable: recompute it.
-            Some(Err(bad)) => hint = Hint::Replace(bad),
-            None => {}
+        if let Some(memo) =
+            ing.verified_hit(&state, index, &key, state.revision, state.fork == MAIN_FORK)?
+        {
+            match memo.read() {
+                Some(result) => return result,
+                // Loaded from disk and undecodable: recompute it.
+                None => hint = Hint::Replace(memo.clone()),
+            }
         }
-        let pinned = self.core.state.load_full();
+        let pinned = arc_swap::Guard::into_inner(state);
         Box::pin(async {
             let key_id = ing.key_id(&key)?;
             let access = Access::top_level(&self.core, pinned);

@@ -335,47 +335,6 @@ impl ViewCore {
     }
 }
 
-/// A view, as what its state cache dereferences to.
-struct CachedView(Arc<ViewCore>);
-
-impl std::ops::Deref for CachedView {
-    type Target = ArcSwap<State>;
-    fn deref(&self) -> &ArcSwap<State> {
-        &self.0.state
-    }
-}
-
-thread_local! {
-    /// The state of the view this thread last read through the fast path,
-    /// revalidated with one atomic load (`arc_swap::Cache`). Holds that view
-    /// (and its current state) alive until the thread reads another view.
-    static STATE_CACHE: std::cell::RefCell<Option<arc_swap::Cache<CachedView, Arc<State>>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-impl ViewCore {
-    /// Runs `f` on this view's current state, cheaply: the warm-hit path.
-    /// `None` (and `f` not run) if the thread-local cache is unusable (the
-    /// thread is exiting, or this is a re-entrant call); callers then take
-    /// their slow path. `f` must not read the database again.
-    #[inline]
-    pub(crate) fn with_state<R>(self: &Arc<Self>, f: impl FnOnce(&Arc<State>) -> R) -> Option<R> {
-        STATE_CACHE
-            .try_with(|cell| {
-                let mut slot = cell.try_borrow_mut().ok()?;
-                let current = slot
-                    .as_ref()
-                    .is_some_and(|c| std::ptr::eq(c.arc_swap(), &self.state));
-                if !current {
-                    *slot = Some(arc_swap::Cache::new(CachedView(self.clone())));
-                }
-                slot.as_mut().map(|c| f(c.load()))
-            })
-            .ok()
-            .flatten()
-    }
-}
-
 /// The context of one read: which view, at which pinned state, on behalf of
 /// which in-flight fetch (for dependency cycles), at what depth.
 #[derive(Clone)]
