@@ -560,11 +560,10 @@ fn install(
     report.revision = revision;
 
     // Link the database to the file so later changes can be appended.
-    let mut keys = HashMap::new();
-    for (s, ids) in key_ids.iter().enumerate() {
+    let mut loaded_keys = HashMap::new();
+    for (s, ids) in key_ids.into_iter().enumerate() {
         if let Some(Some(index)) = index_of.get(s) {
-            let map: HashMap<_, _> = ids.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-            keys.insert(*index, (map, ids.len()));
+            loaded_keys.insert(*index, ids);
         }
     }
     let interned = image
@@ -583,7 +582,8 @@ fn install(
         path: path.to_path_buf(),
         base_id: image.base_id,
         revision: image.revision,
-        keys,
+        keys: HashMap::new(),
+        loaded_keys,
         interned,
         log_len: image.log_len,
     });

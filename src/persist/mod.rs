@@ -247,6 +247,10 @@ pub(crate) struct Link {
     /// Per ingredient index: key id → index in the file's key table, and
     /// the number of keys the file holds.
     pub keys: HashMap<u32, (HashMap<KeyId, usize>, usize)>,
+    /// Per ingredient index: the file's key table as key ids, from a load;
+    /// turned into `keys` by the first append (so loading does not pay for
+    /// maps only appends need).
+    pub loaded_keys: HashMap<u32, Vec<KeyId>>,
     /// Per interned ingredient: values in the file.
     pub interned: HashMap<u32, u32>,
     /// Length of the log's valid prefix (0: no log yet).

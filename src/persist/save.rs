@@ -275,6 +275,7 @@ fn link_after_save(
         base_id,
         revision: state.revision,
         keys,
+        loaded_keys: HashMap::new(),
         interned,
         log_len: 0,
     });
@@ -328,6 +329,10 @@ fn write_append(
 ) -> Result<AppendReport> {
     let sections = Sections::of(view);
     let mut keys = KeyMaps::default();
+    for (index, ids) in std::mem::take(&mut link.loaded_keys) {
+        let map = ids.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+        link.keys.insert(index, (map, ids.len()));
+    }
     for (index, m) in &link.keys {
         if let Some(&s) = sections.by_ingredient.get(index) {
             keys.maps.insert(s, m.clone());
