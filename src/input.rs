@@ -8,7 +8,9 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::keys::KeyTable;
 use crate::kinds::Input;
-use crate::persist::{Codec, InputsBlob, KIND_INPUT, PersistKind, Stage, stage::KeyedStage};
+use crate::persist::{
+    Codec, CodecInfo, InputsBlob, KIND_INPUT, NO_CODEC, PersistKind, Stage, stage::KeyedStage,
+};
 use crate::registry::{DatabaseBuilder, Ingredient, IngredientKind};
 use crate::revision::{Durability, Revision};
 use crate::stats::Counters;
@@ -84,10 +86,7 @@ impl<I: Input> Ingredient for InputIngredient<I> {
     }
 
     fn debug_key(&self, key: KeyId) -> String {
-        match self.keys.value(key) {
-            Some(k) => format!("{k:?}"),
-            None => format!("#{key}"),
-        }
+        self.keys.debug(key)
     }
 
     fn durability(&self) -> Durability {
@@ -186,25 +185,12 @@ impl<I: Input> InputIngredient<I> {
 }
 
 impl<I: Input> PersistKind for InputIngredient<I> {
-    fn codec_name(&self) -> &str {
-        self.codec.as_ref().map_or("", |c| c.name.as_str())
-    }
-
-    fn fingerprint(&self) -> u64 {
-        self.codec.as_ref().map_or(0, |c| c.fingerprint)
-    }
-
-    fn description(&self) -> &str {
-        self.codec.as_ref().map_or("", |c| c.description.as_str())
+    fn info(&self) -> &CodecInfo {
+        self.codec.as_ref().map_or(&NO_CODEC, |c| &c.info)
     }
 
     fn encode_keys(&self, ids: &[KeyId]) -> Result<Vec<u8>> {
-        let keys = ids
-            .iter()
-            .map(|id| self.keys.value(*id).cloned())
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Error::internal("unknown key id"))?;
-        (self.codec()?.encode_keys)(&keys)
+        self.codec()?.encode_key_ids(&self.keys, ids)
     }
 
     fn encode_inputs(&self, table: &Table, only: Option<&[KeyId]>) -> Result<InputsBlob> {

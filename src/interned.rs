@@ -6,7 +6,9 @@ use std::sync::Arc;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::KeyTable;
 use crate::kinds::{Id, Interned};
-use crate::persist::{Codec, KIND_INTERNED, PersistKind, Stage, stage::InternedStage};
+use crate::persist::{
+    Codec, CodecInfo, KIND_INTERNED, NO_CODEC, PersistKind, Stage, stage::InternedStage,
+};
 use crate::registry::{DatabaseBuilder, Ingredient, IngredientKind, Registry};
 use crate::stats::Counters;
 use crate::storage::{KeyId, Table};
@@ -71,24 +73,13 @@ impl<T: Interned> Ingredient for InternedIngredient<T> {
     }
 
     fn debug_key(&self, key: KeyId) -> String {
-        match self.values.value(key) {
-            Some(v) => format!("{v:?}"),
-            None => format!("#{key}"),
-        }
+        self.values.debug(key)
     }
 }
 
 impl<T: Interned> PersistKind for InternedIngredient<T> {
-    fn codec_name(&self) -> &str {
-        self.codec.as_ref().map_or("", |c| c.name.as_str())
-    }
-
-    fn fingerprint(&self) -> u64 {
-        self.codec.as_ref().map_or(0, |c| c.fingerprint)
-    }
-
-    fn description(&self) -> &str {
-        self.codec.as_ref().map_or("", |c| c.description.as_str())
+    fn info(&self) -> &CodecInfo {
+        self.codec.as_ref().map_or(&NO_CODEC, |c| &c.info)
     }
 
     fn encode_keys(&self, _ids: &[KeyId]) -> Result<Vec<u8>> {

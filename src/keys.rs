@@ -132,6 +132,17 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
         self.items.len()
     }
 
+    /// `Debug` rendering of the value with id `id` (`#id` if unknown).
+    pub(crate) fn debug(&self, id: u32) -> String
+    where
+        T: std::fmt::Debug,
+    {
+        match self.value(id) {
+            Some(v) => format!("{v:?}"),
+            None => format!("#{id}"),
+        }
+    }
+
     /// The value with id `id`.
     pub(crate) fn value(&self, id: u32) -> Option<&T> {
         self.items.get(id as usize)

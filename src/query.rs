@@ -10,7 +10,9 @@ use crate::cx::QueryCx;
 use crate::error::{Error, Result};
 use crate::keys::KeyTable;
 use crate::kinds::AsyncQuery;
-use crate::persist::{Codec, KIND_QUERY, PersistKind, Stage, stage::KeyedStage};
+use crate::persist::{
+    Codec, CodecInfo, KIND_QUERY, NO_CODEC, PersistKind, Stage, stage::KeyedStage,
+};
 use crate::registry::{DatabaseBuilder, Ingredient, IngredientKind};
 use crate::revision::Revision;
 use crate::stats::Counters;
@@ -88,10 +90,7 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
     }
 
     fn debug_key(&self, key: KeyId) -> String {
-        match self.keys.value(key) {
-            Some(k) => format!("{k:?}"),
-            None => format!("#{key}"),
-        }
+        self.keys.debug(key)
     }
 
     fn memo(&self, table: &Table, key: KeyId) -> Option<(MemoRef, Revision)> {
@@ -182,29 +181,15 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
 }
 
 impl<Q: AsyncQuery> PersistKind for QueryIngredient<Q> {
-    fn codec_name(&self) -> &str {
-        self.codec.as_ref().map_or("", |c| c.name.as_str())
-    }
-
-    fn fingerprint(&self) -> u64 {
-        self.codec.as_ref().map_or(0, |c| c.fingerprint)
-    }
-
-    fn description(&self) -> &str {
-        self.codec.as_ref().map_or("", |c| c.description.as_str())
+    fn info(&self) -> &CodecInfo {
+        self.codec.as_ref().map_or(&NO_CODEC, |c| &c.info)
     }
 
     fn encode_keys(&self, ids: &[KeyId]) -> Result<Vec<u8>> {
-        let codec = self
-            .codec
+        self.codec
             .as_ref()
-            .ok_or_else(|| Error::internal("not a persistent kind"))?;
-        let keys = ids
-            .iter()
-            .map(|id| self.keys.value(*id).cloned())
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Error::internal("unknown key id"))?;
-        (codec.encode_keys)(&keys)
+            .ok_or_else(|| Error::internal("not a persistent kind"))?
+            .encode_key_ids(&self.keys, ids)
     }
 
     fn encode_memo_value(&self, memo: &MemoRef) -> Result<Option<Vec<u8>>> {

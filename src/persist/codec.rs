@@ -16,17 +16,49 @@ use crate::persist::schema::schema_of;
 /// Encoders for one persistent kind, instantiated where the `Facet` bounds
 /// hold so the ingredient types themselves need none.
 pub(crate) struct Codec<K, V> {
-    pub name: String,
-    pub fingerprint: u64,
-    /// Human-readable key and value schema, stored beside the fingerprint so
-    /// a mismatch can say what changed.
-    pub description: String,
+    pub info: CodecInfo,
     pub encode_keys: fn(&[K]) -> Result<Vec<u8>>,
     pub decode_keys: fn(&[u8]) -> Result<Vec<K>>,
     pub encode_value: fn(&V) -> Result<Vec<u8>>,
     pub decode_value: fn(&[u8]) -> Result<V>,
     pub encode_values: fn(&[V]) -> Result<Vec<u8>>,
     pub decode_values: fn(&[u8]) -> Result<Vec<V>>,
+}
+
+/// What identifies a persistent kind in a file.
+pub(crate) struct CodecInfo {
+    /// The stable name kinds are matched by.
+    pub name: String,
+    pub fingerprint: u64,
+    /// Human-readable key and value schema, stored beside the fingerprint so
+    /// a mismatch can say what changed.
+    pub description: String,
+}
+
+/// The identity of a kind that has no codec (never written).
+pub(crate) static NO_CODEC: CodecInfo = CodecInfo {
+    name: String::new(),
+    fingerprint: 0,
+    description: String::new(),
+};
+
+impl<K: Clone, V> Codec<K, V> {
+    /// Encodes the keys with these ids, as one blob.
+    pub(crate) fn encode_key_ids(
+        &self,
+        table: &crate::keys::KeyTable<K>,
+        ids: &[crate::storage::KeyId],
+    ) -> Result<Vec<u8>>
+    where
+        K: Eq + std::hash::Hash,
+    {
+        let keys = ids
+            .iter()
+            .map(|id| table.value(*id).cloned())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::internal("unknown key id"))?;
+        (self.encode_keys)(&keys)
+    }
 }
 
 /// Kind tags mixed into the fingerprint, so an input and a query with the same
@@ -54,9 +86,11 @@ where
             mix = 1;
         }
         Ok(Codec {
-            name,
-            fingerprint: mix,
-            description: format!("key: {}; value: {}", k.description, v.description),
+            info: CodecInfo {
+                name,
+                fingerprint: mix,
+                description: format!("key: {}; value: {}", k.description, v.description),
+            },
             encode_keys: encode_many::<K>,
             decode_keys: decode_many::<K>,
             encode_value: encode_one::<V>,

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub(crate) use codec::{Codec, KIND_INPUT, KIND_INTERNED, KIND_QUERY};
+pub(crate) use codec::{Codec, CodecInfo, KIND_INPUT, KIND_INTERNED, KIND_QUERY, NO_CODEC};
 pub(crate) use load::load;
 pub(crate) use save::{append, save};
 
@@ -139,9 +139,17 @@ pub struct AppendReport {
 /// How a typed ingredient reads and writes its persisted form. Implemented by
 /// the typed layers when the kind was registered as persistent.
 pub(crate) trait PersistKind: Send + Sync {
-    fn codec_name(&self) -> &str;
-    fn fingerprint(&self) -> u64;
-    fn description(&self) -> &str;
+    /// Name, fingerprint and description of the kind's codec.
+    fn info(&self) -> &CodecInfo;
+    fn codec_name(&self) -> &str {
+        &self.info().name
+    }
+    fn fingerprint(&self) -> u64 {
+        self.info().fingerprint
+    }
+    fn description(&self) -> &str {
+        &self.info().description
+    }
     /// Encodes the keys with these ids, as one blob.
     fn encode_keys(&self, ids: &[KeyId]) -> Result<Vec<u8>>;
     /// Inputs: the slots of `table` (all, or only `only`) as (key id,
