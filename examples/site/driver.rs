@@ -1,14 +1,15 @@
 //! The driver: everything outside the queries. It scans the site directory
 //! into inputs, builds all pages concurrently on a snapshot, writes the files
-//! whose HTML changed, and prints what picante did (from `db.stats()`).
+//! whose HTML changed, keeps the on-disk cache, and prints what picante did
+//! (from `db.stats()`).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use picante::{Database, QueryStats, Stats};
+use picante::{AppendReport, Database, LoadOptions, LoadReport, QueryStats, SaveReport, Stats};
 use tokio::task::JoinSet;
 
 use crate::queries::{self, PageList, RenderPage, SiteIndex, SourceFile, TemplateFile};
@@ -21,7 +22,7 @@ pub type Result<T, E = BoxError> = std::result::Result<T, E>;
 // ---------------------------------------------------------------------------
 
 /// Which input a file feeds.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 enum FileKind {
     /// `content/**/*.md` → `SourceFile`
     Page,
@@ -124,6 +125,17 @@ impl Scanner {
         }
         errors.sort();
 
+        // The files the database holds. After a warm start these include
+        // files this scanner never saw: any of them deleted since the cache
+        // was saved must be removed all the same.
+        let mut held: HashSet<(FileKind, String)> = HashSet::new();
+        for (key, _) in db.inputs::<SourceFile>()? {
+            held.insert((FileKind::Page, key));
+        }
+        for (key, _) in db.inputs::<TemplateFile>()? {
+            held.insert((FileKind::Template, key));
+        }
+
         // One batch for everything. Setting a value equal to the stored one
         // is a no-op in picante, so re-read but unchanged files cost nothing.
         let before = db.revision();
@@ -149,25 +161,26 @@ impl Scanner {
             .iter()
             .map(|(k, key, _)| (*k, key.as_str()))
             .collect();
-        let gone: Vec<(FileKind, String)> = self
-            .seen
-            .keys()
+        let mut gone: Vec<&(FileKind, String)> = held
+            .iter()
             .filter(|(kind, key)| !present.contains(&(*kind, key.as_str())))
-            .cloned()
             .collect();
+        gone.sort();
         for (kind, key) in gone {
-            changed.push(format!("{}/{key} (removed)", dir_of(kind)));
+            changed.push(format!("{}/{key} (removed)", dir_of(*kind)));
             match kind {
-                FileKind::Page => batch.remove::<SourceFile>(&key),
-                FileKind::Template => batch.remove::<TemplateFile>(&key),
+                FileKind::Page => batch.remove::<SourceFile>(key),
+                FileKind::Template => batch.remove::<TemplateFile>(key),
             };
-            self.seen.remove(&(kind, key));
+            self.seen.remove(&(*kind, key.clone()));
         }
-        // The pages are the files that are present and were read at least once.
+        // The pages are the files that are present and were read at least
+        // once, by this scanner or before the cache was saved.
         let mut pages: Vec<String> = listing
             .into_iter()
             .filter(|(kind, key, _)| {
-                *kind == FileKind::Page && self.seen.contains_key(&(*kind, key.clone()))
+                let id = (*kind, key.clone());
+                *kind == FileKind::Page && (self.seen.contains_key(&id) || held.contains(&id))
             })
             .map(|(_, key, _)| key)
             .collect();
@@ -236,6 +249,8 @@ fn list_site(root: &Path) -> Result<Vec<(FileKind, String, Stamp)>> {
 pub struct Output {
     dir: PathBuf,
     written: HashMap<String, Arc<str>>,
+    /// Files an earlier process wrote (see [`Output::resume`]).
+    earlier: HashSet<String>,
 }
 
 /// What one build did.
@@ -247,6 +262,8 @@ pub struct BuildReport {
     pub deleted: Vec<String>,
     /// Pages (or the index) that failed, with the error.
     pub failed: Vec<(String, picante::Error)>,
+    /// Time spent in queries (rendering), not writing files.
+    pub queries: Duration,
 }
 
 impl Output {
@@ -254,11 +271,18 @@ impl Output {
         Output {
             dir,
             written: HashMap::new(),
+            earlier: HashSet::new(),
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// After a warm start: the pages of the loaded cache were written by an
+    /// earlier process, so those that are gone now are deleted by the next
+    /// build. (The others are written again: this process does not know
+    /// what their files hold.)
+    pub fn resume(&mut self, db: &Database) -> Result<()> {
+        let pages = db.input_opt::<PageList>(&())?.unwrap_or_default();
+        self.earlier = pages.iter().map(|p| queries::url_of(p)).collect();
+        Ok(())
     }
 }
 
@@ -269,6 +293,7 @@ pub async fn build(db: &Database, output: &mut Output, progress: bool) -> Result
     // revision, made in O(1). Clones of it are cheap and `'static`, so every
     // page can render on its own task (tokio spreads them over the worker
     // threads). Memos computed on the snapshot flow back to the database.
+    let start = Instant::now();
     let snapshot = db.snapshot();
     let pages = snapshot.input_opt::<PageList>(&())?.unwrap_or_default();
 
@@ -302,18 +327,26 @@ pub async fn build(db: &Database, output: &mut Output, progress: bool) -> Result
         Err(e) => failed.push(("index".to_string(), e)),
     }
     failed.sort_by(|a, b| a.0.cmp(&b.0));
+    let queries = start.elapsed();
 
     // Write only what changed since the last build. An unchanged memo hands
     // back the very same `Arc`, so the pointer check is usually enough.
     // Pages that failed keep their previous output; pages that are gone lose it.
     let mut live: HashSet<String> = pages.iter().map(|p| queries::url_of(p)).collect();
     live.insert("index.html".to_string());
-    let deleted: Vec<String> = output
+    let mut deleted: Vec<String> = output
         .written
         .keys()
+        .chain(
+            output
+                .earlier
+                .iter()
+                .filter(|u| !output.written.contains_key(*u)),
+        )
         .filter(|url| !live.contains(url.as_str()))
         .cloned()
         .collect();
+    deleted.sort();
     let changed: Vec<(String, Arc<str>)> = rendered
         .into_iter()
         .filter(|(url, html)| {
@@ -338,12 +371,14 @@ pub async fn build(db: &Database, output: &mut Output, progress: bool) -> Result
     for url in &deleted {
         output.written.remove(url);
     }
+    output.earlier.clear();
     written.sort();
     Ok(BuildReport {
         pages: pages.len(),
         written,
         deleted,
         failed,
+        queries,
     })
 }
 
@@ -418,40 +453,191 @@ impl Progress {
 }
 
 // ---------------------------------------------------------------------------
+// The cache: the database on disk, so that the next process starts warm.
+// ---------------------------------------------------------------------------
+
+/// A log larger than this is folded into a new base file by a full save.
+pub const COMPACT_AFTER: u64 = 1 << 20;
+
+/// The cache file of one site: a base written by `save_cache` (inputs and
+/// memos of every persistent kind), and a log beside it (`PATH.log`) to which
+/// each build appends only what changed.
+pub struct Cache {
+    path: PathBuf,
+    /// The database loaded or saved this file, so it can append to its log.
+    linked: bool,
+    /// Size of the log, and appends to it since the last full save.
+    log_bytes: u64,
+    appends: usize,
+}
+
+impl Cache {
+    pub fn new(path: PathBuf) -> Cache {
+        Cache {
+            path,
+            linked: false,
+            log_bytes: 0,
+            appends: 0,
+        }
+    }
+
+    /// Size of the log, and the appends this process made to it since the
+    /// last load or full save.
+    pub fn log(&self) -> (u64, usize) {
+        (self.log_bytes, self.appends)
+    }
+
+    /// Loads the file into `db`, which must be fresh. A missing or unusable
+    /// file is not an error: the build starts cold, and the next save
+    /// replaces it. Returns the report and one line saying how the build
+    /// starts.
+    pub fn load(&mut self, db: &Database) -> Result<(LoadReport, String)> {
+        let start = Instant::now();
+        let report = db.load_cache(&self.path, LoadOptions::ignore_errors())?;
+        let path = self.path.display();
+        self.linked = report.loaded;
+        self.appends = 0;
+        self.log_bytes = match report.loaded {
+            true => std::fs::metadata(log_path(&self.path)).map_or(0, |m| m.len()),
+            false => 0,
+        };
+        let line = if report.loaded {
+            let mut line = format!(
+                "warm start: loaded {} and {} from {path}{} (revision {}) in {}",
+                plural(report.memos, "memo"),
+                plural(report.inputs, "input"),
+                if report.log_records > 0 {
+                    " and its log"
+                } else {
+                    ""
+                },
+                report.revision.as_u64(),
+                millis(start.elapsed()),
+            );
+            if report.torn_tail {
+                line += "; ignored an incomplete last append";
+            }
+            for kind in &report.dropped_kinds {
+                line += &format!("\n  dropped {kind}");
+            }
+            if report.dropped_memos > 0 {
+                line += &format!(
+                    "\n  dropped {} that read a dropped kind",
+                    plural(report.dropped_memos, "memo")
+                );
+            }
+            line
+        } else if let Some(e) = &report.ignored_error {
+            format!("cold start: cache ignored: {e}")
+        } else {
+            format!("cold start: no cache yet at {path}")
+        };
+        Ok((report, line))
+    }
+
+    /// Saves the whole database as a new base; the log is dropped.
+    pub fn save(&mut self, db: &Database) -> Result<(SaveReport, String)> {
+        let start = Instant::now();
+        let report = db.save_cache(&self.path)?;
+        (self.linked, self.log_bytes, self.appends) = (true, 0, 0);
+        let line = format!(
+            "cache: saved {} and {} to {} ({}, {})",
+            plural(report.memos, "memo"),
+            plural(report.inputs, "input"),
+            self.path.display(),
+            size(report.bytes),
+            millis(start.elapsed()),
+        );
+        Ok((report, line))
+    }
+
+    /// Appends what changed since the last load, save or append to the log.
+    /// The database must be linked to the file (see [`Cache::update`]).
+    pub fn append(&mut self, db: &Database) -> Result<(AppendReport, String)> {
+        let start = Instant::now();
+        let report = db.append_cache(&self.path)?;
+        let line = if report.full_save {
+            (self.log_bytes, self.appends) = (0, 0);
+            format!(
+                "cache: saved {} and {} to {} ({}): too many changes to append",
+                plural(report.memos, "memo"),
+                plural(report.inputs, "input"),
+                self.path.display(),
+                size(report.bytes),
+            )
+        } else {
+            self.log_bytes += report.bytes;
+            self.appends += 1;
+            format!(
+                "cache: appended {} and {} to {} ({}, {})",
+                plural(report.memos, "memo"),
+                plural(report.inputs, "input"),
+                log_path(&self.path).display(),
+                size(report.bytes),
+                millis(start.elapsed()),
+            )
+        };
+        Ok((report, line))
+    }
+
+    /// After a build: appends to the log, or saves in full if the database
+    /// is not linked to the file yet (a cold start) or the log has grown past
+    /// [`COMPACT_AFTER`].
+    pub fn update(&mut self, db: &Database) -> Result<String> {
+        if !self.linked {
+            return Ok(self.save(db)?.1);
+        }
+        if self.log_bytes > COMPACT_AFTER {
+            let log = self.log_bytes;
+            let (_, line) = self.save(db)?;
+            return Ok(format!(
+                "cache: the log reached {}: compacted into a new base\n  {line}",
+                size(log)
+            ));
+        }
+        Ok(self.append(db)?.1)
+    }
+}
+
+/// Where the log of the cache at `path` lies: `path` + `.log`.
+pub fn log_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
+}
+
+/// `3 memos`, `1 memo`.
+pub fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+pub fn size(bytes: u64) -> String {
+    match bytes {
+        0..1_000 => format!("{bytes} B"),
+        1_000..1_000_000 => format!("{:.1} KB", bytes as f64 / 1e3),
+        _ => format!("{:.1} MB", bytes as f64 / 1e6),
+    }
+}
+
+pub fn millis(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+// ---------------------------------------------------------------------------
 // Reporting: what picante did in one step, from the cumulative counters.
 // ---------------------------------------------------------------------------
 
-/// Per-query counters for one step: `after - before`.
-pub struct Delta {
-    queries: Vec<QueryStats>,
-}
+/// Per-query counters for one step: `after - before`, one row per query
+/// kind in registration order.
+pub struct Delta(Stats);
 
 impl Delta {
     pub fn between(before: &Stats, after: &Stats) -> Delta {
-        let queries = queries::QUERY_NAMES
-            .iter()
-            .map(|name| {
-                let zero = QueryStats::default();
-                let b = before.query(name).unwrap_or(&zero);
-                let a = after.query(name).unwrap_or(&zero);
-                QueryStats {
-                    name: name.to_string(),
-                    executions: a.executions - b.executions,
-                    hits: a.hits - b.hits,
-                    revalidations: a.revalidations - b.revalidations,
-                    cutoffs: a.cutoffs - b.cutoffs,
-                }
-            })
-            .collect();
-        Delta { queries }
+        Delta(after.since(before))
     }
 
     fn get(&self, name: &str) -> QueryStats {
-        self.queries
-            .iter()
-            .find(|q| q.name == name)
-            .cloned()
-            .unwrap_or_default()
+        self.0.query(name).cloned().unwrap_or_default()
     }
 
     /// Times the query's body ran in this step.
@@ -465,7 +651,7 @@ impl Delta {
     }
 
     pub fn total_executed(&self) -> u64 {
-        self.queries.iter().map(|q| q.executions).sum()
+        self.0.total_executions()
     }
 
     /// Prints the step's table.
@@ -474,7 +660,7 @@ impl Delta {
             "    {:<17} {:>8} {:>8} {:>12} {:>6}",
             "query", "executed", "cut off", "revalidated", "hits"
         );
-        for q in &self.queries {
+        for q in &self.0.queries {
             println!(
                 "    {:<17} {:>8} {:>8} {:>12} {:>6}",
                 q.name, q.executions, q.cutoffs, q.revalidations, q.hits

@@ -4,12 +4,13 @@
 //! cargo run --release --example site                 # the story, on the built-in sample site
 //! cargo run --release --example site -- --pages 3000 # the same story on a 3 000-page copy
 //! cargo run --release --example site -- --watch      # build the sample, then rebuild on change
-//! cargo run --release --example site -- PATH [--out DIR] [--watch]
+//! cargo run --release --example site -- PATH [--out DIR] [--watch] [--cache FILE | --no-cache]
 //! ```
 //!
 //! Read it in this order: `queries.rs` (the incremental pipeline, one picante
-//! query per step), `driver.rs` (scan → inputs, build on a snapshot, write),
-//! then the story below. `markup.rs` holds the plain, non-incremental helpers.
+//! query per step), `driver.rs` (scan → inputs, build on a snapshot, write,
+//! the on-disk cache), then the story below. `markup.rs` holds the plain,
+//! non-incremental helpers.
 
 mod driver;
 mod markup;
@@ -22,27 +23,39 @@ use std::time::{Duration, Instant};
 
 use picante::Database;
 
-use driver::{BuildReport, Delta, Output, Result, Scanner};
-use queries::{PageList, ParsePage, RenderPage};
+use driver::{BuildReport, Cache, Delta, Output, Result, Scanner, millis};
+use queries::{PageList, ParsePage, RenderPage, TemplateFile};
 
 const USAGE: &str = "\
-usage: site [PATH] [--out DIR] [--watch] [--pages N]
+usage: site [PATH] [--out DIR] [--watch] [--cache FILE | --no-cache] [--pages N]
 
 Without PATH, tells the story of incremental rebuilds on the built-in sample
 site (a copy in target/site-src, built into target/site-out).
 
-  PATH       a site directory: PATH/content/**/*.md (Markdown with front
-             matter `title:` and `template:`) and PATH/templates/*.html
-             (templates with {{var}} and {{> partial}} includes of
-             PATH/templates/partials/*.html)
-  --out DIR  where to write the HTML (default: PATH/../_site)
-  --watch    after the first build, poll for changes and rebuild
-  --pages N  (sample only) grow the sample copy to N pages";
+  PATH          a site directory: PATH/content/**/*.md (Markdown with front
+                matter `title:` and `template:`) and PATH/templates/*.html
+                (templates with {{var}} and {{> partial}} includes of
+                PATH/templates/partials/*.html)
+  --out DIR     where to write the HTML (default: PATH/../_site)
+  --watch       after the first build, poll for changes and rebuild
+  --cache FILE  the cache that lets the next run start warm (default:
+                DIR/.picante-cache, or target/site-cache.bin for the sample);
+                changes are appended to FILE.log
+  --no-cache    neither read nor write a cache
+  --pages N     (sample only) grow the sample copy to N pages";
+
+/// Where the cache goes: the default place, a given file, or nowhere.
+enum CacheArg {
+    Default,
+    File(PathBuf),
+    Off,
+}
 
 struct Args {
     site: Option<PathBuf>,
     out: Option<PathBuf>,
     watch: bool,
+    cache: CacheArg,
     pages: usize,
 }
 
@@ -51,6 +64,7 @@ fn parse_args() -> Result<Option<Args>> {
         site: None,
         out: None,
         watch: false,
+        cache: CacheArg::Default,
         pages: SAMPLE_PAGES,
     };
     let mut it = std::env::args().skip(1);
@@ -59,6 +73,10 @@ fn parse_args() -> Result<Option<Args>> {
             "-h" | "--help" => return Ok(None),
             "--watch" => args.watch = true,
             "--out" => args.out = Some(it.next().ok_or("--out needs a directory")?.into()),
+            "--cache" => {
+                args.cache = CacheArg::File(it.next().ok_or("--cache needs a file")?.into());
+            }
+            "--no-cache" => args.cache = CacheArg::Off,
             "--pages" => {
                 let n = it.next().ok_or("--pages needs a number")?;
                 args.pages = n
@@ -98,8 +116,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
-    // One database for the whole run: it holds the inputs and every memo.
-    let db = queries::database()?;
+    let cache_at = |default: PathBuf| match &args.cache {
+        CacheArg::Default => Some(default),
+        CacheArg::File(file) => Some(file.clone()),
+        CacheArg::Off => None,
+    };
     match &args.site {
         Some(site) => {
             let site = std::fs::canonicalize(site)
@@ -111,36 +132,27 @@ async fn run(args: Args) -> Result<()> {
                     .ok_or("the site has no parent directory; pass --out DIR")?
                     .join("_site"),
             };
-            let mut scanner = Scanner::new(&site)?;
-            let mut output = Output::new(out);
-            println!(
-                "Building {} into {}",
-                site.display(),
-                output.dir().display()
-            );
-            let failed = cold_build(&db, &mut scanner, &mut output).await?;
-            if args.watch {
-                watch(&db, &mut scanner, &mut output).await
-            } else if failed > 0 {
-                Err(format!("{failed} page(s) failed").into())
-            } else {
-                Ok(())
-            }
+            println!("Building {} into {}", site.display(), out.display());
+            let cache = cache_at(out.join(".picante-cache"));
+            build_site(&site, out, cache, args.watch).await
         }
         None => {
             let (src, out) = prepare_sample(args.pages)?;
-            let mut scanner = Scanner::new(&src)?;
-            let mut output = Output::new(args.out.clone().unwrap_or(out));
+            let out = args.out.clone().unwrap_or(out);
+            // One cache per sample size, so that alternating sizes stays warm.
+            let cache = cache_at(target_dir().join(match args.pages {
+                SAMPLE_PAGES => "site-cache.bin".to_string(),
+                n => format!("site-cache-{n}.bin"),
+            }));
             if args.watch {
                 println!(
                     "Building a copy of the sample site, {} → {}",
                     src.display(),
-                    output.dir().display()
+                    out.display()
                 );
-                cold_build(&db, &mut scanner, &mut output).await?;
-                watch(&db, &mut scanner, &mut output).await
+                build_site(&src, out, cache, true).await
             } else {
-                story(&db, &mut scanner, &mut output).await
+                story(&src, &out, cache).await
             }
         }
     }
@@ -153,151 +165,307 @@ async fn run(args: Args) -> Result<()> {
 /// Pages in the built-in sample.
 const SAMPLE_PAGES: usize = 30;
 
-async fn story(db: &Database, scanner: &mut Scanner, output: &mut Output) -> Result<()> {
-    let src = scanner.root().to_path_buf();
+/// The files the story edits, relative to the site root.
+const POST: &str = "content/blog/market-day.md";
+const PARTIAL: &str = "templates/partials/sidebar.html";
+const PAGE: &str = "content/peppers/habanero.md";
+
+/// `cache`: the file that the previous run left (read in step 0) and that
+/// this run leaves for the next; `None` (--no-cache) uses a scratch file that
+/// is deleted at the end.
+async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     println!("picante site example: a static site generator as a graph of async queries.");
     println!(
         "Sources: {} (a scratch copy of examples/site/sample; the story edits it)",
         src.display()
     );
-    println!("Output:  {}", output.dir().display());
+    println!("Output:  {}", out.display());
+    let keep = cache.is_some();
+    let cache_path = match cache {
+        Some(path) => path,
+        None => std::env::temp_dir().join(format!("picante-site-{}.bin", std::process::id())),
+    };
+    let note = if keep {
+        ""
+    } else {
+        " (--no-cache: a scratch file)"
+    };
+    println!("Cache:   {}{note}", cache_path.display());
     println!();
     println!("Per step, for each query kind: how many times its body was executed, how many");
     println!("of those executions were cut off (same value as before, so nothing downstream");
-    println!("re-ran), and how many memos were reused without running the body: revalidated");
-    println!("(checked against a new revision) or hit (already checked at this revision).");
+    println!("re-ran), and how many reads reused a memo without running the body: revalidated");
+    println!("(checked against a new revision, possibly by several tasks at once) or hit");
+    println!("(already checked at this revision).");
+
+    // 0. The cache of the previous run, if any.
+    heading("0. Warm start from the cache of the previous run");
+    if keep {
+        warm_start(src, out, &cache_path).await?;
+    } else {
+        println!("  Skipped: with --no-cache, this run neither reads a cache nor leaves one.");
+    }
 
     // 1. Cold build.
     heading("1. Cold build: every query runs once");
-    println!("  The scan reads every file concurrently and sets them as inputs in one batch;");
-    println!("  then every page renders on its own task, all on one snapshot of the database.");
-    let (d, b) = step(db, scanner, output, true, || Ok(())).await?;
-    let n = b.pages as u64;
-    check("ParsePage executions", d.executed("ParsePage"), n)?;
-    check("RenderPage executions", d.executed("RenderPage"), n)?;
-    check("SiteIndex executions", d.executed("SiteIndex"), 1)?;
-    check("files written", b.written.len() as u64, n + 1)?;
+    println!("  A fresh database, without the cache. The scan reads every file concurrently and");
+    println!("  sets them as inputs in one batch; then every page renders on its own task, all");
+    println!("  on one snapshot of the database. Then the database is saved to the cache.");
+    let db = queries::database()?;
+    let mut scanner = Scanner::new(src)?;
+    let mut output = Output::new(out.to_path_buf());
+    let s = step(&db, &mut scanner, &mut output, true, || Ok(())).await?;
+    let cold_time = s.time;
+    let n = s.build.pages as u64;
+    check("ParsePage executions", s.delta.executed("ParsePage"), n)?;
+    check("RenderPage executions", s.delta.executed("RenderPage"), n)?;
+    check("SiteIndex executions", s.delta.executed("SiteIndex"), 1)?;
+    check("files written", s.build.written.len() as u64, n + 1)?;
+    let mut cache = Cache::new(cache_path.clone());
+    let (saved, line) = cache.save(&db)?;
+    println!("  {line}");
+    // Every memo is saved: none failed, and every kind is persistent.
+    check("memos saved", saved.memos as u64, s.delta.total_executed())?;
+    check("memos not saved", saved.skipped_memos as u64, 0)?;
+    let templates = db.inputs::<TemplateFile>()?.len() as u64;
+    check("inputs saved", saved.inputs as u64, n + templates + 1)?;
 
-    // 2. Nothing changed.
-    heading("2. Rebuild with no change: every page is a memo hit");
+    // 2. Restart.
+    heading("2. Restart: a new process starts warm from the cache");
+    println!("  Drop the database, build a new one and load the file into it. A new scanner");
+    println!("  re-reads every file and finds them all unchanged: nothing executes. (The new");
+    println!("  process does not know what the old one wrote, so it writes every file once.)");
+    drop((db, scanner, output));
+    let start = Instant::now();
+    let db = queries::database()?;
+    let mut cache = Cache::new(cache_path.clone());
+    let (loaded, line) = cache.load(&db)?;
+    let load_time = start.elapsed();
+    println!("  {line}");
+    check("memos loaded", loaded.memos as u64, saved.memos as u64)?;
+    check("inputs loaded", loaded.inputs as u64, saved.inputs as u64)?;
+    let mut scanner = Scanner::new(src)?;
+    let mut output = Output::new(out.to_path_buf());
+    output.resume(&db)?;
+    let s = step(&db, &mut scanner, &mut output, true, || Ok(())).await?;
+    check("executions", s.delta.total_executed(), 0)?;
+    check("files written", s.build.written.len() as u64, n + 1)?;
+    println!(
+        "  Without the file writes: cold scan + queries {}, warm load + scan + queries {}.",
+        millis(cold_time),
+        millis(load_time + s.time),
+    );
+
+    // 3. Nothing changed.
+    heading("3. Rebuild with no change: every page is a memo hit");
     println!("  The scan re-sets inputs to equal values, which picante ignores: no new");
-    println!("  revision, so every memo is still valid as it is.");
-    let (d, b) = step(db, scanner, output, false, || Ok(())).await?;
-    check("executions", d.total_executed(), 0)?;
-    check("files written", b.written.len() as u64, 0)?;
+    println!("  revision, so every memo is still valid as it is. From here on, each build");
+    println!("  appends what it changed (inputs set, memos executed) to the cache's log.");
+    let s = step(&db, &mut scanner, &mut output, false, || Ok(())).await?;
+    check("executions", s.delta.total_executed(), 0)?;
+    check("files written", s.build.written.len() as u64, 0)?;
+    append(&db, &mut cache, &s)?;
 
-    // 3a. Body edit.
-    let post = "content/blog/market-day.md";
-    heading(&format!("3a. Edit the body of {post}"));
+    // 4a. Body edit.
+    heading(&format!("4a. Edit the body of {POST}"));
     println!("  ParsePage re-runs for that file, then PageTitle, which returns the same title:");
     println!("  cut off, so the navigation and the index are not rebuilt. One page re-renders.");
-    let (d, b) = step(db, scanner, output, false, || {
-        replace(&src, post, "forty bottles", "fifty bottles")
+    let s = step(&db, &mut scanner, &mut output, false, || {
+        replace(src, POST, "forty bottles", "fifty bottles")
     })
     .await?;
-    check("ParsePage executions", d.executed("ParsePage"), 1)?;
-    check("PageTitle cutoffs", d.cut_off("PageTitle"), 1)?;
-    check("SiteNav executions", d.executed("SiteNav"), 0)?;
-    check("RenderPage executions", d.executed("RenderPage"), 1)?;
-    check("SiteIndex executions", d.executed("SiteIndex"), 0)?;
-    check_list("files written", &b.written, &["blog/market-day.html"])?;
+    check("ParsePage executions", s.delta.executed("ParsePage"), 1)?;
+    check("PageTitle cutoffs", s.delta.cut_off("PageTitle"), 1)?;
+    check("SiteNav executions", s.delta.executed("SiteNav"), 0)?;
+    check("RenderPage executions", s.delta.executed("RenderPage"), 1)?;
+    check("SiteIndex executions", s.delta.executed("SiteIndex"), 0)?;
+    check_list("files written", &s.build.written, &["blog/market-day.html"])?;
+    append(&db, &mut cache, &s)?;
 
-    // 3b. Title edit.
-    heading(&format!("3b. Edit the title of {post}"));
+    // 4b. Title edit.
+    heading(&format!("4b. Edit the title of {POST}"));
     println!("  Now PageTitle changes, so SiteNav and the index re-run. SectionNav (the sidebar");
     println!("  list of a section) re-runs for the sections that show one, and is cut off: the");
     println!("  blog has no sidebar, so no other page re-renders.");
-    let (d, b) = step(db, scanner, output, false, || {
-        replace(&src, post, "title: Market day", "title: Market day in June")
+    let s = step(&db, &mut scanner, &mut output, false, || {
+        replace(src, POST, "title: Market day", "title: Market day in June")
     })
     .await?;
-    check("ParsePage executions", d.executed("ParsePage"), 1)?;
-    check("SiteNav executions", d.executed("SiteNav"), 1)?;
+    check("ParsePage executions", s.delta.executed("ParsePage"), 1)?;
+    check("SiteNav executions", s.delta.executed("SiteNav"), 1)?;
     check(
         "SectionNav cutoffs",
-        d.cut_off("SectionNav"),
-        d.executed("SectionNav"),
+        s.delta.cut_off("SectionNav"),
+        s.delta.executed("SectionNav"),
     )?;
-    check("RenderPage executions", d.executed("RenderPage"), 1)?;
-    check("SiteIndex executions", d.executed("SiteIndex"), 1)?;
+    check("RenderPage executions", s.delta.executed("RenderPage"), 1)?;
+    check("SiteIndex executions", s.delta.executed("SiteIndex"), 1)?;
     check_list(
         "files written",
-        &b.written,
+        &s.build.written,
         &["blog/market-day.html", "index.html"],
     )?;
+    append(&db, &mut cache, &s)?;
 
-    // 4. Partial edit.
-    let partial = "templates/partials/sidebar.html";
-    heading(&format!("4. Edit the partial {partial}"));
+    // 5. Partial edit.
+    heading(&format!("5. Edit the partial {PARTIAL}"));
     println!("  ResolvedTemplate read each include through `cx.query`, so picante knows which");
     println!("  templates included the sidebar, and which pages use those templates.");
-    let expected = pages_including(db, &src, "sidebar").await?;
-    let (d, b) = step(db, scanner, output, false, || {
+    let sidebar_pages = pages_including(&db, src, "sidebar").await?;
+    let s = step(&db, &mut scanner, &mut output, false, || {
         replace(
-            &src,
-            partial,
+            src,
+            PARTIAL,
             "<h2>In {{section}}</h2>",
             "<h2>More {{section}}</h2>",
         )
     })
     .await?;
-    let rerendered = rendered_at_current_revision(db).await?;
-    check_list("re-rendered pages", &rerendered, &expected)?;
+    let rerendered = rendered_at_current_revision(&db).await?;
+    check_list("re-rendered pages", &rerendered, &sidebar_pages)?;
     check(
         "RenderPage executions",
-        d.executed("RenderPage"),
-        expected.len() as u64,
+        s.delta.executed("RenderPage"),
+        sidebar_pages.len() as u64,
     )?;
-    check("SiteIndex executions", d.executed("SiteIndex"), 0)?;
+    check("SiteIndex executions", s.delta.executed("SiteIndex"), 0)?;
     println!(
         "  Re-rendered {} of {} pages, exactly those whose template includes the sidebar:",
         rerendered.len(),
-        b.pages
+        s.build.pages
     );
     print_grouped(&rerendered);
     println!(
         "  Not re-rendered: {} pages and the index.",
-        b.pages - rerendered.len()
+        s.build.pages - rerendered.len()
     );
     if let Some(first) = rerendered.first()
         && let Some(info) = db.inspect::<RenderPage>(first)?
     {
         println!("  Why did RenderPage({first:?}) run? {}", info.reason);
     }
+    append(&db, &mut cache, &s)?;
 
-    // 5. Whitespace-only edit.
-    let page = "content/peppers/habanero.md";
-    heading(&format!("5. Whitespace-only edit of {page}"));
+    // 6. Whitespace-only edit.
+    heading(&format!("6. Whitespace-only edit of {PAGE}"));
     println!("  The file changed, so ParsePage re-runs; the HTML it produces is identical, so");
     println!("  it is cut off and nothing downstream re-runs: 0 renders, 0 files written.");
-    let (d, b) = step(db, scanner, output, false, || {
-        replace(&src, page, "then stays.\n", "then stays.   \n\n\n")
+    let s = step(&db, &mut scanner, &mut output, false, || {
+        replace(src, PAGE, "then stays.\n", "then stays.   \n\n\n")
     })
     .await?;
-    check("ParsePage executions", d.executed("ParsePage"), 1)?;
-    check("ParsePage cutoffs", d.cut_off("ParsePage"), 1)?;
-    check("RenderPage executions", d.executed("RenderPage"), 0)?;
-    check("files written", b.written.len() as u64, 0)?;
+    check("ParsePage executions", s.delta.executed("ParsePage"), 1)?;
+    check("ParsePage cutoffs", s.delta.cut_off("ParsePage"), 1)?;
+    check("RenderPage executions", s.delta.executed("RenderPage"), 0)?;
+    check("files written", s.build.written.len() as u64, 0)?;
+    append(&db, &mut cache, &s)?;
+
+    // 7. Undo, compact.
+    heading("7. Undo the three edits, then compact the cache");
+    println!("  The edited files get their original text back, in one batch. The post and the");
+    println!("  sidebar pages re-render, the index shows the old title again, and the");
+    println!("  whitespace revert is cut off once more. Then a full save folds the log into a");
+    println!("  new base: the cache holds the sample as it started, ready for the next run.");
+    let mut expected: Vec<String> = sidebar_pages.clone();
+    let post = POST.strip_prefix("content/").unwrap_or(POST).to_string();
+    if !expected.contains(&post) {
+        expected.push(post);
+    }
+    expected.sort();
+    let s = step(&db, &mut scanner, &mut output, false, || {
+        restore(src, &[POST, PARTIAL, PAGE])
+    })
+    .await?;
+    check("ParsePage executions", s.delta.executed("ParsePage"), 2)?;
+    check("ParsePage cutoffs", s.delta.cut_off("ParsePage"), 1)?;
+    check("SiteNav executions", s.delta.executed("SiteNav"), 1)?;
+    check("SiteIndex executions", s.delta.executed("SiteIndex"), 1)?;
+    check_list(
+        "re-rendered pages",
+        &rendered_at_current_revision(&db).await?,
+        &expected,
+    )?;
+    let mut written: Vec<String> = expected.iter().map(|p| queries::url_of(p)).collect();
+    written.push("index.html".to_string());
+    written.sort();
+    check_list("files written", &s.build.written, &written)?;
+    append(&db, &mut cache, &s)?;
+    let (log, appends) = cache.log();
+    let (compacted, line) = cache.save(&db)?;
+    println!(
+        "  compacted the log ({}, {}) into a new base:",
+        driver::plural(appends, "append"),
+        driver::size(log)
+    );
+    println!("  {line}");
+    check("memos saved", compacted.memos as u64, saved.memos as u64)?;
+    check("inputs saved", compacted.inputs as u64, saved.inputs as u64)?;
 
     println!();
     println!("Every count above was checked by the example itself.");
     println!(
         "Open {} in a browser; try `-- --watch` and edit files under {}.",
-        output.dir().join("index.html").display(),
+        out.join("index.html").display(),
         src.display()
     );
+    if keep {
+        println!("Run the example again: its step 0 starts warm from the cache this run left.");
+    } else {
+        for file in [cache_path.clone(), driver::log_path(&cache_path)] {
+            let _ = std::fs::remove_file(file);
+        }
+    }
     Ok(())
 }
 
+/// Step 0: a new process loads the cache that the previous run left.
+async fn warm_start(src: &Path, out: &Path, cache_path: &Path) -> Result<()> {
+    let db = queries::database()?;
+    let mut cache = Cache::new(cache_path.to_path_buf());
+    let (loaded, line) = cache.load(&db)?;
+    println!("  {line}");
+    if !loaded.loaded {
+        println!("  This run builds cold below and leaves a cache; run the example again");
+        println!("  and this step loads it and rebuilds the site without executing anything.");
+        return Ok(());
+    }
+    println!("  A new process, its database loaded from the file. The previous run left");
+    println!("  the files as they are now (unless they were edited in --watch), so the");
+    println!("  scan sets every input to the value it already has: all the memos are");
+    println!("  reused, none executes.");
+    let mut scanner = Scanner::new(src)?;
+    let mut output = Output::new(out.to_path_buf());
+    output.resume(&db)?;
+    let s = step(&db, &mut scanner, &mut output, true, || Ok(())).await?;
+    if s.changed.is_empty() && loaded.dropped_kinds.is_empty() {
+        check("executions", s.delta.total_executed(), 0)
+    } else {
+        println!("  (This cache was left by edits in --watch, or by different code: what");
+        println!("  changed re-ran, as it should. The rest of the story does not use it.)");
+        Ok(())
+    }
+}
+
+/// What one step of the story did.
+struct Step {
+    /// Per-query counters.
+    delta: Delta,
+    build: BuildReport,
+    /// Files whose content changed, per the scan.
+    changed: Vec<String>,
+    /// Time to scan and run the queries (writing files left out).
+    time: Duration,
+}
+
 /// Applies `edit` to the files, syncs the inputs, builds, and prints the
-/// step's table. Returns the counter deltas and the build report.
+/// step's table.
 async fn step(
     db: &Database,
     scanner: &mut Scanner,
     output: &mut Output,
-    cold: bool,
+    progress: bool,
     edit: impl FnOnce() -> Result<()>,
-) -> Result<(Delta, BuildReport)> {
+) -> Result<Step> {
     edit()?;
     // Counters are cumulative over the database's life: a step's work is the
     // difference between two readings.
@@ -308,7 +476,7 @@ async fn step(
         return Err(e.clone().into());
     }
     let scanned = Instant::now();
-    let build = driver::build(db, output, cold).await?;
+    let build = driver::build(db, output, progress).await?;
     let times = (scanned - start, scanned.elapsed());
     let delta = Delta::between(&before, &db.stats());
     delta.print();
@@ -316,23 +484,86 @@ async fn step(
     if let Some((page, e)) = build.failed.first() {
         return Err(format!("{page}: {e}").into());
     }
-    Ok((delta, build))
+    Ok(Step {
+        delta,
+        time: times.0 + build.queries,
+        changed: sync.changed,
+        build,
+    })
 }
 
-async fn cold_build(db: &Database, scanner: &mut Scanner, output: &mut Output) -> Result<usize> {
+/// Appends the step's changes to the cache's log, and checks that they are
+/// exactly the inputs that changed and the memos that executed.
+fn append(db: &Database, cache: &mut Cache, s: &Step) -> Result<()> {
+    let (report, line) = cache.append(db)?;
+    println!("  {line}");
+    check(
+        "inputs appended",
+        report.inputs as u64,
+        s.changed.len() as u64,
+    )?;
+    check(
+        "memos appended",
+        report.memos as u64,
+        s.delta.total_executed(),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// A site of your own (or the sample with --watch): load the cache, build,
+// save; then, with --watch, rebuild on change.
+// ---------------------------------------------------------------------------
+
+async fn build_site(src: &Path, out: PathBuf, cache: Option<PathBuf>, watch: bool) -> Result<()> {
+    let db = queries::database()?;
+    let mut cache = cache.map(Cache::new);
+    match &mut cache {
+        Some(cache) => println!("{}", cache.load(&db)?.1),
+        None => println!("cold start: --no-cache"),
+    }
+    let mut scanner = Scanner::new(src)?;
+    let mut output = Output::new(out);
+    output.resume(&db)?;
     let before = db.stats();
     let start = Instant::now();
-    let sync = scanner.sync(db).await?;
+    let sync = scanner.sync(&db).await?;
     let scanned = Instant::now();
-    let build = driver::build(db, output, true).await?;
+    let build = driver::build(&db, &mut output, true).await?;
     let times = (scanned - start, scanned.elapsed());
-    Delta::between(&before, &db.stats()).print();
+    let delta = Delta::between(&before, &db.stats());
+    delta.print();
     print_summary(&sync.changed, &build, times);
     for e in &sync.errors {
         eprintln!("  error: {e}");
     }
     print_failures(&build);
-    Ok(build.failed.len() + sync.errors.len())
+    // A warm start that found nothing to do has nothing to append.
+    if sync.new_revision || delta.total_executed() > 0 {
+        update_cache(&db, &mut cache);
+    } else if cache.is_some() {
+        println!("  cache: up to date");
+    }
+    let failed = build.failed.len() + sync.errors.len();
+    if watch {
+        watch_site(&db, &mut scanner, &mut output, &mut cache).await
+    } else if failed > 0 {
+        Err(format!("{failed} page(s) failed").into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Saves or appends to the cache. A cache that cannot be written is not
+/// worth failing a build for: say so and go on without it.
+fn update_cache(db: &Database, cache: &mut Option<Cache>) {
+    let Some(c) = cache else { return };
+    match c.update(db) {
+        Ok(line) => println!("  {line}"),
+        Err(e) => {
+            eprintln!("  warning: cannot write the cache, going on without it: {e}");
+            *cache = None;
+        }
+    }
 }
 
 /// One line per step: what changed, what was written, how long the scan
@@ -383,10 +614,15 @@ fn print_failures(build: &BuildReport) {
 }
 
 // ---------------------------------------------------------------------------
-// --watch: poll, apply changes as one batch, rebuild.
+// --watch: poll, apply changes as one batch, rebuild, append to the cache.
 // ---------------------------------------------------------------------------
 
-async fn watch(db: &Database, scanner: &mut Scanner, output: &mut Output) -> Result<()> {
+async fn watch_site(
+    db: &Database,
+    scanner: &mut Scanner,
+    output: &mut Output,
+    cache: &mut Option<Cache>,
+) -> Result<()> {
     println!();
     println!(
         "Watching {} (polling every 300 ms; Ctrl-C to stop)",
@@ -398,7 +634,7 @@ async fn watch(db: &Database, scanner: &mut Scanner, output: &mut Output) -> Res
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(300)) => {}
-            _ = &mut ctrl_c => return Ok(()),
+            _ = &mut ctrl_c => break,
         }
         let before = db.stats();
         let start = Instant::now();
@@ -429,7 +665,17 @@ async fn watch(db: &Database, scanner: &mut Scanner, output: &mut Output) -> Res
             println!("    … and {} more", build.written.len() - 10);
         }
         print_failures(&build);
+        update_cache(db, cache);
     }
+    // Leave a compact cache behind: the log folded into a new base.
+    if let Some(c) = cache
+        && c.log().1 > 0
+    {
+        let (_, line) = c.save(db)?;
+        println!();
+        println!("  {line}");
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -516,15 +762,46 @@ fn print_grouped(paths: &[String]) {
                 name.strip_suffix(".md").unwrap_or(name)
             })
             .collect();
-        println!("    {section}/ ({}): {}", names.len(), names.join(", "));
+        // Large sites: the first few names of each section.
+        const SHOWN: usize = 12;
+        let more = match names.len() {
+            n if n > SHOWN => format!(", … and {} more", n - SHOWN),
+            _ => String::new(),
+        };
+        let shown = &names[..names.len().min(SHOWN)];
+        println!(
+            "    {section}/ ({}): {}{more}",
+            names.len(),
+            shown.join(", ")
+        );
     }
+}
+
+/// The built-in sample site.
+fn sample_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/site/sample")
+}
+
+/// The repository's `target` directory, home of the sample's scratch copy,
+/// output and cache.
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target")
+}
+
+/// Copies the files `rels` from the built-in sample back into `root`.
+fn restore(root: &Path, rels: &[&str]) -> Result<()> {
+    for rel in rels {
+        let (from, to) = (sample_dir().join(rel), root.join(rel));
+        std::fs::copy(&from, &to)
+            .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
+    }
+    Ok(())
 }
 
 /// Copies the built-in sample to `target/site-src` (grown to `pages` pages)
 /// and returns it with the default output directory, `target/site-out`.
 fn prepare_sample(pages: usize) -> Result<(PathBuf, PathBuf)> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sample = manifest.join("examples/site/sample");
+    let sample = sample_dir();
     if !sample.is_dir() {
         return Err(format!(
             "the built-in sample is missing at {}; pass a site directory",
@@ -532,10 +809,7 @@ fn prepare_sample(pages: usize) -> Result<(PathBuf, PathBuf)> {
         )
         .into());
     }
-    let (src, out) = (
-        manifest.join("target/site-src"),
-        manifest.join("target/site-out"),
-    );
+    let (src, out) = (target_dir().join("site-src"), target_dir().join("site-out"));
     for dir in [&src, &out] {
         if dir.exists() {
             std::fs::remove_dir_all(dir)

@@ -1,7 +1,9 @@
 //! Plain functions with no picante in them: front matter, Markdown to HTML,
 //! and a tiny template language. The queries in `queries.rs` call these;
 //! keeping them pure makes it obvious that everything incremental about the
-//! site generator lives in the queries, not here.
+//! site generator lives in the queries, not here. (`Template` derives
+//! `facet::Facet` only so that the memos holding one can be saved to the
+//! on-disk cache.)
 
 /// What a page's front matter says.
 #[derive(Debug, Default)]
@@ -78,7 +80,8 @@ pub fn escape_html(text: &str) -> String {
 }
 
 /// One piece of a template.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, facet::Facet)]
+#[repr(u8)]
 pub enum Segment {
     /// Literal text.
     Text(String),
@@ -89,7 +92,7 @@ pub enum Segment {
 }
 
 /// A parsed template: text, variables and includes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, facet::Facet)]
 pub struct Template {
     pub segments: Vec<Segment>,
 }

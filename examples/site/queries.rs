@@ -14,6 +14,11 @@
 //! input and query it read through its `QueryCx` (its dependencies). When an
 //! input changes, only the memos that (transitively) read it are re-executed;
 //! the others are *revalidated*: reused without running their body.
+//!
+//! Every kind is registered as *persistent* (see [`database`]): the driver
+//! saves inputs and memos to a cache file after a build, and the next process
+//! loads it and starts warm. That only asks the keys and values to derive
+//! `facet::Facet`, which is how picante encodes them.
 
 use std::sync::Arc;
 
@@ -52,16 +57,19 @@ impl Input for TemplateFile {
 pub struct PageList;
 impl Input for PageList {
     type Key = ();
-    type Value = Arc<[String]>;
+    /// `Arc<Vec<_>>` rather than `Arc<[_]>`: picante 0.1 loads a persisted
+    /// `Arc<[T]>` value through facet-postcard 0.46, which crashes decoding it.
+    type Value = Arc<Vec<String>>;
 }
 
 // ---------------------------------------------------------------------------
 // Values. Every query value must be `Clone + PartialEq`: `==` is what early
 // cutoff compares. Large values are wrapped in `Arc` so cloning is cheap.
+// Deriving `facet::Facet` lets the memos holding them be saved to the cache.
 // ---------------------------------------------------------------------------
 
 /// A parsed page.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, facet::Facet)]
 pub struct Page {
     /// First directory of the path (`"peppers"`), or `""` for top-level pages.
     pub section: String,
@@ -74,12 +82,12 @@ pub struct Page {
 }
 
 /// The navigation: every section and the titles of its pages.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, facet::Facet)]
 pub struct Nav {
     pub sections: Vec<NavSection>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, facet::Facet)]
 pub struct NavSection {
     pub name: String,
     /// `(url, title)` of each page, in path order.
@@ -336,32 +344,28 @@ impl AsyncQuery for SiteIndex {
     }
 }
 
-/// The query kinds, in the order the step tables print them.
-pub const QUERY_NAMES: [&str; 8] = [
-    "ParsePage",
-    "PageTitle",
-    "SiteNav",
-    "SectionNav",
-    "LoadTemplate",
-    "ResolvedTemplate",
-    "RenderPage",
-    "SiteIndex",
-];
-
-/// Registers every kind. A database is built once; its handle is a cheap
-/// pointer to share.
+/// Registers every kind, all of them persistent. A database is built once;
+/// its handle is a cheap pointer to share.
+///
+/// A cache file matches kinds by these names (not by Rust type names, so
+/// renaming a type keeps the cache) and by the shape of their key and value
+/// types: a kind whose types changed is dropped at load and recomputed. What
+/// the names cannot see is a change in what a query *computes*: after
+/// editing a query's body, bump its version suffix so old memos are dropped.
+///
+/// The query kinds print in the step tables in this order of registration.
 pub fn database() -> picante::Result<Database> {
     Database::builder()
-        .input::<SourceFile>()
-        .input::<TemplateFile>()
-        .input::<PageList>()
-        .query(ParsePage)
-        .query(PageTitle)
-        .query(SiteNav)
-        .query(SectionNav)
-        .query(LoadTemplate)
-        .query(ResolvedTemplate)
-        .query(RenderPage)
-        .query(SiteIndex)
+        .persistent_input_as::<SourceFile>("site.source-file")
+        .persistent_input_as::<TemplateFile>("site.template-file")
+        .persistent_input_as::<PageList>("site.page-list")
+        .persistent_query_as(ParsePage, "site.parse-page.v1")
+        .persistent_query_as(PageTitle, "site.page-title.v1")
+        .persistent_query_as(SiteNav, "site.site-nav.v1")
+        .persistent_query_as(SectionNav, "site.section-nav.v1")
+        .persistent_query_as(LoadTemplate, "site.load-template.v1")
+        .persistent_query_as(ResolvedTemplate, "site.resolved-template.v1")
+        .persistent_query_as(RenderPage, "site.render-page.v1")
+        .persistent_query_as(SiteIndex, "site.site-index.v1")
         .build()
 }

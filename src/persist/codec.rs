@@ -126,13 +126,18 @@ fn decode_one<T: Facet<'static> + 'static>(bytes: &[u8]) -> Result<T> {
     facet_postcard::from_slice(bytes).map_err(decode_error)
 }
 
-/// Same bytes as postcard's `Vec<T>`: a varint count, then each element.
+/// A varint count, then each element: scalars as postcard's `Vec<T>` (so
+/// one fast loop decodes them), other types each as a length-prefixed
+/// postcard value decoded on its own. (facet-postcard 0.46 crashes decoding
+/// a `Vec` of some element types that decode fine alone, e.g. `Arc<[T]>`.)
 fn encode_many<T: Facet<'static> + 'static>(items: &[T]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     fast::put_var(&mut out, items.len() as u64);
     for item in items {
         if !fast::encode(item, &mut out) {
-            out.extend_from_slice(&facet_postcard::to_vec(item).map_err(encode_error)?);
+            let bytes = facet_postcard::to_vec(item).map_err(encode_error)?;
+            fast::put_var(&mut out, bytes.len() as u64);
+            out.extend_from_slice(&bytes);
         }
     }
     Ok(out)
@@ -142,7 +147,19 @@ fn decode_many<T: Facet<'static> + 'static>(bytes: &[u8]) -> Result<Vec<T>> {
     if let Some(r) = fast::decode_seq::<T>(bytes) {
         return r;
     }
-    facet_postcard::from_slice::<Vec<T>>(bytes).map_err(decode_error)
+    let mut r = fast::Reader::new(bytes);
+    let n = usize::try_from(r.var(64)?).map_err(decode_error)?;
+    if n > bytes.len() {
+        return Err(decode_error("element count exceeds the data"));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(decode_one::<T>(r.bytes()?)?);
+    }
+    if !r.at_end() {
+        return Err(decode_error("trailing bytes"));
+    }
+    Ok(out)
 }
 
 /// Postcard for scalars, by hand.
@@ -169,12 +186,33 @@ mod fast {
         ((v >> 1) as i64) ^ -((v & 1) as i64)
     }
 
-    struct Reader<'a> {
+    pub(super) struct Reader<'a> {
         bytes: &'a [u8],
         pos: usize,
     }
 
-    impl Reader<'_> {
+    impl<'a> Reader<'a> {
+        pub(super) fn new(bytes: &'a [u8]) -> Self {
+            Reader { bytes, pos: 0 }
+        }
+
+        pub(super) fn at_end(&self) -> bool {
+            self.pos == self.bytes.len()
+        }
+
+        /// Length-prefixed bytes.
+        pub(super) fn bytes(&mut self) -> Result<&'a [u8]> {
+            let len = usize::try_from(self.var(64)?).map_err(decode_error)?;
+            let end = self
+                .pos
+                .checked_add(len)
+                .filter(|&e| e <= self.bytes.len())
+                .ok_or_else(|| decode_error("value runs past the end"))?;
+            let b = &self.bytes[self.pos..end];
+            self.pos = end;
+            Ok(b)
+        }
+
         fn byte(&mut self) -> Result<u8> {
             let b = *self
                 .bytes
@@ -184,7 +222,7 @@ mod fast {
             Ok(b)
         }
 
-        fn var(&mut self, max_bits: u32) -> Result<u64> {
+        pub(super) fn var(&mut self, max_bits: u32) -> Result<u64> {
             let mut v: u64 = 0;
             let mut shift = 0u32;
             loop {
@@ -403,6 +441,22 @@ mod tests {
         same_as_postcard(vec![0isize, -5, isize::MAX]);
         same_as_postcard(vec![true, false]);
         same_as_postcard(vec![String::new(), "é✓".to_string(), "x".repeat(200)]);
+    }
+
+    #[test]
+    fn non_scalar_sequences_round_trip_element_by_element() {
+        // facet-postcard 0.46 crashes decoding `Vec<Arc<[u32]>>` as a whole;
+        // element by element it is fine.
+        let values: Vec<std::sync::Arc<[u32]>> = vec![vec![1u32, 2].into(), Vec::new().into()];
+        let bytes = encode_many(&values).unwrap();
+        assert_eq!(
+            decode_many::<std::sync::Arc<[u32]>>(&bytes).unwrap(),
+            values
+        );
+        let strings: Vec<Vec<String>> = vec![vec!["a".into()], vec![]];
+        let bytes = encode_many(&strings).unwrap();
+        assert_eq!(decode_many::<Vec<String>>(&bytes).unwrap(), strings);
+        assert!(decode_many::<Vec<String>>(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]
