@@ -68,7 +68,10 @@ pub struct QueryStats {
     /// Reads answered by a memo already verified at the reader's revision.
     pub hits: u64,
     /// Memos found still valid at a new revision without running the body
-    /// (by walking dependencies or by durability).
+    /// (by walking dependencies or by durability). Revalidation runs no user
+    /// code and is not deduplicated between concurrent readers, so under
+    /// concurrency one memo may count more than once; `executions` and
+    /// `cutoffs` are exact.
     pub revalidations: u64,
     /// Re-executions whose value equalled the previous one, so dependents
     /// kept their memos (early cutoff).
