@@ -6,7 +6,8 @@
 //!
 //! `cargo run --release` (from `compare/`). Options:
 //! `--reps N` (default 5), `--only w1,w3,...` (a subset), `--engine picante|salsa`
-//! (run one side only, e.g. under a profiler; no ratios then).
+//! (run one side only, e.g. under a profiler; no ratios then), `--edit a|b|c|d`
+//! (W3: one edit only).
 
 mod common;
 mod pic;
@@ -40,6 +41,8 @@ struct Opts {
     reps: usize,
     only: Option<Vec<String>>,
     engines: Engines,
+    /// W3 only one edit: b'a'..=b'd'.
+    edit: Option<u8>,
 }
 
 impl Opts {
@@ -186,7 +189,7 @@ fn w1(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
                 });
                 let c0 = counts();
                 let start = Instant::now();
-                let v = rt.block_on(pdb.query::<pic::Reader>(N)).expect("reader");
+                let v = pic_w1_reader(rt, &pdb, N);
                 total += start.elapsed();
                 let c = counts() - c0;
                 check(v == plain_reader(pnonce), || format!("W1 cx picante {v}"));
@@ -206,7 +209,7 @@ fn w1(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
                 }
                 let c0 = counts();
                 let start = Instant::now();
-                let v = sal::reader(&sdb, nums);
+                let v = sal_w1_reader(&sdb, nums);
                 total += start.elapsed();
                 let c = counts() - c0;
                 check(v == plain_reader(snonce), || format!("W1 cx salsa {v}"));
@@ -411,6 +414,9 @@ fn w3(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
     check(v == ss.model.site(), || "W3 salsa initial build".into());
 
     for (edit, label, want_parse, want_render) in EDITS {
+        if o.edit.is_some_and(|e| e != label.as_bytes()[4]) {
+            continue;
+        }
         let mut pc = Counts::default_zero();
         let mut sc = Counts::default_zero();
         let (p, s) = interleave(
@@ -422,12 +428,7 @@ fn w3(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
                     let db = &ps.db;
                     let c0 = counts();
                     let start = Instant::now();
-                    match edit {
-                        Edit::Template => db.set::<pic::TemplateFile>(k, value),
-                        _ => db.set::<pic::SourceFile>(k, value),
-                    }
-                    .expect("set");
-                    let v = rt.block_on(db.query::<pic::Site>(())).expect("site");
+                    let v = pic_w3_step(rt, db, edit, k, value);
                     total += start.elapsed();
                     pc = counts() - c0;
                     check(v == ps.model.site(), || {
@@ -460,11 +461,7 @@ fn w3(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
                     let (db, h) = &mut ss.db;
                     let c0 = counts();
                     let start = Instant::now();
-                    match edit {
-                        Edit::Template => h.templates[k as usize].set_text(db).to(value),
-                        _ => h.files[k as usize].set_text(db).to(value),
-                    };
-                    let v = sal::site(db, h.project);
+                    let v = sal_w3_step(db, h, edit, k, value);
                     total += start.elapsed();
                     sc = counts() - c0;
                     check(v == ss.model.site(), || format!("{label}: salsa site {v}"));
@@ -487,6 +484,55 @@ fn w3(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
             sal_counts: pr(sc),
         });
     }
+}
+
+// The measured sections worth profiling, as named functions (callgrind
+// `--toggle-collect=picante_compare::pic_w3_step` etc.).
+
+#[inline(never)]
+fn pic_w3_step(
+    rt: &tokio::runtime::Runtime,
+    db: &picante::Database,
+    edit: Edit,
+    k: u32,
+    value: Arc<str>,
+) -> u64 {
+    match edit {
+        Edit::Template => db.set::<pic::TemplateFile>(k, value),
+        _ => db.set::<pic::SourceFile>(k, value),
+    }
+    .expect("set");
+    rt.block_on(db.query::<pic::Site>(())).expect("site")
+}
+
+#[inline(never)]
+fn sal_w3_step(db: &mut sal::Db, h: &sal::SiteHandles, edit: Edit, k: u32, value: Arc<str>) -> u64 {
+    match edit {
+        Edit::Template => h.templates[k as usize].set_text(db).to(value),
+        _ => h.files[k as usize].set_text(db).to(value),
+    };
+    sal::site(db, h.project)
+}
+
+#[inline(never)]
+fn pic_w1_reader(rt: &tokio::runtime::Runtime, db: &picante::Database, n: u32) -> u64 {
+    rt.block_on(db.query::<pic::Reader>(n)).expect("reader")
+}
+
+#[inline(never)]
+fn sal_w1_reader(db: &sal::Db, nums: sal::Nums) -> u64 {
+    sal::reader(db, nums)
+}
+
+#[inline(never)]
+fn pic_w7_read_all(rt: &tokio::runtime::Runtime, db: &picante::Database, n: u32) -> u64 {
+    rt.block_on(async {
+        let mut sum = 0u64;
+        for k in 0..n {
+            sum = sum.wrapping_add(db.query::<pic::Item>(k).await.expect("item"));
+        }
+        sum
+    })
 }
 
 // ---- W4 ----------------------------------------------------------------------
@@ -664,13 +710,7 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
                 "W7 picante first".into()
             });
             let start = Instant::now();
-            let all = rt.block_on(async {
-                let mut sum = 0u64;
-                for k in 0..N {
-                    sum = sum.wrapping_add(fresh.query::<pic::Item>(k).await.expect("item"));
-                }
-                sum
-            });
+            let all = pic_w7_read_all(rt, &fresh, N);
             let read = ms(start.elapsed());
             check(all == expected_all, || "W7 picante read all".into());
             let n = (counts() - c0).other;
@@ -839,7 +879,7 @@ fn thousands(n: u32) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(' ');
         }
         out.push(c);
@@ -862,6 +902,7 @@ fn main() {
         reps: 5,
         only: None,
         engines: Engines::Both,
+        edit: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -876,6 +917,7 @@ fn main() {
                         .collect(),
                 )
             }
+            "--edit" => o.edit = args.next().map(|e| e.as_bytes()[0]),
             "--engine" => {
                 o.engines = match args.next().as_deref() {
                     Some("picante") => Engines::Picante,

@@ -35,7 +35,7 @@ pub struct Project {
 #[salsa::tracked]
 pub fn parse(db: &dyn salsa::Database, file: SourceFile) -> Arc<common::Parsed> {
     bump(&PARSE);
-    Arc::new(common::parse_text(&file.text(db)))
+    Arc::new(common::parse_text(file.text(db)))
 }
 
 #[salsa::tracked]
@@ -43,7 +43,7 @@ pub fn render(db: &dyn salsa::Database, file: SourceFile) -> Arc<str> {
     bump(&RENDER);
     let page = parse(db, file);
     let template = Templates::get(db).list(db)[page.template as usize].text(db);
-    common::render_text(&page, &template)
+    common::render_text(page, template)
 }
 
 #[salsa::tracked(returns(copy))]
