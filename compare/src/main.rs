@@ -678,9 +678,9 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
     let expected_all: u64 = (0..N)
         .map(|k| common::item_value(SEED, k))
         .fold(0, u64::wrapping_add);
-    // (save, load to first answer, read all after load) in ms, file bytes
-    let mut pt: Vec<([f64; 3], u64)> = Vec::new();
-    let mut st: Vec<([f64; 3], u64)> = Vec::new();
+    // (save, load to first answer, read all after load, load + read all) in ms, file bytes
+    let mut pt: Vec<([f64; 4], u64)> = Vec::new();
+    let mut st: Vec<([f64; 4], u64)> = Vec::new();
     let ppath = dir.join("picante.cache");
     let spath = dir.join("salsa.postcard");
     interleave(
@@ -715,7 +715,7 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
             check(all == expected_all, || "W7 picante read all".into());
             let n = (counts() - c0).other;
             check(n == 0, || format!("W7 picante: {n} executions after load"));
-            pt.push(([save, load, read], saved.bytes));
+            pt.push(([save, load, read, 0.0], saved.bytes));
             0.0
         },
         || {
@@ -755,7 +755,7 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
             check(all == expected_all, || "W7 salsa read all".into());
             let n = (counts() - c0).other;
             check(n == 0, || format!("W7 salsa: {n} executions after load"));
-            st.push(([save, load, read], len));
+            st.push(([save, load, read, 0.0], len));
             0.0
         },
     );
@@ -766,7 +766,11 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
         "W7 save 100 000 memos (u64)".to_string(),
         "W7 load to first answer".to_string(),
         "W7 read every value after load".to_string(),
+        "W7 load + read every value".to_string(),
     ];
+    for t in pt.iter_mut().chain(st.iter_mut()) {
+        t.0[3] = t.0[1] + t.0[2];
+    }
     for (i, label) in labels.into_iter().enumerate() {
         let (pc, sc) = if i == 0 {
             (
