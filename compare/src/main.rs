@@ -974,7 +974,8 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     for r in &rows {
         let ratio = match (r.pic, r.sal) {
-            (Some(p), Some(s)) if s > 0.0 => format!("{:.2}×", p / s),
+            (Some(p), Some(s)) if s > 0.0 && p / s >= 0.1 => format!("{:.2}×", p / s),
+            (Some(p), Some(s)) if s > 0.0 => format!("{:.4}× ({:.0}× faster)", p / s, s / p),
             _ => "–".into(),
         };
         println!(
