@@ -215,7 +215,7 @@ impl QueryCx {
             Some(v) => Ok(v),
             None => Err(ErrorKind::MissingInput {
                 input: InputIngredient::<I>::name_of(),
-                key: format!("{key:?}"),
+                key: crate::util::debug_string(key),
             }
             .into()),
         }
@@ -247,15 +247,28 @@ impl QueryCx {
         InternedIngredient::<T>::lookup_in(&self.inner.access.view.shared.registry)?.value(id)
     }
 
-    /// Closes the recorder and builds the memo's metadata. `unchanged_since`
-    /// is the old `changed_at` when the new value equals the old (cutoff).
-    pub(crate) fn finish(&self, unchanged_since: Option<Revision>) -> MemoMeta {
+    /// Closes the recorder and builds the memo's metadata. `equal_to` is the
+    /// old memo when the new value equals its value: the new memo then keeps
+    /// the old `changed_at` (early cutoff, S7) — if it has the old memo's
+    /// durability. A `changed_at` is an identity that dependents compare
+    /// with; dependents record the durability of the memo they read, so two
+    /// memos of one identity must have one durability. Backdating a less
+    /// durable memo would let dependents of the old one keep a durability
+    /// higher than what they now depend on and skip walks they need (S8:
+    /// durability never changes results; salsa refuses the same backdate);
+    /// backdating a more durable one does the same to its own dependents as
+    /// soon as they are checked against the old twin (kept by an older
+    /// snapshot). Either way it counts as a change instead.
+    pub(crate) fn finish(&self, equal_to: Option<&MemoMeta>) -> MemoMeta {
         let (deps, durability) = {
             let mut rec = lock(&self.inner.recorder);
             rec.finished = true;
             (std::mem::take(&mut rec.deps), rec.durability)
         };
         let r = self.revision();
+        let unchanged_since = equal_to
+            .filter(|old| durability == old.durability)
+            .map(|old| old.changed_at);
         let main = self.inner.access.pinned.fork == MAIN_FORK;
         MemoMeta {
             key: self.inner.key,

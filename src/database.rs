@@ -281,7 +281,7 @@ impl View {
         self.input_opt::<I>(key)?.ok_or_else(|| {
             crate::ErrorKind::MissingInput {
                 input: InputIngredient::<I>::name_of(),
-                key: format!("{key:?}"),
+                key: crate::util::debug_string(key),
             }
             .into()
         })

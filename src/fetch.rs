@@ -16,12 +16,12 @@ use tracing::Instrument;
 
 use crate::cx::QueryCx;
 use crate::error::{Error, ErrorKind, Result};
-use crate::inflight::{Claim, SlotKey};
+use crate::inflight::{Claim, Node, SlotKey};
 use crate::registry::Ingredient;
 use crate::revalidate::{Verdict, Walk};
 use crate::storage::{Dep, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo};
 use crate::util::BoxFuture;
-use crate::view::Access;
+use crate::view::{Access, Shared};
 
 /// Every this many nested executions, the next one continues on a fresh tokio
 /// task, so that chains of any depth never grow the machine stack unboundedly.
@@ -216,7 +216,12 @@ async fn execute(
         reason,
     );
     ing.counters().executions.incr();
-    let fut = ing.clone().execute(cx, key, old);
+    let running = Running {
+        shared: shared_id(&sub.view.shared),
+        node: sub.requester.clone(),
+        depth,
+    };
+    let fut = RUNNING.scope(running, ing.clone().execute(cx, key, old));
     if depth.is_multiple_of(SPAWN_EVERY)
         && let Ok(handle) = tokio::runtime::Handle::try_current()
     {
@@ -229,6 +234,42 @@ async fn execute(
         };
     }
     fut.await
+}
+
+/// The execution running on this task, while its body is polled.
+#[derive(Clone)]
+struct Running {
+    /// Which database (the address of its `Shared`).
+    shared: usize,
+    node: Option<Arc<Node>>,
+    depth: u32,
+}
+
+tokio::task_local! {
+    static RUNNING: Running;
+}
+
+fn shared_id(shared: &Arc<Shared>) -> usize {
+    Arc::as_ptr(shared) as usize
+}
+
+/// For a top-level request (`db.query` on a captured handle) made from
+/// inside a body of the same database on the same task: the running
+/// execution's in-flight node and depth. The request is then treated as made
+/// by that execution, so that a body that asks for itself through the
+/// database gets a cycle error instead of waiting for itself forever (S12),
+/// and deep chains through handles still move to fresh tasks.
+pub(crate) fn running_execution(shared: &Arc<Shared>) -> (Option<Arc<Node>>, u32) {
+    let id = shared_id(shared);
+    RUNNING
+        .try_with(|r| {
+            if r.shared == id {
+                (r.node.clone(), r.depth)
+            } else {
+                (None, 0)
+            }
+        })
+        .unwrap_or((None, 0))
 }
 
 /// Aborts the task when the awaiting future is dropped (S14: a dropped caller

@@ -68,6 +68,22 @@ pub(crate) struct Node {
     watched: std::sync::atomic::AtomicBool,
 }
 
+impl Drop for Node {
+    /// Frees the chain of requesters iteratively: a node holds its parent, so
+    /// a chain 100 000 deep (a deep in-flight chain whose caller went away)
+    /// would otherwise be freed by one recursive drop per level and overflow
+    /// the stack (`s14_cancelling_a_deep_chain_does_not_overflow`).
+    fn drop(&mut self) {
+        let mut next = self.parent.take();
+        while let Some(parent) = next {
+            next = match Arc::into_inner(parent) {
+                Some(mut node) => node.parent.take(),
+                None => None,
+            };
+        }
+    }
+}
+
 struct Inner {
     nodes: HashMap<SlotKey, Arc<Node>, ahash::RandomState>,
     /// target node id → requesters waiting on it (a multiset).

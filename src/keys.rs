@@ -138,7 +138,7 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
         T: std::fmt::Debug,
     {
         match self.value(id) {
-            Some(v) => format!("{v:?}"),
+            Some(v) => crate::util::debug_string(v),
             None => format!("#{id}"),
         }
     }

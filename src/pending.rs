@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::revision::Revision;
-use crate::storage::{Dep, MemoRef};
+use crate::storage::{Dep, History, MemoRef};
 use crate::util::lock;
 
 const SHARDS: usize = 8;
@@ -56,11 +56,12 @@ impl Pending {
         lock(self.shard(dep)).get(&dep).cloned()
     }
 
-    /// Stores `memo` verified at `at` unless a newer entry is there.
-    pub(crate) fn insert(&self, dep: Dep, memo: &MemoRef, at: Revision) {
+    /// Stores `memo` verified at `at` unless an entry verified at least as
+    /// late is there (for a view in `history`).
+    pub(crate) fn insert(&self, dep: Dep, memo: &MemoRef, at: Revision, history: History) {
         let mut shard = lock(self.shard(dep));
         match shard.get_mut(&dep) {
-            Some(existing) if existing.1 >= at => {}
+            Some(existing) if existing.0.meta().latest_verified(existing.1, history) >= at => {}
             Some(existing) => *existing = (memo.clone(), at),
             None => {
                 shard.insert(dep, (memo.clone(), at));
@@ -81,7 +82,10 @@ impl Pending {
         } else {
             match self.merging.try_lock() {
                 Ok(guard) => guard,
-                Err(_) => return,
+                // A merge that panicked (in user code) left nothing
+                // half-done: the buffer is only trimmed after a merge.
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
             }
         };
         let mut entries = Vec::with_capacity(self.len());

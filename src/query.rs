@@ -17,9 +17,9 @@ use crate::registry::{DatabaseBuilder, Ingredient, IngredientKind};
 use crate::revision::Revision;
 use crate::stats::Counters;
 use crate::storage::{
-    Entry, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table, new_map, typed_memo,
+    Entry, History, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table, new_map, typed_memo,
 };
-use crate::util::{BoxFuture, CatchUnwind, short_type_name, values_equal};
+use crate::util::{BoxFuture, CatchUnwind, SafeDebug, debug_string, short_type_name, values_equal};
 use facet::Facet;
 
 type TableOf<Q> = MemoTable<<Q as AsyncQuery>::Key, <Q as AsyncQuery>::Value>;
@@ -113,7 +113,7 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
         table.downcast_ref::<TableOf<Q>>().map_or(0, |t| t.len())
     }
 
-    fn insert_memos(&self, table: &Table, items: &[Publish]) -> Option<Table> {
+    fn insert_memos(&self, table: &Table, items: &[Publish], history: History) -> Option<Table> {
         let current = table.downcast_ref::<TableOf<Q>>()?;
         let mut next: Option<TableOf<Q>> = None;
         for (key_id, memo, at) in items {
@@ -122,7 +122,13 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
                 continue;
             };
             let map = next.as_ref().unwrap_or(current);
-            if map.get(key).is_some_and(|e| e.verified_at >= *at) {
+            // Work flowing back never costs work: keep a memo verified at a
+            // newer revision (by its entry or, in the main history, on the
+            // memo itself) over an older snapshot's.
+            if map
+                .get(key)
+                .is_some_and(|e| e.memo.meta.latest_verified(e.verified_at, history) >= *at)
+            {
                 continue;
             }
             next.get_or_insert_with(|| current.clone()).insert(
@@ -151,30 +157,30 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
             let span = tracing::debug_span!(
                 "picante.execute",
                 query = %self.name,
-                key = ?key,
+                key = %SafeDebug(&key),
                 revision = %cx.revision()
             );
             let body = self.query.execute(&cx, key.clone());
             let value = match CatchUnwind::new(body).instrument(span).await {
                 Ok(result) => result,
                 Err(payload) => {
-                    let err = Error::panic(&self.name, format!("{key:?}"), &*payload);
+                    let err = Error::panic(&self.name, debug_string(&key), &*payload);
                     tracing::warn!(error = %err, "query panicked");
                     Err(err)
                 }
             };
             let old = old.and_then(|m| typed_memo::<Q::Value>(&m).ok());
-            let unchanged_since = match (&value, &old) {
+            let equal_to = match (&value, &old) {
                 (Ok(new), Some(old)) => match old.result() {
-                    Ok(prev) if values_equal(prev, new) => Some(old.meta.changed_at),
+                    Ok(prev) if values_equal(prev, new) => Some(&old.meta),
                     _ => None,
                 },
                 _ => None,
             };
-            if unchanged_since.is_some() {
+            let meta = cx.finish(equal_to);
+            if equal_to.is_some_and(|old| old.changed_at == meta.changed_at) {
                 self.counters.cutoffs.incr();
             }
-            let meta = cx.finish(unchanged_since);
             Ok(Arc::new(Memo::new(meta, value)) as MemoRef)
         })
     }

@@ -12,7 +12,7 @@ use crate::cx::QueryCx;
 use crate::error::{ErrorKind, Result};
 use crate::revision::{Durability, Revision};
 use crate::stats::Counters;
-use crate::storage::{KeyId, MemoRef, Publish, Table};
+use crate::storage::{History, KeyId, MemoRef, Publish, Table};
 use crate::util::BoxFuture;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -70,9 +70,10 @@ pub(crate) trait Ingredient: Any + Send + Sync {
     fn table_len(&self, _table: &Table) -> usize {
         0
     }
-    /// Queries: `table` with `items` inserted where they are newer than what
-    /// it holds, or `None` if nothing would change.
-    fn insert_memos(&self, _table: &Table, _items: &[Publish]) -> Option<Table> {
+    /// Queries: `table` (of a state in `history`) with `items` inserted where
+    /// they are verified later than what it holds, or `None` if nothing would
+    /// change.
+    fn insert_memos(&self, _table: &Table, _items: &[Publish], _history: History) -> Option<Table> {
         None
     }
     /// Queries: runs the body for `key` under `cx` and builds the memo,

@@ -139,7 +139,6 @@ impl Walk {
                                         let v = m.meta().verified_main();
                                         (m, v)
                                     })
-                                    .filter(|(_, v)| *v <= r)
                                     .or_else(|| acc.lookup(dep.ingredient, &**dep_ing, dep.key));
                                 match found {
                                     Some((m, v)) if v == r => Some(m.meta().changed_at),
@@ -245,7 +244,7 @@ impl Walk {
                 };
                 match result {
                     Ok(m) if m.meta().changed_at == parent.seen() => {
-                        if !acc.in_main_history() {
+                        if !acc.marks_on_memo(&m) {
                             self.verified.insert(frame.dep, m);
                         }
                         parent.next += 1;
@@ -276,7 +275,7 @@ fn record(
     dep: Dep,
     memo: MemoRef,
 ) {
-    if acc.in_main_history() {
+    if acc.marks_on_memo(&memo) {
         memo.meta().mark_verified(acc.revision());
     } else {
         verified.insert(dep, memo.clone());

@@ -23,6 +23,25 @@ pub(crate) type KeyId = u32;
 pub(crate) type ForkId = u64;
 pub(crate) const MAIN_FORK: ForkId = 0;
 
+/// Which history a view's state is in: the database's main history (shared
+/// by the database and its unforked snapshots, where a memo's
+/// `verified_main` is meaningful) or a fork of its own.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum History {
+    Main,
+    Fork,
+}
+
+impl History {
+    pub(crate) fn of(fork: ForkId) -> History {
+        if fork == MAIN_FORK {
+            History::Main
+        } else {
+            History::Fork
+        }
+    }
+}
+
 /// A dependency edge: ingredient index + key id, 8 bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub(crate) struct Dep {
@@ -83,8 +102,10 @@ impl State {
 
     /// Whether a memo of `durability` verified at `verified_at` is still valid
     /// here without looking at its dependencies.
+    /// Only for memos verified at or before this state's revision: this state
+    /// knows nothing of changes after it.
     pub(crate) fn durable_since(&self, durability: Durability, verified_at: Revision) -> bool {
-        self.last_changed[durability.index()] <= verified_at
+        verified_at <= self.revision && self.last_changed[durability.index()] <= verified_at
     }
 }
 
@@ -138,6 +159,18 @@ impl MemoMeta {
     /// Records that the memo is valid at main-history revision `r`.
     pub(crate) fn mark_verified(&self, r: Revision) {
         self.verified_main.fetch_max(r.as_u64(), Ordering::AcqRel);
+    }
+
+    /// The latest revision this memo is known valid at in a table of
+    /// `history`, given the entry's own `verified_at`: in the main history,
+    /// `verified_main` counts too. Used to keep the newest memo when several
+    /// are offered for one key.
+    #[inline]
+    pub(crate) fn latest_verified(&self, entry: Revision, history: History) -> Revision {
+        match history {
+            History::Main => entry.max(self.verified_main()),
+            History::Fork => entry,
+        }
     }
 
     /// The latest revision ≤ `r` this memo is known valid at, given the

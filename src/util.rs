@@ -24,6 +24,30 @@ pub(crate) fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `format!("{value:?}")`, or a placeholder if the user's `Debug` panics:
+/// formatting keys for errors, spans and reports must never turn a memoized
+/// failure into a panic that escapes to the caller.
+pub(crate) fn debug_string<T: std::fmt::Debug + ?Sized>(value: &T) -> String {
+    catch_unwind(AssertUnwindSafe(|| format!("{value:?}")))
+        .unwrap_or_else(|_| String::from("<Debug panicked>"))
+}
+
+/// Displays a value through [`debug_string`] (for `tracing` fields, which
+/// are formatted only if a subscriber records them).
+pub(crate) struct SafeDebug<'a, T: ?Sized>(pub &'a T);
+
+impl<T: std::fmt::Debug + ?Sized> std::fmt::Display for SafeDebug<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&debug_string(self.0))
+    }
+}
+
+/// Runs `f`, turning a panic in user code it calls (a key's `Hash` or `Eq`
+/// while inserting into a table) into `None`.
+pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
 /// Polls a boxed future, turning a panic into `Err(payload)`.
 pub(crate) struct CatchUnwind<'a, T> {
     inner: BoxFuture<'a, T>,
