@@ -270,10 +270,13 @@ impl QueryCx {
             .filter(|old| durability == old.durability)
             .map(|old| old.changed_at);
         let main = self.inner.access.pinned.fork == MAIN_FORK;
+        let deps = dedup(deps).into_boxed_slice();
+        let changed_at = unchanged_since.unwrap_or(r);
         MemoMeta {
             key: self.inner.key,
-            deps: dedup(deps).into_boxed_slice(),
-            changed_at: unchanged_since.unwrap_or(r),
+            newest_identity: MemoMeta::identity_bound(changed_at, &deps),
+            deps,
+            changed_at,
             durability,
             executed_at: r,
             reason: self.inner.reason,

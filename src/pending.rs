@@ -70,6 +70,15 @@ impl Pending {
         }
     }
 
+    /// Drops every entry.
+    pub(crate) fn clear(&self) {
+        for shard in &self.shards {
+            let mut shard = lock(shard);
+            self.len.fetch_sub(shard.len(), Ordering::AcqRel);
+            shard.clear();
+        }
+    }
+
     /// Runs `merge` over a copy of every entry, then removes the entries it
     /// saw (unless replaced meanwhile). Only one merge runs at a time; if one
     /// is already running this waits for it (`wait`) or returns at once.

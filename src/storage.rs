@@ -149,9 +149,20 @@ pub(crate) struct MemoMeta {
     /// history records a successful revalidation here (an atomic max) instead
     /// of re-inserting a table entry. Forked views ignore it.
     pub verified_main: AtomicU64,
+    /// The largest revision number this memo carries as an identity: its
+    /// `changed_at` and every edge's `seen` (see `ViewCore::newest_identity`).
+    pub newest_identity: Revision,
 }
 
 impl MemoMeta {
+    /// The largest identity among `changed_at` and the edges' `seen`.
+    pub(crate) fn identity_bound(changed_at: Revision, deps: &[Edge]) -> Revision {
+        deps.iter()
+            .map(|e| e.seen)
+            .filter(|s| *s != UNSEEN)
+            .fold(changed_at, Revision::max)
+    }
+
     pub(crate) fn verified_main(&self) -> Revision {
         Revision::from_u64(self.verified_main.load(Ordering::Acquire))
     }

@@ -5,7 +5,7 @@
 //! inside the ingredients).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use arc_swap::ArcSwap;
 
@@ -13,11 +13,11 @@ use crate::error::Result;
 use crate::inflight::{InFlight, Node};
 use crate::pending::Pending;
 use crate::persist::{Journal, Link};
-use crate::registry::{Ingredient, Registry};
+use crate::registry::{Ingredient, IngredientKind, Registry};
 use crate::revision::{Durability, Revision};
 use crate::stats::Counter;
 use crate::storage::{Dep, ForkId, History, KeyId, MAIN_FORK, MemoRef, Publish, State, Table};
-use crate::util::{catch, lock};
+use crate::util::{catch, lock, read, write};
 
 /// Where `ViewCore::find` looks on behalf of an access: the access's own
 /// view, or the parent view a snapshot reads from and offers to.
@@ -74,6 +74,24 @@ pub(crate) struct ViewCore {
     merged_len: AtomicUsize,
     /// Serializes this view's writers (never taken by readers).
     writer: Mutex<()>,
+    /// The largest identity (`changed_at`, or an edge's `seen`) of any memo
+    /// published into this view: with memos revalidated from a newer parent
+    /// (see `find`), an older snapshot can hold identities from revisions
+    /// after its own.
+    ///
+    /// Architecture invariant: a fork's revision numbers continue from its
+    /// base and so alias the main history's later ones; a forked view must
+    /// never hold a memo carrying an identity newer than its base, or a fork
+    /// memo with an equal `changed_at` would pass for it. When a snapshot
+    /// that holds such memos forks, its memo tables are reset to `origin`.
+    newest_identity: AtomicU64,
+    /// Memo tables known to carry no identity newer than their revision
+    /// (the state this snapshot was created with, or an ancestor's).
+    origin: Arc<State>,
+    /// Publications and merges take this shared; the commit that forks this
+    /// view takes it exclusively, so that no memo published on behalf of the
+    /// old history lands in the fork after its reset.
+    gate: RwLock<()>,
 }
 
 /// A publication of at least this many memos of one kind is merged into the
@@ -95,6 +113,7 @@ impl ViewCore {
             last_changed: [Revision::ZERO; Durability::COUNT],
             tables,
         };
+        let state = Arc::new(state);
         Arc::new(ViewCore {
             shared: Arc::new(Shared {
                 registry,
@@ -105,12 +124,15 @@ impl ViewCore {
                 persist_link: Mutex::new(None),
                 journal: Mutex::new(Journal::default()),
             }),
-            state: ArcSwap::from_pointee(state),
+            state: ArcSwap::new(state.clone()),
             parent: None,
             parent_fork: MAIN_FORK,
             pending: Pending::new(),
             merged_len: AtomicUsize::new(0),
             writer: Mutex::new(()),
+            newest_identity: AtomicU64::new(0),
+            origin: state,
+            gate: RwLock::new(()),
         })
     }
 
@@ -126,6 +148,12 @@ impl ViewCore {
             Some(p) if state.fork == self.parent_fork => (p.clone(), self.parent_fork),
             _ => (Arc::downgrade(self), state.fork),
         };
+        let newest = self.newest_identity.load(Ordering::Acquire);
+        let origin = if newest <= state.revision.as_u64() {
+            state.clone()
+        } else {
+            self.origin.clone()
+        };
         Arc::new(ViewCore {
             shared: self.shared.clone(),
             state: ArcSwap::new(state),
@@ -134,6 +162,9 @@ impl ViewCore {
             pending: Pending::new(),
             merged_len: AtomicUsize::new(0),
             writer: Mutex::new(()),
+            newest_identity: AtomicU64::new(newest),
+            origin,
+            gate: RwLock::new(()),
         })
     }
 
@@ -169,24 +200,39 @@ impl ViewCore {
         }
     }
 
-    /// Makes memos visible in this view: small publications go to the
+    /// Makes memos computed or verified in history `fork` visible in this
+    /// view, if it is still in that history: small publications go to the
     /// pending buffer, large ones straight into the state.
-    fn publish(&self, index: u32, ing: &dyn Ingredient, items: &[Publish]) {
-        if items.len() >= DIRECT_MERGE {
-            self.insert_memos(index, ing, items);
-            return;
-        }
-        let history = History::of(self.state.load().fork);
-        for (key, memo, at) in items {
-            self.pending.insert(
-                Dep {
-                    ingredient: index,
-                    key: *key,
-                },
-                memo,
-                *at,
-                history,
-            );
+    fn publish(&self, index: u32, ing: &dyn Ingredient, items: &[Publish], fork: ForkId) {
+        {
+            let _gate = read(&self.gate);
+            if self.state.load().fork != fork {
+                // This view forked since: what the old history computed is
+                // not offered to the fork (see `newest_identity`).
+                return;
+            }
+            let newest = items
+                .iter()
+                .map(|(_, m, _)| m.meta().newest_identity.as_u64())
+                .max()
+                .unwrap_or(0);
+            self.newest_identity.fetch_max(newest, Ordering::AcqRel);
+            if items.len() >= DIRECT_MERGE {
+                self.insert_memos(index, ing, items);
+                return;
+            }
+            let history = History::of(fork);
+            for (key, memo, at) in items {
+                self.pending.insert(
+                    Dep {
+                        ingredient: index,
+                        key: *key,
+                    },
+                    memo,
+                    *at,
+                    history,
+                );
+            }
         }
         let threshold = MERGE_AT.max(self.merged_len.load(Ordering::Relaxed) / 4);
         if self.pending.len() >= threshold {
@@ -202,6 +248,7 @@ impl ViewCore {
 
     fn merge_pending_now(&self, wait: bool) {
         let registry = &self.shared.registry;
+        let gate = read(&self.gate);
         self.pending.merge_with(wait, |entries| {
             let mut by_ingredient: std::collections::HashMap<
                 u32,
@@ -229,6 +276,7 @@ impl ViewCore {
                 Some(changes)
             });
         });
+        drop(gate);
         let state = self.state.load();
         let len = registry
             .iter()
@@ -310,11 +358,24 @@ impl ViewCore {
             return Ok(base.revision);
         }
         // A snapshot that sets its own inputs leaves its original history.
-        let fork = if self.parent.is_some() && base.fork == self.parent_fork {
+        let forking = self.parent.is_some() && base.fork == self.parent_fork;
+        let fork = if forking {
             self.shared.next_fork.fetch_add(1, Ordering::Relaxed)
         } else {
             base.fork
         };
+        // Forking: no publication of the old history may land after this,
+        // and memos carrying identities newer than the base must go.
+        let _gate = forking.then(|| write(&self.gate));
+        let reset =
+            forking && self.newest_identity.load(Ordering::Acquire) > base.revision.as_u64();
+        if reset {
+            self.pending.clear();
+            self.newest_identity
+                .store(self.origin.revision.as_u64(), Ordering::Release);
+            tracing::debug!("fork: memos from newer revisions dropped");
+        }
+        let registry = &self.shared.registry;
         let max_durability = changes
             .iter()
             .map(|c| c.durability)
@@ -328,6 +389,15 @@ impl ViewCore {
             next.fork = fork;
             for d in 0..=max_durability.index() {
                 next.last_changed[d] = revision;
+            }
+            if reset {
+                for (index, ing) in registry.iter() {
+                    if ing.kind() == IngredientKind::Query
+                        && let Some(t) = self.origin.tables.get(index as usize)
+                    {
+                        next.tables[index as usize] = t.clone();
+                    }
+                }
             }
             for change in &changes {
                 next.tables[change.index as usize] = change.table.clone();
@@ -496,9 +566,9 @@ impl Access {
         if items.is_empty() {
             return;
         }
-        self.view.publish(index, ing, items);
+        self.view.publish(index, ing, items, self.pinned.fork);
         if let Some(parent) = self.offers_to_parent() {
-            parent.publish(index, ing, items);
+            parent.publish(index, ing, items, self.pinned.fork);
         }
     }
 

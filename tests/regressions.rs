@@ -591,3 +591,40 @@ fn s10_panic_with_a_panicking_debug_key_is_a_memoized_error() {
         assert_eq!(runs.get(), 1, "the panic is memoized");
     });
 }
+
+// ---------------------------------------------------------------------------
+// Found while fixing item 2: a fork's revision numbers alias the main
+// history's. A snapshot that revalidated its database's newer memos holds
+// identities from after its own revision; when it forks, a fork memo with an
+// equal `changed_at` must not pass for them.
+
+#[test]
+fn s16_fork_never_mistakes_a_newer_identity_for_its_own() {
+    rt().block_on(async {
+        let (leaf, above) = (Count::new(), Count::new());
+        let db = Database::builder()
+            .input::<Num>()
+            .input::<Unrelated>()
+            .query(Leaf(leaf.clone()))
+            .query(Above(above.clone()))
+            .build()
+            .unwrap();
+        db.set::<Num>((), 1).unwrap();
+        assert_eq!(db.query::<Above>(()).await.unwrap(), 10);
+        db.set::<Num>((), 2).unwrap();
+        let snap = db.snapshot(); // revision 3
+        db.set::<Unrelated>((), 1).unwrap(); // revision 4
+        assert_eq!(db.query::<Leaf>(()).await.unwrap(), 2); // changed_at 4
+        // The snapshot reuses the database's Leaf (identity 4) at revision 3.
+        assert_eq!(snap.query::<Above>(()).await.unwrap(), 20);
+        // Forking: the fork's next revision is 4 as well.
+        snap.set::<Num>((), 5).unwrap();
+        assert_eq!(snap.query::<Leaf>(()).await.unwrap(), 5);
+        assert_eq!(
+            snap.query::<Above>(()).await.unwrap(),
+            50,
+            "stale value in the fork"
+        );
+        assert_eq!(db.query::<Above>(()).await.unwrap(), 20);
+    });
+}

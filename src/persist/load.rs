@@ -536,6 +536,7 @@ fn install(
                         file_key: m.file_key,
                         meta: MemoMeta {
                             key,
+                            newest_identity: MemoMeta::identity_bound(m.changed_at, &m.deps),
                             deps: m.deps.into_boxed_slice(),
                             changed_at: m.changed_at,
                             durability: m.durability,
