@@ -144,7 +144,10 @@ impl Database {
     /// or whose key/value types changed are dropped (see
     /// [`LoadReport::dropped_kinds`](crate::LoadReport::dropped_kinds)).
     /// Loaded memos are revalidated before reuse, and their values decoded
-    /// the first time they are read.
+    /// the first time they are read. Holds the cache's lock shared while
+    /// reading: a save or append in progress makes it fail with
+    /// [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked) (ignorable
+    /// like any unusable file).
     ///
     /// ```
     /// use picante::{async_trait, AsyncQuery, Database, Input, LoadOptions, QueryCx};
@@ -199,6 +202,14 @@ impl Database {
     /// record that the next load ignores. Compact with
     /// [`save_cache`](View::save_cache), which writes a new base and drops
     /// the log.
+    ///
+    /// Holds the cache's lock ([`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked)
+    /// if another operation holds it). Fails with
+    /// [`ErrorKind::CacheReplaced`](crate::ErrorKind::CacheReplaced), writing
+    /// nothing, if the cache on disk is no longer the one this database
+    /// saved, loaded or appended to (another database replaced the base or
+    /// extended the log): call `save_cache` then. The changes are kept for
+    /// the next append or save.
     pub fn append_cache(&self, path: impl AsRef<std::path::Path>) -> Result<crate::AppendReport> {
         crate::persist::append(&self.core, path.as_ref())
     }
@@ -381,6 +392,10 @@ impl View {
     /// this view's revision to `path`, crash-safely (a temporary file in the
     /// same directory, fsync, atomic rename). Works on a snapshot while the
     /// database moves on. Also compacts: any log beside `path` is dropped.
+    ///
+    /// Holds the cache's lock (`path` + `.lock`) while writing: if another
+    /// save, append or load of it is in progress, in this process or another,
+    /// fails at once with [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked).
     pub fn save_cache(&self, path: impl AsRef<std::path::Path>) -> Result<crate::SaveReport> {
         crate::persist::save(&self.core, path.as_ref())
     }

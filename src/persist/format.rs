@@ -142,6 +142,11 @@ impl<'a> Records<'a> {
         }
     }
 
+    /// Reads the records of `bytes` from `pos` on.
+    pub(crate) fn at(bytes: &'a [u8], pos: usize) -> Self {
+        Records { bytes, pos }
+    }
+
     pub(crate) fn position(&self) -> usize {
         self.pos
     }
@@ -391,9 +396,97 @@ fn nanos() -> u64 {
         .unwrap_or(0)
 }
 
-/// A random-enough id for a new base file (pairs it with its log).
+/// A random id for a new base file (pairs it with its log): the time, the
+/// process, a per-process counter and std's per-process random hasher keys,
+/// so two databases saving in the same instant still differ.
 pub(crate) fn new_base_id() -> u64 {
-    checksum(&[&nanos().to_le_bytes(), &std::process::id().to_le_bytes()]) | 1
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::hash::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u64(nanos());
+    h.write_u32(std::process::id());
+    h.finish() | 1
+}
+
+/// The lock file beside the cache at `path` (`path` + `.lock`). It is never
+/// removed (removing a lock file races with the next holder).
+pub(crate) fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// An advisory lock on one cache (S18c), released when dropped.
+pub(crate) struct CacheLock {
+    _file: Option<File>,
+}
+
+/// Takes the lock of the cache at `path` without waiting: exclusive for a
+/// save or an append, shared for a load. Held by another process or by
+/// another database of this one: [`Error::cache_locked`].
+///
+/// A load from a directory that does not exist (there is no cache) or in
+/// which the lock file cannot be created (a read-only cache) goes ahead
+/// unlocked: nobody can be writing there through picante.
+pub(crate) fn lock_cache(path: &Path, exclusive: bool) -> Result<CacheLock> {
+    let lock = lock_path(path);
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+    {
+        Ok(f) => f,
+        Err(e)
+            if !exclusive
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+        {
+            tracing::debug!(lock = %lock.display(), error = %e, "loading without a cache lock");
+            return Ok(CacheLock { _file: None });
+        }
+        Err(e) => {
+            return Err(Error::persist(format!(
+                "opening the lock file {}: {e}",
+                lock.display()
+            )));
+        }
+    };
+    let taken = if exclusive {
+        file.try_lock()
+    } else {
+        file.try_lock_shared()
+    };
+    match taken {
+        Ok(()) => Ok(CacheLock { _file: Some(file) }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::cache_locked(path)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::persist(format!("locking {}: {e}", lock.display())))
+        }
+    }
+}
+
+/// Reads up to `len` bytes at `offset` of the file at `path` (fewer if the
+/// file ends first); `None` if the file does not exist.
+pub(crate) fn read_at(path: &Path, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| Error::persist(format!("reading {}: {e}", path.display()));
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    f.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let mut out = Vec::new();
+    f.take(len as u64).read_to_end(&mut out).map_err(io)?;
+    Ok(Some(out))
 }
 
 #[cfg(test)]

@@ -51,6 +51,7 @@ struct Image<'a> {
     memos: Vec<Vec<ParsedMemo>>,
     base_id: u64,
     log_len: u64,
+    log_tail: [u8; 8],
 }
 
 /// Reads a cache file; `Ok(None)` if it does not exist. Sets `found` as soon
@@ -92,6 +93,9 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
     }
     let mut report = LoadReport::default();
     let outcome = (|| {
+        // Shared: loads may overlap, but not with a save or an append (S18c),
+        // so the base and its log are read as one consistent pair.
+        let _lock = format::lock_cache(path, false)?;
         let Some(base) = read_file(path, options.max_bytes, &mut report.found)? else {
             return Ok(None);
         };
@@ -151,6 +155,7 @@ fn parse_base<'a>(view: &'a ViewCore, bytes: &[u8], report: &mut LoadReport) -> 
         memos: Vec::new(),
         base_id,
         log_len: 0,
+        log_tail: [0; 8],
     };
     let mut records = Records::new(bytes);
     let mut count = 0u64;
@@ -422,6 +427,9 @@ fn parse_log(bytes: &[u8], image: &mut Image<'_>, report: &mut LoadReport) -> Re
         report.torn_tail = true;
     }
     image.log_len = valid as u64;
+    if let Some(tail) = bytes[..valid].last_chunk::<8>() {
+        image.log_tail = *tail;
+    }
     Ok(())
 }
 
@@ -586,6 +594,7 @@ fn install(
         loaded_keys,
         interned,
         log_len: image.log_len,
+        log_tail: image.log_tail,
     });
     tracing::debug!(path = %path.display(), memos = report.memos, inputs = report.inputs, "cache loaded");
     Ok(report)

@@ -263,6 +263,10 @@ pub(crate) struct Link {
     pub interned: HashMap<u32, u32>,
     /// Length of the log's valid prefix (0: no log yet).
     pub log_len: u64,
+    /// The last 8 bytes of that prefix (the checksum of the last `COMMIT`
+    /// record): an append checks them on disk, so it never extends a log
+    /// another database wrote (S18c).
+    pub log_tail: [u8; 8],
 }
 
 /// Input changes and executions of persistent kinds since the last save or

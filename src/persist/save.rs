@@ -113,8 +113,14 @@ fn encode_memo(
     e.bytes(value);
 }
 
-/// Writes a full base file for `view`'s current state.
+/// Writes a full base file for `view`'s current state, holding the cache's
+/// lock (S18c).
 pub(crate) fn save(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
+    let _lock = format::lock_cache(path, true)?;
+    save_locked(view, path)
+}
+
+fn save_locked(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
     view.merge_pending();
     // Journal entries from before this point are covered by the state we
     // are about to read (if at or before its revision).
@@ -278,12 +284,18 @@ fn link_after_save(
         loaded_keys: HashMap::new(),
         interned,
         log_len: 0,
+        log_tail: [0; 8],
     });
 }
 
 /// Appends the changes since the last save/append/load to the log beside
 /// `path`, as one atomic unit (ended by a `COMMIT` record). Falls back to a
 /// full save if the journal overflowed.
+///
+/// Holds the cache's lock, and first checks that the files on disk are still
+/// the ones this database saved, loaded or appended to (S18c): if another
+/// database replaced the base or extended the log, nothing is written and the
+/// error says to `save_cache`.
 pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> {
     let mut link_guard = lock(&view.shared.persist_link);
     let Some(link) = link_guard.as_mut().filter(|l| l.path == path) else {
@@ -292,6 +304,8 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
             path.display()
         )));
     };
+    let _lock = format::lock_cache(path, true)?;
+    check_owned(path, link)?;
     view.merge_pending();
     let (entries, overflowed) = {
         let mut journal = lock(&view.shared.journal);
@@ -299,7 +313,7 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
     };
     if overflowed {
         drop(link_guard);
-        let saved = save(view, path)?;
+        let saved = save_locked(view, path)?;
         return Ok(AppendReport {
             revision: saved.revision,
             bytes: saved.bytes,
@@ -318,6 +332,77 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
             Err(e)
         }
     }
+}
+
+/// Checks that the base at `path` is the one `link` names and that its log
+/// holds exactly what this database knows of (plus, at most, an uncommitted
+/// torn tail): otherwise another database wrote the cache since, and records
+/// of this one would name keys by the wrong numbers.
+fn check_owned(path: &Path, link: &Link) -> Result<()> {
+    let replaced = |what: &str| Err(Error::cache_replaced(path, what));
+    let Some(head) = format::read_at(path, 0, format::HEADER_LEN)? else {
+        return replaced("the base file is gone");
+    };
+    match format::read_header(&head) {
+        Ok((FileKind::Base, id)) if id == link.base_id => {}
+        Ok(_) => return replaced("the base file was written by another database"),
+        Err(_) => return replaced("the base file is no longer a picante cache"),
+    }
+    let log = format::log_path(path);
+    let on_disk = match std::fs::metadata(&log) {
+        Ok(m) => Some(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::persist(format!("reading {}: {e}", log.display()))),
+    };
+    let Some(len) = on_disk else {
+        return if link.log_len == 0 {
+            Ok(())
+        } else {
+            replaced("its log was removed")
+        };
+    };
+    let head = format::read_at(&log, 0, format::HEADER_LEN)?.unwrap_or_default();
+    let ours = matches!(format::read_header(&head), Ok((FileKind::Log, id)) if id == link.base_id);
+    if link.log_len == 0 {
+        // A log of another base is a leftover (it is replaced); a log of this
+        // base that holds a committed append was written by a database that
+        // loaded this base.
+        if ours && committed_after(&log, format::HEADER_LEN as u64, len)? {
+            return replaced("another database appended to its log");
+        }
+        return Ok(());
+    }
+    if !ours {
+        return replaced("its log was replaced");
+    }
+    if len < link.log_len {
+        return replaced("its log is shorter than this database wrote");
+    }
+    let tail = format::read_at(&log, link.log_len - 8, 8)?.unwrap_or_default();
+    if tail[..] != link.log_tail[..] {
+        return replaced("its log was rewritten");
+    }
+    if committed_after(&log, link.log_len, len)? {
+        return replaced("another database appended to its log");
+    }
+    Ok(())
+}
+
+/// Whether the log's bytes `from..len` hold a complete, committed append.
+fn committed_after(log: &Path, from: u64, len: u64) -> Result<bool> {
+    if len <= from {
+        return Ok(false);
+    }
+    let bytes = format::read_at(log, from, (len - from) as usize)?.unwrap_or_default();
+    let mut records = format::Records::at(&bytes, 0);
+    while let Some(next) = records.next_record() {
+        match next {
+            Ok(record) if record.tag == tag::COMMIT => return Ok(true),
+            Ok(_) => {}
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(false)
 }
 
 fn write_append(
@@ -443,6 +528,9 @@ fn write_append(
         format::append(&log, &out)?;
     }
     link.log_len += out.len() as u64;
+    if let Some(tail) = out.last_chunk::<8>() {
+        link.log_tail = *tail;
+    }
     link.revision = state.revision;
     for (s, m) in keys.maps {
         link.keys.insert(sections.list[s].0, m);

@@ -1,0 +1,433 @@
+//! A cache you can trust across releases and processes (DESIGN.md S18b,
+//! S18c; issue 10): one writer per cache file, appends that never apply
+//! records to another base's keys, code versions, async I/O.
+//!
+//! Every test runs under a timeout; concurrency tests use a multi-thread
+//! runtime and no sleeps for correctness.
+
+mod common;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::Count;
+use picante::*;
+
+// ---------------------------------------------------------------------------
+// Fixtures
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "picante-trust-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Fails the test if `f` takes longer than a minute.
+async fn timeout<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("test timed out")
+}
+
+/// A persistent input: text by name.
+struct Src;
+impl Input for Src {
+    type Key = String;
+    type Value = String;
+}
+
+/// Length of a text.
+struct Len(Count);
+#[async_trait]
+impl AsyncQuery for Len {
+    type Key = String;
+    type Value = u64;
+    async fn execute(&self, cx: &QueryCx, key: String) -> Result<u64> {
+        self.0.hit();
+        Ok(cx.input::<Src>(&key)?.len() as u64)
+    }
+}
+
+/// The text, upper-cased.
+struct Shout(Count);
+#[async_trait]
+impl AsyncQuery for Shout {
+    type Key = String;
+    type Value = String;
+    async fn execute(&self, cx: &QueryCx, key: String) -> Result<String> {
+        self.0.hit();
+        Ok(cx.input::<Src>(&key)?.to_uppercase())
+    }
+}
+
+#[derive(Clone, Default)]
+struct Counts {
+    len: Count,
+    shout: Count,
+}
+
+fn build(c: &Counts) -> Database {
+    Database::builder()
+        .persistent_input::<Src>()
+        .persistent_query(Len(c.len.clone()))
+        .persistent_query(Shout(c.shout.clone()))
+        .build()
+        .expect("build")
+}
+
+/// Every input, sorted, with what the queries answer for it; panics if a
+/// query's answer does not match its input (a memo applied to the wrong
+/// key).
+async fn consistent_state(db: &Database) -> Vec<(String, String)> {
+    let mut inputs = db.inputs::<Src>().expect("inputs");
+    inputs.sort();
+    for (k, v) in &inputs {
+        let len = db.query::<Len>(k.clone()).await.expect("Len");
+        assert_eq!(
+            len,
+            v.len() as u64,
+            "Len({k}) does not match its input {v:?}"
+        );
+        let shout = db.query::<Shout>(k.clone()).await.expect("Shout");
+        assert_eq!(shout, v.to_uppercase(), "Shout({k}) does not match {v:?}");
+    }
+    inputs
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<_> = list
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+async fn warm(db: &Database) {
+    for (k, _) in db.inputs::<Src>().expect("inputs") {
+        db.query::<Len>(k.clone()).await.expect("Len");
+        db.query::<Shout>(k).await.expect("Shout");
+    }
+}
+
+fn is_replaced(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::CacheReplaced { .. })
+}
+
+fn is_locked(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::CacheLocked { .. })
+}
+
+fn lock_file(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+// ---------------------------------------------------------------------------
+// S18c: one writer per cache file
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18c_an_append_never_applies_records_to_keys_of_another_database() {
+    timeout(async {
+        let dir = TempDir::new("two-dbs-append");
+        let path = dir.join("cache.bin");
+        let c = Counts::default();
+
+        // A saves; B loads the same base: both number keys alike.
+        let a = build(&c);
+        a.set::<Src>("k0".into(), "zero".into()).unwrap();
+        warm(&a).await;
+        a.save_cache(&path).unwrap();
+        let b = build(&c);
+        assert!(b.load_cache(&path, LoadOptions::default()).unwrap().loaded);
+
+        // Each creates a different new key (file-local key number 1 in both).
+        a.set::<Src>("from-a".into(), "aaaa".into()).unwrap();
+        warm(&a).await;
+        b.set::<Src>("from-b".into(), "bb".into()).unwrap();
+        warm(&b).await;
+        a.append_cache(&path).unwrap();
+        let e = b.append_cache(&path).unwrap_err();
+        assert!(is_replaced(&e), "{e:?}");
+        assert!(e.to_string().contains("save_cache"), "{e}");
+
+        // The cache is exactly A's.
+        let c2 = Counts::default();
+        let fresh = build(&c2);
+        assert!(
+            fresh
+                .load_cache(&path, LoadOptions::default())
+                .unwrap()
+                .loaded
+        );
+        assert_eq!(
+            consistent_state(&fresh).await,
+            pairs(&[("k0", "zero"), ("from-a", "aaaa")])
+        );
+        assert_eq!((c2.len.get(), c2.shout.get()), (0, 0), "all memos reused");
+
+        // B keeps failing rather than writing, until it saves.
+        let e = b.append_cache(&path).unwrap_err();
+        assert!(is_replaced(&e), "{e:?}");
+        b.save_cache(&path).unwrap();
+        b.set::<Src>("more-b".into(), "b".into()).unwrap();
+        warm(&b).await;
+        b.append_cache(&path).unwrap();
+        let e = a.append_cache(&path).unwrap_err();
+        assert!(is_replaced(&e), "{e:?}");
+        let c3 = Counts::default();
+        let fresh = build(&c3);
+        fresh.load_cache(&path, LoadOptions::default()).unwrap();
+        assert_eq!(
+            consistent_state(&fresh).await,
+            pairs(&[("k0", "zero"), ("from-b", "bb"), ("more-b", "b")])
+        );
+        assert_eq!((c3.len.get(), c3.shout.get()), (0, 0));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18c_an_append_after_another_database_replaced_the_base_fails() {
+    timeout(async {
+        let dir = TempDir::new("two-dbs-base");
+        let path = dir.join("cache.bin");
+        let c = Counts::default();
+        let a = build(&c);
+        let b = build(&c);
+        a.set::<Src>("a".into(), "from a".into()).unwrap();
+        warm(&a).await;
+        b.set::<Src>("b".into(), "from b".into()).unwrap();
+        warm(&b).await;
+        a.save_cache(&path).unwrap();
+        a.set::<Src>("a2".into(), "x".into()).unwrap();
+        warm(&a).await;
+        a.append_cache(&path).unwrap();
+        b.save_cache(&path).unwrap();
+        a.set::<Src>("a3".into(), "y".into()).unwrap();
+        warm(&a).await;
+        let e = a.append_cache(&path).unwrap_err();
+        assert!(is_replaced(&e), "{e:?}");
+
+        // A second database that loaded A's log also cannot extend it once
+        // the base is gone.
+        let fresh = build(&Counts::default());
+        fresh.load_cache(&path, LoadOptions::default()).unwrap();
+        assert_eq!(consistent_state(&fresh).await, pairs(&[("b", "from b")]));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18c_a_held_lock_refuses_save_append_and_load_clearly() {
+    timeout(async {
+        let dir = TempDir::new("locked");
+        let path = dir.join("cache.bin");
+        let c = Counts::default();
+        let a = build(&c);
+        a.set::<Src>("a".into(), "text".into()).unwrap();
+        warm(&a).await;
+        a.save_cache(&path).unwrap();
+        a.set::<Src>("b".into(), "more".into()).unwrap();
+
+        // Another process (here: another open file) holds the lock.
+        let other = std::fs::File::open(lock_file(&path)).expect("lock file exists");
+        other.lock().expect("lock");
+        let e = a.save_cache(&path).unwrap_err();
+        assert!(is_locked(&e), "{e:?}");
+        assert!(e.to_string().contains("locked"), "{e}");
+        let e = a.append_cache(&path).unwrap_err();
+        assert!(is_locked(&e), "{e:?}");
+        let fresh = build(&Counts::default());
+        let e = fresh.load_cache(&path, LoadOptions::default()).unwrap_err();
+        assert!(is_locked(&e), "{e:?}");
+        let report = fresh
+            .load_cache(&path, LoadOptions::ignore_errors())
+            .unwrap();
+        assert!(!report.loaded);
+        assert!(report.ignored_error.as_ref().is_some_and(is_locked));
+        assert!(fresh.inputs::<Src>().unwrap().is_empty(), "untouched");
+
+        // A shared holder (a load in progress) still lets loads in.
+        other.unlock().expect("unlock");
+        other.lock_shared().expect("lock shared");
+        let fresh = build(&Counts::default());
+        assert!(
+            fresh
+                .load_cache(&path, LoadOptions::default())
+                .unwrap()
+                .loaded
+        );
+        assert!(is_locked(&a.append_cache(&path).unwrap_err()));
+        drop(other);
+
+        // Released: the refused append lost nothing.
+        a.append_cache(&path).unwrap();
+        let fresh = build(&Counts::default());
+        fresh.load_cache(&path, LoadOptions::default()).unwrap();
+        assert_eq!(
+            consistent_state(&fresh).await,
+            pairs(&[("a", "text"), ("b", "more")])
+        );
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// S18c: two processes on one cache file.
+//
+// The parent re-invokes this test binary twice with `PICANTE_TRUST_CHILD`
+// set; each child runs `s18c_child_process_worker`, which loads, changes its
+// own keys, and saves or appends, many times. Meanwhile the parent loads
+// repeatedly. Every load must succeed with a consistent state or fail with
+// a lock error; every write must succeed or fail with a lock or "replaced"
+// error — never a checksum failure or a misapplied record.
+
+const CHILD_ENV: &str = "PICANTE_TRUST_CHILD";
+const CHILD_ROUNDS: usize = 150;
+
+/// The acceptable failures of one operation when others write the cache.
+fn tolerated(e: &Error) -> bool {
+    is_locked(e) || is_replaced(e)
+}
+
+/// The value a writer gives key `k`: a record applied to the wrong key shows.
+fn value_of(k: &str) -> String {
+    format!("v({k})")
+}
+
+/// A loaded state is consistent: queries match inputs (checked by
+/// `consistent_state`), and every input holds the value of its own key.
+fn check_writers(state: &[(String, String)]) {
+    for (k, v) in state {
+        assert_eq!(
+            *v,
+            value_of(k),
+            "input {k} holds another key's value: {state:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18c_child_process_worker() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return; // Only meaningful when started by the parent test.
+    };
+    let (me, path) = spec.split_once('=').expect("name=path");
+    let path = PathBuf::from(path);
+    timeout(async {
+        for round in 0..CHILD_ROUNDS {
+            let db = build(&Counts::default());
+            let linked = match db.load_cache(&path, LoadOptions::default()) {
+                Ok(r) => r.loaded,
+                Err(e) if is_locked(&e) => false,
+                Err(e) => panic!("{me}: load failed: {e:?}"),
+            };
+            check_writers(&consistent_state(&db).await);
+            // New keys every round (new file-local key numbers), and the
+            // previous round's keys removed, so the state stays small.
+            let mut batch = db.batch();
+            for (k, _) in db.inputs::<Src>().unwrap() {
+                if k.starts_with(&format!("{me}/")) {
+                    batch.remove::<Src>(&k);
+                }
+            }
+            for k in ["a", "b", "c"] {
+                let key = format!("{me}/{round}/{k}");
+                batch.set::<Src>(key.clone(), value_of(&key));
+            }
+            batch.commit().unwrap();
+            warm(&db).await;
+            let result = if linked && round % 8 != 0 {
+                db.append_cache(&path).map(|_| ())
+            } else {
+                db.save_cache(&path).map(|_| ())
+            };
+            if let Err(e) = result {
+                assert!(tolerated(&e), "{me}: write failed: {e:?}");
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18c_two_processes_on_one_cache_never_corrupt_or_misapply() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    timeout(async {
+        let dir = TempDir::new("two-processes");
+        let path = dir.join("cache.bin");
+        let exe = std::env::current_exe().expect("test binary");
+        let spawn = |name: &str| {
+            tokio::process::Command::new(&exe)
+                .args(["--exact", "s18c_child_process_worker", "--nocapture"])
+                .env(CHILD_ENV, format!("{name}={}", path.display()))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn child")
+        };
+        let children = [spawn("p1"), spawn("p2")];
+        let waits = tokio::spawn(async move {
+            let mut outs = Vec::new();
+            for child in children {
+                outs.push(child.wait_with_output().await.expect("child"));
+            }
+            outs
+        });
+        let (mut loads, mut loaded) = (0, 0);
+        while !waits.is_finished() {
+            let db = build(&Counts::default());
+            match db.load_cache(&path, LoadOptions::default()) {
+                Ok(r) => {
+                    loaded += usize::from(r.loaded);
+                    check_writers(&consistent_state(&db).await);
+                }
+                Err(e) => assert!(is_locked(&e), "load failed: {e:?}"),
+            }
+            loads += 1;
+            tokio::task::yield_now().await;
+        }
+        for out in waits.await.expect("join") {
+            assert!(
+                out.status.success(),
+                "child failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // The final state is consistent too.
+        let db = build(&Counts::default());
+        assert!(db.load_cache(&path, LoadOptions::default()).unwrap().loaded);
+        check_writers(&consistent_state(&db).await);
+        eprintln!("parent: {loads} loads, {loaded} loaded while children wrote");
+    })
+    .await
+}
