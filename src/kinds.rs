@@ -82,6 +82,14 @@ pub trait AsyncQuery: Send + Sync + 'static {
     /// The value type.
     type Value: Value;
 
+    /// The version of this query's code, for the persisted cache (S18b):
+    /// bump it when `execute` changes what it computes, and memos of this
+    /// kind saved under another version are dropped at load (its dependents
+    /// revalidate normally). This is what makes a declared
+    /// [`code_version`](crate::DatabaseBuilder::code_version) precise;
+    /// without one, any change of the executable drops every memo anyway.
+    const VERSION: u32 = 0;
+
     /// Computes the value for `key`. Returning `Err` (or panicking) memoizes
     /// the error for this revision.
     async fn execute(&self, cx: &QueryCx, key: Self::Key) -> Result<Self::Value>;

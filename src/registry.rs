@@ -119,6 +119,8 @@ type TypeIdMap = HashMap<TypeId, u32, std::hash::BuildHasherDefault<TypeIdHasher
 pub(crate) struct Registry {
     by_type: TypeIdMap,
     ingredients: Vec<Arc<dyn Ingredient>>,
+    /// The declared application code version (S18b), if any.
+    pub(crate) code_version: Option<String>,
 }
 
 impl Registry {
@@ -188,6 +190,7 @@ impl Registry {
 pub struct DatabaseBuilder {
     entries: Vec<(TypeId, &'static str, Arc<dyn Ingredient>)>,
     errors: Vec<String>,
+    code_version: Option<String>,
 }
 
 impl DatabaseBuilder {
@@ -195,7 +198,29 @@ impl DatabaseBuilder {
         DatabaseBuilder {
             entries: Vec::new(),
             errors: Vec::new(),
+            code_version: None,
         }
+    }
+
+    /// Declares the version of the application's code, for the persisted
+    /// cache (S18b). By default a cache records a fingerprint of the running
+    /// executable (its size, modification time and a hash of its first and
+    /// last 64 KiB), and a load by any other build drops every memo, since
+    /// any query's code may have changed. With a declared version, memos are
+    /// kept across builds that declare the same version, and each query
+    /// kind's [`AsyncQuery::VERSION`](crate::AsyncQuery::VERSION) drops just
+    /// that kind's memos when bumped. Declare one only if you bump it (or the
+    /// kind's `VERSION`) whenever a persistent query's code changes what it
+    /// computes: a memo of the old code is otherwise served.
+    ///
+    /// ```
+    /// use picante::Database;
+    /// let db = Database::builder().code_version(env!("CARGO_PKG_VERSION")).build()?;
+    /// # Ok::<(), picante::Error>(())
+    /// ```
+    pub fn code_version(mut self, version: impl Into<String>) -> Self {
+        self.code_version = Some(version.into());
+        self
     }
 
     /// Records a registration error; `build()` will report it.
@@ -250,6 +275,7 @@ impl DatabaseBuilder {
         Ok(crate::Database::from_registry(Registry {
             by_type,
             ingredients,
+            code_version: self.code_version,
         }))
     }
 }

@@ -431,3 +431,245 @@ async fn s18c_two_processes_on_one_cache_never_corrupt_or_misapply() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------
+// S18b: code versions
+
+/// Length of a text, at code version `V` (one kind across builds: same
+/// stable name, same types).
+struct LenAt<const V: u32>(Count);
+#[async_trait]
+impl<const V: u32> AsyncQuery for LenAt<V> {
+    type Key = String;
+    type Value = u64;
+    const VERSION: u32 = V;
+    async fn execute(&self, cx: &QueryCx, key: String) -> Result<u64> {
+        self.0.hit();
+        Ok(cx.input::<Src>(&key)?.len() as u64)
+    }
+}
+
+/// Twice the length: a dependent of `LenAt<V>` whose own code did not change.
+struct TwiceAt<const V: u32>(Count);
+#[async_trait]
+impl<const V: u32> AsyncQuery for TwiceAt<V> {
+    type Key = String;
+    type Value = u64;
+    async fn execute(&self, cx: &QueryCx, key: String) -> Result<u64> {
+        self.0.hit();
+        Ok(cx.query::<LenAt<V>>(key).await? * 2)
+    }
+}
+
+#[derive(Clone, Default)]
+struct VersionCounts {
+    len: Count,
+    twice: Count,
+    shout: Count,
+}
+
+impl VersionCounts {
+    fn take(&self) -> (usize, usize, usize) {
+        (self.len.take(), self.twice.take(), self.shout.take())
+    }
+}
+
+/// A build of the program whose `LenAt` is at version `V`, declaring
+/// application code version `app` (or none: the executable's fingerprint).
+fn build_at<const V: u32>(c: &VersionCounts, app: Option<&str>) -> Database {
+    let mut b = Database::builder();
+    if let Some(app) = app {
+        b = b.code_version(app);
+    }
+    b.persistent_input::<Src>()
+        .persistent_query_as(LenAt::<V>(c.len.clone()), "len")
+        .persistent_query_as(TwiceAt::<V>(c.twice.clone()), "twice")
+        .persistent_query(Shout(c.shout.clone()))
+        .build()
+        .expect("build")
+}
+
+const KEYS: [&str; 3] = ["a", "bb", "ccc"];
+
+async fn read_all<const V: u32>(db: &Database) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for k in KEYS {
+        let twice = db.query::<TwiceAt<V>>(k.into()).await.expect("twice");
+        let shout = db.query::<Shout>(k.into()).await.expect("shout");
+        out.push((twice, shout));
+    }
+    out
+}
+
+async fn save_at<const V: u32>(path: &Path, app: Option<&str>) -> Vec<(u64, String)> {
+    let c = VersionCounts::default();
+    let db = build_at::<V>(&c, app);
+    for k in KEYS {
+        db.set::<Src>(k.into(), k.repeat(2)).unwrap();
+    }
+    let values = read_all::<V>(&db).await;
+    db.save_cache(path).unwrap();
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18b_a_bumped_query_version_drops_only_that_kinds_memos() {
+    timeout(async {
+        let dir = TempDir::new("kind-version");
+        let path = dir.join("cache.bin");
+        let expected = save_at::<0>(&path, Some("1.0")).await;
+
+        // Same versions: everything reused.
+        let c = VersionCounts::default();
+        let db = build_at::<0>(&c, Some("1.0"));
+        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        assert!(report.loaded && report.code_changed.is_none() && report.stale_kinds.is_empty());
+        assert_eq!(read_all::<0>(&db).await, expected);
+        assert_eq!(c.take(), (0, 0, 0));
+
+        // LenAt bumped to version 1: its memos are dropped and it
+        // re-executes; its dependent revalidates normally (and, the new Len
+        // memo having no old value to cut off against, re-runs); Shout is
+        // untouched.
+        let c = VersionCounts::default();
+        let db = build_at::<1>(&c, Some("1.0"));
+        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        assert!(report.loaded);
+        assert!(report.code_changed.is_none());
+        assert_eq!(
+            report.stale_kinds,
+            vec!["len: version 0 in the cache, 1 now"]
+        );
+        assert_eq!(report.dropped_memos, KEYS.len());
+        assert_eq!(report.inputs, KEYS.len());
+        assert_eq!(read_all::<1>(&db).await, expected);
+        let (len, twice, shout) = c.take();
+        assert_eq!(
+            (len, shout),
+            (KEYS.len(), 0),
+            "only the bumped kind re-executes"
+        );
+        assert_eq!(twice, KEYS.len(), "dependents re-verify normally");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18b_another_declared_code_version_drops_every_memo_and_keeps_inputs() {
+    timeout(async {
+        let dir = TempDir::new("app-version");
+        let path = dir.join("cache.bin");
+        let expected = save_at::<0>(&path, Some("1.0")).await;
+
+        let c = VersionCounts::default();
+        let db = build_at::<0>(&c, Some("2.0"));
+        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        assert!(report.loaded);
+        let why = report.code_changed.expect("code_changed says why");
+        assert!(why.contains("\"1.0\"") && why.contains("\"2.0\""), "{why}");
+        assert_eq!(report.memos, 0);
+        assert_eq!(report.dropped_memos, 3 * KEYS.len());
+        assert_eq!(report.inputs, KEYS.len(), "inputs survive");
+        assert_eq!(read_all::<0>(&db).await, expected);
+        assert_eq!(c.take(), (KEYS.len(), KEYS.len(), KEYS.len()));
+
+        // Saved by the default fingerprint, loaded under a declared version
+        // (and back): memos dropped both ways.
+        save_at::<0>(&path, None).await;
+        let c = VersionCounts::default();
+        let db = build_at::<0>(&c, Some("1.0"));
+        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        assert!(report.code_changed.is_some());
+        assert_eq!(read_all::<0>(&db).await, expected);
+        assert_eq!(c.take(), (KEYS.len(), KEYS.len(), KEYS.len()));
+        save_at::<0>(&path, Some("1.0")).await;
+        let c = VersionCounts::default();
+        let db = build_at::<0>(&c, None);
+        assert!(
+            db.load_cache(&path, LoadOptions::default())
+                .unwrap()
+                .code_changed
+                .is_some()
+        );
+        assert_eq!(read_all::<0>(&db).await, expected);
+        assert_eq!(c.take(), (KEYS.len(), KEYS.len(), KEYS.len()));
+    })
+    .await
+}
+
+const LOAD_ENV: &str = "PICANTE_TRUST_LOAD";
+
+/// Child side of the next test: loads the cache under the default
+/// fingerprint and prints what it had to execute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18b_child_load_worker() {
+    let Ok(path) = std::env::var(LOAD_ENV) else {
+        return; // Only meaningful when started by the parent test.
+    };
+    timeout(async {
+        let c = VersionCounts::default();
+        let db = build_at::<0>(&c, None);
+        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        read_all::<0>(&db).await;
+        let (len, twice, shout) = c.take();
+        println!(
+            "RESULT loaded={} code_changed={} executions={}",
+            report.loaded,
+            report.code_changed.is_some(),
+            len + twice + shout
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18b_by_default_another_build_of_the_program_drops_every_memo() {
+    if std::env::var(LOAD_ENV).is_ok() {
+        return;
+    }
+    timeout(async {
+        let dir = TempDir::new("exe-fingerprint");
+        let path = dir.join("cache.bin");
+        save_at::<0>(&path, None).await;
+        let exe = std::env::current_exe().expect("test binary");
+        // "Another build": a copy of this binary (same code, new file, new
+        // modification time, so another fingerprint, as after a rebuild).
+        let rebuilt = dir.join("rebuilt-test-binary");
+        std::fs::copy(&exe, &rebuilt).expect("copy the test binary");
+        let run = |bin: PathBuf| {
+            let path = path.clone();
+            async move {
+                let out = tokio::process::Command::new(bin)
+                    .args(["--exact", "s18b_child_load_worker", "--nocapture"])
+                    .env(LOAD_ENV, &path)
+                    .output()
+                    .await
+                    .expect("run child");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+                stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix("RESULT ").map(str::to_string))
+                    .unwrap_or_else(|| panic!("no result in {stdout}"))
+            }
+        };
+        // The same executable reuses every memo.
+        assert_eq!(
+            run(exe.clone()).await,
+            "loaded=true code_changed=false executions=0"
+        );
+        // Another build re-runs them all (inputs still loaded).
+        assert_eq!(
+            run(rebuilt).await,
+            format!(
+                "loaded=true code_changed=true executions={}",
+                3 * KEYS.len()
+            )
+        );
+    })
+    .await
+}

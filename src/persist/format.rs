@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 pub(crate) const MAGIC: [u8; 8] = *b"PICANTE\0";
-pub(crate) const VERSION: u32 = 1;
+/// 2: the code version in `META` and each kind's version in `SECTION` (S18b).
+pub(crate) const VERSION: u32 = 2;
 pub(crate) const HEADER_LEN: usize = 32;
 const RECORD_OVERHEAD: usize = 1 + 4 + 8;
 

@@ -38,6 +38,8 @@ enum Section<'a> {
         index: u32,
         kind: IngredientKind,
         stage: Box<dyn Stage + 'a>,
+        /// Its memos are dropped: its code version changed (S18b).
+        stale: bool,
     },
     /// Unknown name or changed types: skipped.
     Dropped,
@@ -52,6 +54,8 @@ struct Image<'a> {
     base_id: u64,
     log_len: u64,
     log_tail: [u8; 8],
+    /// Every memo is dropped: the cache was written by other code (S18b).
+    code_changed: bool,
 }
 
 /// Reads a cache file; `Ok(None)` if it does not exist. Sets `found` as soon
@@ -156,6 +160,7 @@ fn parse_base<'a>(view: &'a ViewCore, bytes: &[u8], report: &mut LoadReport) -> 
         base_id,
         log_len: 0,
         log_tail: [0; 8],
+        code_changed: false,
     };
     let mut records = Records::new(bytes);
     let mut count = 0u64;
@@ -175,6 +180,13 @@ fn parse_base<'a>(view: &'a ViewCore, bytes: &[u8], report: &mut LoadReport) -> 
                 let mut d = Dec::new(&record);
                 image.revision = checked_revision(Revision::from_u64(d.var()?))?;
                 declared_sections = d.len(1 << 20)?;
+                let cached = d.str()?;
+                let now = super::code::code_version(view.shared.registry.code_version.as_deref());
+                if let Some(why) = super::code::mismatch(cached, &now) {
+                    tracing::info!(reason = %why, "cached memos dropped");
+                    image.code_changed = true;
+                    report.code_changed = Some(why);
+                }
                 meta_seen = true;
             }
             tag::SECTION => {
@@ -225,6 +237,10 @@ fn parse_section<'a>(
     let kind_byte = d.u8()?;
     let fingerprint = d.u64()?;
     let description = d.str()?;
+    let version = d.u32()?;
+    if !d.is_empty() {
+        return Err(Error::persist("trailing bytes in a record (corrupt file)"));
+    }
     let found = view.shared.registry.iter().find_map(|(index, ing)| {
         let p = ing.persist()?;
         (p.codec_name() == name).then_some((index, ing, p))
@@ -252,10 +268,24 @@ fn parse_section<'a>(
         ));
         return Ok(Section::Dropped);
     }
+    let stale = version != p.version();
+    if stale {
+        tracing::info!(
+            kind = name,
+            cached = version,
+            now = p.version(),
+            "query kind's code version changed; its cached memos are dropped"
+        );
+        report.stale_kinds.push(format!(
+            "{name}: version {version} in the cache, {} now",
+            p.version()
+        ));
+    }
     Ok(Section::Live {
         index,
         kind: ing.kind(),
         stage: p.stage(),
+        stale,
     })
 }
 
@@ -452,6 +482,17 @@ fn install(
         .collect();
     let mut memos: Vec<Vec<ParsedMemo>> = std::mem::take(&mut image.memos);
     for (s, list) in memos.iter_mut().enumerate() {
+        // Memos of code that changed are dropped (S18b); their keys stay,
+        // so dependents in other kinds still resolve and revalidate.
+        let stale = image.code_changed
+            || matches!(
+                image.sections.get(s),
+                Some(Section::Live { stale: true, .. })
+            );
+        if stale {
+            report.dropped_memos += list.len();
+            list.clear();
+        }
         let before = list.len();
         let resolvable = |k: usize, section: usize| {
             key_counts
@@ -502,7 +543,10 @@ fn install(
         .collect();
     let mut tables = Vec::new();
     for (s, section) in image.sections.iter_mut().enumerate() {
-        let Section::Live { index, kind, stage } = section else {
+        let Section::Live {
+            index, kind, stage, ..
+        } = section
+        else {
             continue;
         };
         match kind {
@@ -582,6 +626,7 @@ fn install(
                 index,
                 kind: IngredientKind::Interned,
                 stage,
+                ..
             } => Some((*index, stage.interned_count() as u32)),
             _ => None,
         })

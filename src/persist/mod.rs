@@ -2,6 +2,7 @@
 //! kinds registered as persistent to a file, loading them into a fresh
 //! database, and appending later changes to a log beside it.
 //!
+//! - `code.rs`: code versions (S18b): the program's fingerprint.
 //! - `format.rs`: framing, checksums, crash-safe writes.
 //! - `schema.rs`: facet shapes → fingerprints; refuses types facet-postcard
 //!   cannot round-trip.
@@ -11,6 +12,7 @@
 //!
 //! Memo values are decoded lazily, the first time they are read.
 
+pub(crate) mod code;
 mod codec;
 mod format;
 mod load;
@@ -90,8 +92,21 @@ pub struct LoadReport {
     /// Kinds in the file that were not loaded, as `"name: reason"` (unknown
     /// name, or key/value types changed).
     pub dropped_kinds: Vec<String>,
-    /// Memos not loaded because a dependency belongs to a dropped kind.
+    /// Memos not loaded: a dependency belongs to a dropped kind, or the
+    /// code that computed them changed (see `code_changed` and
+    /// `stale_kinds`).
     pub dropped_memos: usize,
+    /// Why every memo was dropped, if it was (S18b): the cache was written
+    /// by another build of the program (by default, a fingerprint of the
+    /// executable) or under another declared
+    /// [`code_version`](crate::DatabaseBuilder::code_version). Inputs and
+    /// interned values were still loaded; memos re-run or revalidate.
+    pub code_changed: Option<String>,
+    /// Query kinds whose memos were dropped because their
+    /// [`AsyncQuery::VERSION`](crate::AsyncQuery::VERSION) changed, as
+    /// `"name: version a in the cache, b now"`. Their dependents were loaded
+    /// and revalidate normally.
+    pub stale_kinds: Vec<String>,
     /// Records replayed from the log.
     pub log_records: usize,
     /// The log ended in an incomplete record (a crash during an append),
@@ -149,6 +164,10 @@ pub(crate) trait PersistKind: Send + Sync {
     }
     fn description(&self) -> &str {
         &self.info().description
+    }
+    /// Queries: the kind's code version ([`AsyncQuery::VERSION`](crate::AsyncQuery::VERSION)).
+    fn version(&self) -> u32 {
+        0
     }
     /// Encodes the keys with these ids, as one blob.
     fn encode_keys(&self, ids: &[KeyId]) -> Result<Vec<u8>>;

@@ -219,9 +219,11 @@ fn save_locked(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
     }
 
     let mut out = format::header(FileKind::Base, base_id).to_vec();
+    let code = super::code::code_version(view.shared.registry.code_version.as_deref());
     let mut e = Enc::default();
     e.var(state.revision.as_u64())
-        .var(sections.list.len() as u64);
+        .var(sections.list.len() as u64)
+        .str(&code);
     format::push_record(&mut out, tag::META, &e.buf)?;
     for (s, (_, ing, kind)) in sections.list.iter().enumerate() {
         let mut e = Enc::default();
@@ -229,7 +231,8 @@ fn save_locked(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
             .str(kind.codec_name())
             .u8(ing.kind() as u8)
             .u64(kind.fingerprint())
-            .str(kind.description());
+            .str(kind.description())
+            .var(u64::from(kind.version()));
         format::push_record(&mut out, tag::SECTION, &e.buf)?;
     }
     records += 1 + sections.list.len();
