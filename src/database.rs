@@ -144,7 +144,10 @@ impl Database {
     /// or whose key/value types changed are dropped (see
     /// [`LoadReport::dropped_kinds`](crate::LoadReport::dropped_kinds)).
     /// Loaded memos are revalidated before reuse, and their values decoded
-    /// the first time they are read. Holds the cache's lock shared while
+    /// the first time they are read. Reading and decoding run on tokio's
+    /// blocking pool, never on the runtime's worker threads (inline outside a
+    /// runtime); the database must not be changed until the load returns.
+    /// Holds the cache's lock shared while
     /// reading: a save or append in progress makes it fail with
     /// [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked) (ignorable
     /// like any unusable file).
@@ -176,23 +179,23 @@ impl Database {
     /// let first = db()?;
     /// first.set::<Source>("a.md".into(), "hello".into())?;
     /// assert_eq!(first.query::<Len>("a.md".into()).await?, 5);
-    /// first.save_cache(&path)?;
+    /// first.save_cache(&path).await?;
     ///
     /// // A later process: load, then reuse without executing.
     /// let second = db()?;
-    /// let report = second.load_cache(&path, LoadOptions::default())?;
+    /// let report = second.load_cache(&path, LoadOptions::default()).await?;
     /// assert!(report.loaded);
     /// assert_eq!(second.query::<Len>("a.md".into()).await?, 5);
     /// assert_eq!(second.stats().query("Len").unwrap().executions, 0);
     /// # std::fs::remove_dir_all(&dir).ok();
     /// # Ok(()) }
     /// ```
-    pub fn load_cache(
+    pub async fn load_cache(
         &self,
         path: impl AsRef<std::path::Path>,
         options: crate::LoadOptions,
     ) -> Result<crate::LoadReport> {
-        crate::persist::load(&self.core, path.as_ref(), &options)
+        crate::persist::load(&self.core, path.as_ref(), options).await
     }
 
     /// Appends the changes since the last save, load or append — input
@@ -203,6 +206,7 @@ impl Database {
     /// [`save_cache`](View::save_cache), which writes a new base and drops
     /// the log.
     ///
+    /// Runs on tokio's blocking pool, like [`save_cache`](View::save_cache).
     /// Holds the cache's lock ([`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked)
     /// if another operation holds it). Fails with
     /// [`ErrorKind::CacheReplaced`](crate::ErrorKind::CacheReplaced), writing
@@ -210,8 +214,11 @@ impl Database {
     /// saved, loaded or appended to (another database replaced the base or
     /// extended the log): call `save_cache` then. The changes are kept for
     /// the next append or save.
-    pub fn append_cache(&self, path: impl AsRef<std::path::Path>) -> Result<crate::AppendReport> {
-        crate::persist::append(&self.core, path.as_ref())
+    pub async fn append_cache(
+        &self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<crate::AppendReport> {
+        crate::persist::append(&self.core, path.as_ref()).await
     }
 }
 
@@ -393,11 +400,17 @@ impl View {
     /// same directory, fsync, atomic rename). Works on a snapshot while the
     /// database moves on. Also compacts: any log beside `path` is dropped.
     ///
+    /// The state is taken when the returned future is first polled; encoding
+    /// and writing (with fsync) run on tokio's blocking pool
+    /// (`spawn_blocking`), never on the runtime's worker threads, so other
+    /// tasks keep running. Outside a tokio runtime it runs inline. Once
+    /// started, the write completes even if the future is dropped.
+    ///
     /// Holds the cache's lock (`path` + `.lock`) while writing: if another
     /// save, append or load of it is in progress, in this process or another,
     /// fails at once with [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked).
-    pub fn save_cache(&self, path: impl AsRef<std::path::Path>) -> Result<crate::SaveReport> {
-        crate::persist::save(&self.core, path.as_ref())
+    pub async fn save_cache(&self, path: impl AsRef<std::path::Path>) -> Result<crate::SaveReport> {
+        crate::persist::save(&self.core, path.as_ref()).await
     }
 
     /// Counters of query kind `Q` (summed over all views of the database).

@@ -163,17 +163,22 @@ async fn s18c_an_append_never_applies_records_to_keys_of_another_database() {
         let a = build(&c);
         a.set::<Src>("k0".into(), "zero".into()).unwrap();
         warm(&a).await;
-        a.save_cache(&path).unwrap();
+        a.save_cache(&path).await.unwrap();
         let b = build(&c);
-        assert!(b.load_cache(&path, LoadOptions::default()).unwrap().loaded);
+        assert!(
+            b.load_cache(&path, LoadOptions::default())
+                .await
+                .unwrap()
+                .loaded
+        );
 
         // Each creates a different new key (file-local key number 1 in both).
         a.set::<Src>("from-a".into(), "aaaa".into()).unwrap();
         warm(&a).await;
         b.set::<Src>("from-b".into(), "bb".into()).unwrap();
         warm(&b).await;
-        a.append_cache(&path).unwrap();
-        let e = b.append_cache(&path).unwrap_err();
+        a.append_cache(&path).await.unwrap();
+        let e = b.append_cache(&path).await.unwrap_err();
         assert!(is_replaced(&e), "{e:?}");
         assert!(e.to_string().contains("save_cache"), "{e}");
 
@@ -183,6 +188,7 @@ async fn s18c_an_append_never_applies_records_to_keys_of_another_database() {
         assert!(
             fresh
                 .load_cache(&path, LoadOptions::default())
+                .await
                 .unwrap()
                 .loaded
         );
@@ -193,17 +199,20 @@ async fn s18c_an_append_never_applies_records_to_keys_of_another_database() {
         assert_eq!((c2.len.get(), c2.shout.get()), (0, 0), "all memos reused");
 
         // B keeps failing rather than writing, until it saves.
-        let e = b.append_cache(&path).unwrap_err();
+        let e = b.append_cache(&path).await.unwrap_err();
         assert!(is_replaced(&e), "{e:?}");
-        b.save_cache(&path).unwrap();
+        b.save_cache(&path).await.unwrap();
         b.set::<Src>("more-b".into(), "b".into()).unwrap();
         warm(&b).await;
-        b.append_cache(&path).unwrap();
-        let e = a.append_cache(&path).unwrap_err();
+        b.append_cache(&path).await.unwrap();
+        let e = a.append_cache(&path).await.unwrap_err();
         assert!(is_replaced(&e), "{e:?}");
         let c3 = Counts::default();
         let fresh = build(&c3);
-        fresh.load_cache(&path, LoadOptions::default()).unwrap();
+        fresh
+            .load_cache(&path, LoadOptions::default())
+            .await
+            .unwrap();
         assert_eq!(
             consistent_state(&fresh).await,
             pairs(&[("k0", "zero"), ("from-b", "bb"), ("more-b", "b")])
@@ -225,20 +234,23 @@ async fn s18c_an_append_after_another_database_replaced_the_base_fails() {
         warm(&a).await;
         b.set::<Src>("b".into(), "from b".into()).unwrap();
         warm(&b).await;
-        a.save_cache(&path).unwrap();
+        a.save_cache(&path).await.unwrap();
         a.set::<Src>("a2".into(), "x".into()).unwrap();
         warm(&a).await;
-        a.append_cache(&path).unwrap();
-        b.save_cache(&path).unwrap();
+        a.append_cache(&path).await.unwrap();
+        b.save_cache(&path).await.unwrap();
         a.set::<Src>("a3".into(), "y".into()).unwrap();
         warm(&a).await;
-        let e = a.append_cache(&path).unwrap_err();
+        let e = a.append_cache(&path).await.unwrap_err();
         assert!(is_replaced(&e), "{e:?}");
 
         // A second database that loaded A's log also cannot extend it once
         // the base is gone.
         let fresh = build(&Counts::default());
-        fresh.load_cache(&path, LoadOptions::default()).unwrap();
+        fresh
+            .load_cache(&path, LoadOptions::default())
+            .await
+            .unwrap();
         assert_eq!(consistent_state(&fresh).await, pairs(&[("b", "from b")]));
     })
     .await
@@ -253,22 +265,26 @@ async fn s18c_a_held_lock_refuses_save_append_and_load_clearly() {
         let a = build(&c);
         a.set::<Src>("a".into(), "text".into()).unwrap();
         warm(&a).await;
-        a.save_cache(&path).unwrap();
+        a.save_cache(&path).await.unwrap();
         a.set::<Src>("b".into(), "more".into()).unwrap();
 
         // Another process (here: another open file) holds the lock.
         let other = std::fs::File::open(lock_file(&path)).expect("lock file exists");
         other.lock().expect("lock");
-        let e = a.save_cache(&path).unwrap_err();
+        let e = a.save_cache(&path).await.unwrap_err();
         assert!(is_locked(&e), "{e:?}");
         assert!(e.to_string().contains("locked"), "{e}");
-        let e = a.append_cache(&path).unwrap_err();
+        let e = a.append_cache(&path).await.unwrap_err();
         assert!(is_locked(&e), "{e:?}");
         let fresh = build(&Counts::default());
-        let e = fresh.load_cache(&path, LoadOptions::default()).unwrap_err();
+        let e = fresh
+            .load_cache(&path, LoadOptions::default())
+            .await
+            .unwrap_err();
         assert!(is_locked(&e), "{e:?}");
         let report = fresh
             .load_cache(&path, LoadOptions::ignore_errors())
+            .await
             .unwrap();
         assert!(!report.loaded);
         assert!(report.ignored_error.as_ref().is_some_and(is_locked));
@@ -281,16 +297,20 @@ async fn s18c_a_held_lock_refuses_save_append_and_load_clearly() {
         assert!(
             fresh
                 .load_cache(&path, LoadOptions::default())
+                .await
                 .unwrap()
                 .loaded
         );
-        assert!(is_locked(&a.append_cache(&path).unwrap_err()));
+        assert!(is_locked(&a.append_cache(&path).await.unwrap_err()));
         drop(other);
 
         // Released: the refused append lost nothing.
-        a.append_cache(&path).unwrap();
+        a.append_cache(&path).await.unwrap();
         let fresh = build(&Counts::default());
-        fresh.load_cache(&path, LoadOptions::default()).unwrap();
+        fresh
+            .load_cache(&path, LoadOptions::default())
+            .await
+            .unwrap();
         assert_eq!(
             consistent_state(&fresh).await,
             pairs(&[("a", "text"), ("b", "more")])
@@ -344,7 +364,7 @@ async fn s18c_child_process_worker() {
     timeout(async {
         for round in 0..CHILD_ROUNDS {
             let db = build(&Counts::default());
-            let linked = match db.load_cache(&path, LoadOptions::default()) {
+            let linked = match db.load_cache(&path, LoadOptions::default()).await {
                 Ok(r) => r.loaded,
                 Err(e) if is_locked(&e) => false,
                 Err(e) => panic!("{me}: load failed: {e:?}"),
@@ -365,9 +385,9 @@ async fn s18c_child_process_worker() {
             batch.commit().unwrap();
             warm(&db).await;
             let result = if linked && round % 8 != 0 {
-                db.append_cache(&path).map(|_| ())
+                db.append_cache(&path).await.map(|_| ())
             } else {
-                db.save_cache(&path).map(|_| ())
+                db.save_cache(&path).await.map(|_| ())
             };
             if let Err(e) = result {
                 assert!(tolerated(&e), "{me}: write failed: {e:?}");
@@ -406,7 +426,7 @@ async fn s18c_two_processes_on_one_cache_never_corrupt_or_misapply() {
         let (mut loads, mut loaded) = (0, 0);
         while !waits.is_finished() {
             let db = build(&Counts::default());
-            match db.load_cache(&path, LoadOptions::default()) {
+            match db.load_cache(&path, LoadOptions::default()).await {
                 Ok(r) => {
                     loaded += usize::from(r.loaded);
                     check_writers(&consistent_state(&db).await);
@@ -425,7 +445,12 @@ async fn s18c_two_processes_on_one_cache_never_corrupt_or_misapply() {
         }
         // The final state is consistent too.
         let db = build(&Counts::default());
-        assert!(db.load_cache(&path, LoadOptions::default()).unwrap().loaded);
+        assert!(
+            db.load_cache(&path, LoadOptions::default())
+                .await
+                .unwrap()
+                .loaded
+        );
         check_writers(&consistent_state(&db).await);
         eprintln!("parent: {loads} loads, {loaded} loaded while children wrote");
     })
@@ -508,7 +533,7 @@ async fn save_at<const V: u32>(path: &Path, app: Option<&str>) -> Vec<(u64, Stri
         db.set::<Src>(k.into(), k.repeat(2)).unwrap();
     }
     let values = read_all::<V>(&db).await;
-    db.save_cache(path).unwrap();
+    db.save_cache(path).await.unwrap();
     values
 }
 
@@ -522,7 +547,7 @@ async fn s18b_a_bumped_query_version_drops_only_that_kinds_memos() {
         // Same versions: everything reused.
         let c = VersionCounts::default();
         let db = build_at::<0>(&c, Some("1.0"));
-        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
         assert!(report.loaded && report.code_changed.is_none() && report.stale_kinds.is_empty());
         assert_eq!(read_all::<0>(&db).await, expected);
         assert_eq!(c.take(), (0, 0, 0));
@@ -533,7 +558,7 @@ async fn s18b_a_bumped_query_version_drops_only_that_kinds_memos() {
         // untouched.
         let c = VersionCounts::default();
         let db = build_at::<1>(&c, Some("1.0"));
-        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
         assert!(report.loaded);
         assert!(report.code_changed.is_none());
         assert_eq!(
@@ -563,7 +588,7 @@ async fn s18b_another_declared_code_version_drops_every_memo_and_keeps_inputs() 
 
         let c = VersionCounts::default();
         let db = build_at::<0>(&c, Some("2.0"));
-        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
         assert!(report.loaded);
         let why = report.code_changed.expect("code_changed says why");
         assert!(why.contains("\"1.0\"") && why.contains("\"2.0\""), "{why}");
@@ -578,7 +603,7 @@ async fn s18b_another_declared_code_version_drops_every_memo_and_keeps_inputs() 
         save_at::<0>(&path, None).await;
         let c = VersionCounts::default();
         let db = build_at::<0>(&c, Some("1.0"));
-        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
         assert!(report.code_changed.is_some());
         assert_eq!(read_all::<0>(&db).await, expected);
         assert_eq!(c.take(), (KEYS.len(), KEYS.len(), KEYS.len()));
@@ -587,6 +612,7 @@ async fn s18b_another_declared_code_version_drops_every_memo_and_keeps_inputs() 
         let db = build_at::<0>(&c, None);
         assert!(
             db.load_cache(&path, LoadOptions::default())
+                .await
                 .unwrap()
                 .code_changed
                 .is_some()
@@ -609,7 +635,7 @@ async fn s18b_child_load_worker() {
     timeout(async {
         let c = VersionCounts::default();
         let db = build_at::<0>(&c, None);
-        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
         read_all::<0>(&db).await;
         let (len, twice, shout) = c.take();
         println!(
@@ -670,6 +696,72 @@ async fn s18b_by_default_another_build_of_the_program_drops_every_memo() {
                 3 * KEYS.len()
             )
         );
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// S18c: save and load are async and keep blocking work off the runtime
+
+#[tokio::test(flavor = "current_thread")]
+async fn s18c_async_save_and_load_let_other_tasks_run_on_a_current_thread_runtime() {
+    timeout(async {
+        let dir = TempDir::new("async-io");
+        let path = dir.join("cache.bin");
+        let c = Counts::default();
+        let db = build(&c);
+        let mut batch = db.batch();
+        for i in 0..4000 {
+            batch.set::<Src>(format!("k{i}"), format!("{i:>1000}"));
+        }
+        batch.commit().unwrap();
+        warm(&db).await;
+
+        // A ticker on the same (only) runtime thread.
+        let ticks = std::sync::Arc::new(AtomicUsize::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        tokio::task::yield_now().await;
+
+        // The save's encoding and fsync run on the blocking pool: the
+        // ticker keeps ticking while it is awaited.
+        let before = ticks.load(Ordering::SeqCst);
+        let saved = db.save_cache(&path).await.unwrap();
+        let during_save = ticks.load(Ordering::SeqCst) - before;
+        assert_eq!(saved.memos, 8000);
+        assert!(
+            during_save > 0,
+            "the runtime thread was blocked by the save"
+        );
+
+        let fresh = build(&Counts::default());
+        let before = ticks.load(Ordering::SeqCst);
+        let report = fresh
+            .load_cache(&path, LoadOptions::default())
+            .await
+            .unwrap();
+        let during_load = ticks.load(Ordering::SeqCst) - before;
+        assert!(report.loaded);
+        assert_eq!(report.memos, 8000);
+        assert!(
+            during_load > 0,
+            "the runtime thread was blocked by the load"
+        );
+
+        // And an append.
+        db.set::<Src>("k0".into(), "changed".into()).unwrap();
+        warm(&db).await;
+        let before = ticks.load(Ordering::SeqCst);
+        db.append_cache(&path).await.unwrap();
+        assert!(ticks.load(Ordering::SeqCst) > before);
+        ticker.abort();
     })
     .await
 }

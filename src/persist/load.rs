@@ -96,6 +96,8 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
         ));
     }
     let mut report = LoadReport::default();
+    let started = std::time::Instant::now();
+    tracing::info!(path = %path.display(), "loading cache");
     let outcome = (|| {
         // Shared: loads may overlap, but not with a save or an append (S18c),
         // so the base and its log are read as one consistent pair.
@@ -119,7 +121,19 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
             report.revision = view.state.load().revision;
             Ok(report)
         }
-        Ok(Some((image, base, log))) => install(view, path, image, &base, log.as_ref(), report),
+        Ok(Some((image, base, log))) => {
+            let report = install(view, path, image, &base, log.as_ref(), report)?;
+            tracing::info!(
+                path = %path.display(),
+                bytes = report.bytes,
+                inputs = report.inputs,
+                memos = report.memos,
+                dropped_memos = report.dropped_memos,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "cache loaded"
+            );
+            Ok(report)
+        }
         Err(e) => match options.on_error {
             OnError::Fail => Err(e),
             OnError::Ignore => {
@@ -607,7 +621,11 @@ fn install(
         }
     }
     let revision = image.revision.next();
-    view.install_loaded(revision, tables);
+    if !view.install_loaded(revision, tables) {
+        return Err(Error::persist(
+            "the database was changed while load_cache ran; nothing was loaded",
+        ));
+    }
     report.loaded = true;
     report.revision = revision;
 
@@ -641,6 +659,5 @@ fn install(
         log_len: image.log_len,
         log_tail: image.log_tail,
     });
-    tracing::debug!(path = %path.display(), memos = report.memos, inputs = report.inputs, "cache loaded");
     Ok(report)
 }

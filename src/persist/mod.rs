@@ -24,9 +24,57 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::view::ViewCore;
 pub(crate) use codec::{Codec, CodecInfo, KIND_INPUT, KIND_INTERNED, KIND_QUERY, NO_CODEC};
-pub(crate) use load::load;
-pub(crate) use save::{append, save};
+
+/// Runs blocking cache I/O off the runtime's worker threads
+/// (`spawn_blocking`); inline when called outside a tokio runtime. The work
+/// runs to completion even if the caller's future is dropped (a save then
+/// still leaves the old file or the new one).
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return work();
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "<non-string panic payload>".to_string());
+            Err(Error::internal(format!("cache I/O panicked: {message}")))
+        }
+        Err(_) => Err(Error::from(crate::error::ErrorKind::Cancelled)),
+    }
+}
+
+/// [`View::save_cache`](crate::View::save_cache): takes the state now, writes
+/// it off the runtime.
+pub(crate) async fn save(view: &Arc<ViewCore>, path: &std::path::Path) -> Result<SaveReport> {
+    let snapshot = save::snapshot_for_save(view);
+    let (view, path) = (view.clone(), path.to_path_buf());
+    off_runtime(move || save::save(&view, &path, snapshot)).await
+}
+
+/// [`Database::append_cache`](crate::Database::append_cache), off the runtime.
+pub(crate) async fn append(view: &Arc<ViewCore>, path: &std::path::Path) -> Result<AppendReport> {
+    let (view, path) = (view.clone(), path.to_path_buf());
+    off_runtime(move || save::append(&view, &path)).await
+}
+
+/// [`Database::load_cache`](crate::Database::load_cache), off the runtime.
+pub(crate) async fn load(
+    view: &Arc<ViewCore>,
+    path: &std::path::Path,
+    options: LoadOptions,
+) -> Result<LoadReport> {
+    let (view, path) = (view.clone(), path.to_path_buf());
+    off_runtime(move || load::load(&view, &path, &options)).await
+}
 
 use crate::error::{Error, Result};
 use crate::revision::Revision;

@@ -113,19 +113,40 @@ fn encode_memo(
     e.bytes(value);
 }
 
-/// Writes a full base file for `view`'s current state, holding the cache's
-/// lock (S18c).
-pub(crate) fn save(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
-    let _lock = format::lock_cache(path, true)?;
-    save_locked(view, path)
+/// What a save writes: `view`'s state at the moment the save was asked
+/// for, and where the journal stood then.
+pub(crate) struct SaveSnapshot {
+    cut: u64,
+    state: Arc<State>,
 }
 
-fn save_locked(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
+/// Takes the state a save will write (cheap: pointer clones), so the save
+/// is of the revision current when it was asked for, however long the
+/// writing takes and whatever the database does meanwhile.
+pub(crate) fn snapshot_for_save(view: &ViewCore) -> SaveSnapshot {
     view.merge_pending();
     // Journal entries from before this point are covered by the state we
     // are about to read (if at or before its revision).
     let cut = lock(&view.shared.journal).end();
     let state = view.state.load_full();
+    SaveSnapshot { cut, state }
+}
+
+/// Writes a full base file for `snapshot`, holding the cache's lock
+/// (S18c). Blocking: run off the runtime's worker threads.
+pub(crate) fn save(
+    view: &Arc<ViewCore>,
+    path: &Path,
+    snapshot: SaveSnapshot,
+) -> Result<SaveReport> {
+    let _lock = format::lock_cache(path, true)?;
+    save_locked(view, path, snapshot)
+}
+
+fn save_locked(view: &Arc<ViewCore>, path: &Path, snapshot: SaveSnapshot) -> Result<SaveReport> {
+    let started = std::time::Instant::now();
+    let SaveSnapshot { cut, state } = snapshot;
+    tracing::info!(path = %path.display(), revision = %state.revision, "saving cache");
     let sections = Sections::of(view);
     let base_id = format::new_base_id();
     let mut report = SaveReport {
@@ -146,6 +167,12 @@ fn save_locked(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
     // Inputs, memos and interned values first (they register keys), keys
     // after; the loader accepts any order of records.
     for (s, (index, ing, kind)) in sections.list.iter().enumerate() {
+        tracing::debug!(
+            kind = kind.codec_name(),
+            section = s,
+            of = sections.list.len(),
+            "saving kind"
+        );
         match ing.kind() {
             IngredientKind::Input => {
                 let (slots, blob) = kind.encode_inputs(table(*index)?, None)?;
@@ -261,7 +288,14 @@ fn save_locked(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
         );
         lock(&view.shared.journal).saved(cut, state.revision);
     }
-    tracing::debug!(path = %path.display(), bytes = report.bytes, memos = report.memos, "cache saved");
+    tracing::info!(
+        path = %path.display(),
+        bytes = report.bytes,
+        inputs = report.inputs,
+        memos = report.memos,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "cache saved"
+    );
     Ok(report)
 }
 
@@ -316,7 +350,7 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
     };
     if overflowed {
         drop(link_guard);
-        let saved = save_locked(view, path)?;
+        let saved = save_locked(view, path, snapshot_for_save(view))?;
         return Ok(AppendReport {
             revision: saved.revision,
             bytes: saved.bytes,
