@@ -148,9 +148,10 @@ impl Database {
     /// blocking pool, never on the runtime's worker threads (inline outside a
     /// runtime); the database must not be changed until the load returns.
     /// Holds the cache's lock shared while
-    /// reading: a save or append in progress makes it fail with
-    /// [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked) (ignorable
-    /// like any unusable file).
+    /// reading: it waits for a save or append in progress, up to
+    /// [`DatabaseBuilder::cache_lock_timeout`](crate::DatabaseBuilder::cache_lock_timeout),
+    /// then fails with [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked)
+    /// (ignorable like any unusable file).
     ///
     /// ```
     /// use picante::{async_trait, AsyncQuery, Database, Input, LoadOptions, QueryCx};
@@ -207,8 +208,8 @@ impl Database {
     /// the log.
     ///
     /// Runs on tokio's blocking pool, like [`save_cache`](View::save_cache).
-    /// Holds the cache's lock ([`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked)
-    /// if another operation holds it). Fails with
+    /// Holds the cache's lock (waiting like `save_cache`, then
+    /// [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked)). Fails with
     /// [`ErrorKind::CacheReplaced`](crate::ErrorKind::CacheReplaced), writing
     /// nothing, if the cache on disk is no longer the one this database
     /// saved, loaded or appended to (another database replaced the base or
@@ -408,7 +409,8 @@ impl View {
     ///
     /// Holds the cache's lock (`path` + `.lock`) while writing: if another
     /// save, append or load of it is in progress, in this process or another,
-    /// fails at once with [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked).
+    /// waits for it up to [`DatabaseBuilder::cache_lock_timeout`](crate::DatabaseBuilder::cache_lock_timeout),
+    /// then fails with [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked).
     pub async fn save_cache(&self, path: impl AsRef<std::path::Path>) -> Result<crate::SaveReport> {
         crate::persist::save(&self.core, path.as_ref()).await
     }

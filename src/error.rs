@@ -100,7 +100,8 @@ pub enum ErrorKind {
     Cancelled,
     /// Reading, writing or decoding a persisted cache failed.
     Persist(String),
-    /// Another save, append or load of the cache at `path` is in progress
+    /// Another save, append or load of the cache at `path` held its lock
+    /// for longer than [`DatabaseBuilder::cache_lock_timeout`](crate::DatabaseBuilder::cache_lock_timeout)
     /// (in another process, or another database of this one): each cache
     /// file has one writer at a time (S18c). Nothing was read or written;
     /// retry when the other operation has finished.

@@ -121,6 +121,8 @@ pub(crate) struct Registry {
     ingredients: Vec<Arc<dyn Ingredient>>,
     /// The declared application code version (S18b), if any.
     pub(crate) code_version: Option<String>,
+    /// How long cache I/O waits for another holder of a cache's lock (S18c).
+    pub(crate) cache_lock_timeout: std::time::Duration,
 }
 
 impl Registry {
@@ -160,6 +162,9 @@ impl Registry {
     }
 }
 
+/// The default of [`DatabaseBuilder::cache_lock_timeout`].
+const DEFAULT_CACHE_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Collects ingredients; see [`Database::builder`](crate::Database::builder).
 ///
 /// ```
@@ -191,6 +196,7 @@ pub struct DatabaseBuilder {
     entries: Vec<(TypeId, &'static str, Arc<dyn Ingredient>)>,
     errors: Vec<String>,
     code_version: Option<String>,
+    cache_lock_timeout: std::time::Duration,
 }
 
 impl DatabaseBuilder {
@@ -199,7 +205,28 @@ impl DatabaseBuilder {
             entries: Vec::new(),
             errors: Vec::new(),
             code_version: None,
+            cache_lock_timeout: DEFAULT_CACHE_LOCK_TIMEOUT,
         }
+    }
+
+    /// How long `save_cache`, `append_cache` and `load_cache` wait for a
+    /// cache file's lock while another process (or another database of this
+    /// one) saves, appends or loads it (S18c: one writer per cache file).
+    /// After that they fail with
+    /// [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked). Default
+    /// 10 seconds; `Duration::ZERO` fails at once. The wait happens on
+    /// tokio's blocking pool, never on a runtime worker thread.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let db = picante::Database::builder()
+    ///     .cache_lock_timeout(Duration::from_millis(500))
+    ///     .build()?;
+    /// # Ok::<(), picante::Error>(())
+    /// ```
+    pub fn cache_lock_timeout(mut self, wait: std::time::Duration) -> Self {
+        self.cache_lock_timeout = wait;
+        self
     }
 
     /// Declares the version of the application's code, for the persisted
@@ -276,6 +303,7 @@ impl DatabaseBuilder {
             by_type,
             ingredients,
             code_version: self.code_version,
+            cache_lock_timeout: self.cache_lock_timeout,
         }))
     }
 }

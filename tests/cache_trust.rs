@@ -92,7 +92,13 @@ struct Counts {
 }
 
 fn build(c: &Counts) -> Database {
+    build_waiting(c, Duration::from_secs(10))
+}
+
+/// `build`, waiting at most `wait` for a cache's lock.
+fn build_waiting(c: &Counts, wait: Duration) -> Database {
     Database::builder()
+        .cache_lock_timeout(wait)
         .persistent_input::<Src>()
         .persistent_query(Len(c.len.clone()))
         .persistent_query(Shout(c.shout.clone()))
@@ -257,18 +263,20 @@ async fn s18c_an_append_after_another_database_replaced_the_base_fails() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s18c_a_held_lock_refuses_save_append_and_load_clearly() {
+async fn s18c_a_held_lock_makes_save_append_and_load_wait_then_fail_clearly() {
     timeout(async {
         let dir = TempDir::new("locked");
         let path = dir.join("cache.bin");
         let c = Counts::default();
-        let a = build(&c);
+        let wait = Duration::from_millis(100);
+        let a = build_waiting(&c, wait);
         a.set::<Src>("a".into(), "text".into()).unwrap();
         warm(&a).await;
         a.save_cache(&path).await.unwrap();
         a.set::<Src>("b".into(), "more".into()).unwrap();
 
-        // Another process (here: another open file) holds the lock.
+        // Another process (here: another open file) holds the lock and does
+        // not let go: each operation waits `wait`, then fails clearly.
         let other = std::fs::File::open(lock_file(&path)).expect("lock file exists");
         other.lock().expect("lock");
         let e = a.save_cache(&path).await.unwrap_err();
@@ -276,7 +284,7 @@ async fn s18c_a_held_lock_refuses_save_append_and_load_clearly() {
         assert!(e.to_string().contains("locked"), "{e}");
         let e = a.append_cache(&path).await.unwrap_err();
         assert!(is_locked(&e), "{e:?}");
-        let fresh = build(&Counts::default());
+        let fresh = build_waiting(&Counts::default(), wait);
         let e = fresh
             .load_cache(&path, LoadOptions::default())
             .await
@@ -290,21 +298,20 @@ async fn s18c_a_held_lock_refuses_save_append_and_load_clearly() {
         assert!(report.ignored_error.as_ref().is_some_and(is_locked));
         assert!(fresh.inputs::<Src>().unwrap().is_empty(), "untouched");
 
-        // A shared holder (a load in progress) still lets loads in.
+        // A shared holder (a load in progress) still lets loads in, not
+        // writers.
         other.unlock().expect("unlock");
         other.lock_shared().expect("lock shared");
-        let fresh = build(&Counts::default());
-        assert!(
-            fresh
-                .load_cache(&path, LoadOptions::default())
-                .await
-                .unwrap()
-                .loaded
-        );
+        let fresh = build_waiting(&Counts::default(), wait);
+        let report = fresh
+            .load_cache(&path, LoadOptions::default())
+            .await
+            .unwrap();
+        assert!(report.loaded);
         assert!(is_locked(&a.append_cache(&path).await.unwrap_err()));
-        drop(other);
 
         // Released: the refused append lost nothing.
+        drop(other);
         a.append_cache(&path).await.unwrap();
         let fresh = build(&Counts::default());
         fresh
@@ -315,6 +322,28 @@ async fn s18c_a_held_lock_refuses_save_append_and_load_clearly() {
             consistent_state(&fresh).await,
             pairs(&[("a", "text"), ("b", "more")])
         );
+
+        // A holder that lets go while a save waits for it: the save goes
+        // through once it is released.
+        let other = std::fs::File::open(lock_file(&path)).expect("lock file");
+        other.lock().expect("lock");
+        let patient = build_waiting(&Counts::default(), Duration::from_secs(30));
+        patient.set::<Src>("p".into(), "patient".into()).unwrap();
+        warm(&patient).await;
+        let save = tokio::spawn({
+            let patient = patient.clone();
+            let path = path.clone();
+            async move { patient.save_cache(&path).await }
+        });
+        tokio::task::yield_now().await;
+        drop(other);
+        save.await.unwrap().unwrap();
+        let fresh = build(&Counts::default());
+        fresh
+            .load_cache(&path, LoadOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(consistent_state(&fresh).await, pairs(&[("p", "patient")]));
     })
     .await
 }
@@ -470,7 +499,8 @@ impl<const V: u32> AsyncQuery for LenAt<V> {
     const VERSION: u32 = V;
     async fn execute(&self, cx: &QueryCx, key: String) -> Result<u64> {
         self.0.hit();
-        Ok(cx.input::<Src>(&key)?.len() as u64)
+        // What version 1 computes differs from version 0.
+        Ok(cx.input::<Src>(&key)?.len() as u64 + 1000 * u64::from(V))
     }
 }
 
@@ -567,7 +597,16 @@ async fn s18b_a_bumped_query_version_drops_only_that_kinds_memos() {
         );
         assert_eq!(report.dropped_memos, KEYS.len());
         assert_eq!(report.inputs, KEYS.len());
-        assert_eq!(read_all::<1>(&db).await, expected);
+        assert_eq!(db.revision(), report.revision);
+        let now: Vec<_> = expected
+            .iter()
+            .map(|(t, s)| (t + 2000, s.clone()))
+            .collect();
+        assert_eq!(
+            read_all::<1>(&db).await,
+            now,
+            "no result of the old code is served"
+        );
         let (len, twice, shout) = c.take();
         assert_eq!(
             (len, shout),
@@ -762,6 +801,227 @@ async fn s18c_async_save_and_load_let_other_tasks_run_on_a_current_thread_runtim
         db.append_cache(&path).await.unwrap();
         assert!(ticks.load(Ordering::SeqCst) > before);
         ticker.abort();
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// S18/S18c: the smaller guarantees
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18_stale_temporary_files_of_this_cache_are_removed_on_the_next_save() {
+    timeout(async {
+        let dir = TempDir::new("stale-temps");
+        let path = dir.join("cache.bin");
+        // Left by saves killed mid-write (base and log), and files that are
+        // not this cache's temporaries.
+        let ours = [".cache.bin.tmp-4242-deadbeef", ".cache.bin.log.tmp-7-1"];
+        let theirs = [
+            ".other.bin.tmp-1-2",
+            "cache.bin.tmp-not-hidden",
+            ".cache.binary.tmp-3",
+        ];
+        for name in ours.iter().chain(&theirs) {
+            std::fs::write(dir.join(name), b"half a cache").unwrap();
+        }
+        let db = build(&Counts::default());
+        db.set::<Src>("a".into(), "text".into()).unwrap();
+        warm(&db).await;
+        db.save_cache(&path).await.unwrap();
+        for name in ours {
+            assert!(!dir.join(name).exists(), "{name} was not removed");
+        }
+        for name in theirs {
+            assert!(
+                dir.join(name).exists(),
+                "{name} is not ours but was removed"
+            );
+        }
+        let mut left: Vec<String> = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".cache.bin.") && n.contains(".tmp-"))
+            .collect();
+        left.sort();
+        assert!(left.is_empty(), "{left:?}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18c_after_a_load_the_revision_is_the_saved_revision() {
+    timeout(async {
+        let dir = TempDir::new("revision");
+        let path = dir.join("cache.bin");
+        let c = Counts::default();
+        let db = build(&c);
+        for i in 0..5 {
+            db.set::<Src>("a".into(), format!("v{i}")).unwrap();
+            db.set::<Src>(format!("k{i}"), "x".repeat(i)).unwrap();
+        }
+        warm(&db).await;
+        let saved = db.save_cache(&path).await.unwrap();
+        assert_eq!(saved.revision, db.revision());
+
+        let c2 = Counts::default();
+        let fresh = build(&c2);
+        let report = fresh
+            .load_cache(&path, LoadOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report.revision, saved.revision);
+        assert_eq!(fresh.revision(), saved.revision);
+        // Memos are reused (revalidated, not re-run) at that revision...
+        assert_eq!(consistent_state(&fresh).await.len(), 6);
+        assert_eq!((c2.len.take(), c2.shout.take()), (0, 0));
+        // ...and the next change is the next revision, and is seen.
+        let next = fresh.set::<Src>("a".into(), "changed".into()).unwrap();
+        assert_eq!(next.as_u64(), saved.revision.as_u64() + 1);
+        assert_eq!(fresh.query::<Len>("a".into()).await.unwrap(), 7);
+        assert_eq!((c2.len.take(), c2.shout.take()), (1, 0));
+
+        // Through a log too: the revision the last append reached.
+        db.set::<Src>("a".into(), "again".into()).unwrap();
+        warm(&db).await;
+        let appended = db.append_cache(&path).await.unwrap();
+        let again = build(&Counts::default());
+        let report = again
+            .load_cache(&path, LoadOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report.revision, appended.revision);
+        assert_eq!(again.revision(), db.revision());
+    })
+    .await
+}
+
+/// A bogus "cache" whose body never ends (a FIFO whose writer stays open):
+/// a loader that read the whole file before checking the header would hang.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18_load_checks_the_header_before_reading_the_body() {
+    timeout(async {
+        let dir = TempDir::new("header-first");
+        let path = dir.join("cache.bin");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo");
+        assert!(status.success());
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                // Not a picante header, then (as far as the reader knows) a
+                // body of any size.
+                let _ = f.write_all(&[0xAB; 4096]);
+                let _ = done_rx.recv();
+            }
+        });
+        let db = build(&Counts::default());
+        let options = LoadOptions {
+            max_bytes: u64::MAX,
+            ..LoadOptions::default()
+        };
+        let e = db.load_cache(&path, options).await.unwrap_err();
+        assert!(e.to_string().contains("not a picante cache"), "{e}");
+        assert!(db.inputs::<Src>().unwrap().is_empty());
+        done_tx.send(()).unwrap();
+        writer.join().unwrap();
+
+        // A large bogus regular file is refused as fast, from its header.
+        let big = dir.join("big.bin");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(4 << 30).unwrap(); // sparse: 4 GiB of zeros
+        drop(f);
+        let db = build(&Counts::default());
+        let options = LoadOptions {
+            max_bytes: u64::MAX,
+            ..LoadOptions::default()
+        };
+        let e = db.load_cache(&big, options).await.unwrap_err();
+        assert!(e.to_string().contains("not a picante cache"), "{e}");
+    })
+    .await
+}
+
+/// An interned kind whose ids are persisted in keys and values.
+struct Label;
+impl Interned for Label {
+    type Value = String;
+}
+
+/// Links between labels: keyed by an id, valued by ids.
+struct Links;
+impl Input for Links {
+    type Key = Id<Label>;
+    type Value = Vec<Id<Label>>;
+}
+
+/// The linked labels' texts, with the first link's id.
+struct Linked(Count);
+#[async_trait]
+impl AsyncQuery for Linked {
+    type Key = Id<Label>;
+    type Value = (Option<Id<Label>>, Vec<String>);
+    async fn execute(&self, cx: &QueryCx, key: Id<Label>) -> Result<Self::Value> {
+        self.0.hit();
+        let links = cx.input::<Links>(&key)?;
+        let mut names = Vec::new();
+        for id in &links {
+            names.push(cx.lookup::<Label>(*id)?);
+        }
+        Ok((links.first().copied(), names))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s17_interned_ids_persist_as_keys_and_values() {
+    timeout(async {
+        let dir = TempDir::new("ids");
+        let path = dir.join("cache.bin");
+        let build_ids = |c: &Count| {
+            Database::builder()
+                .persistent_interned::<Label>()
+                .persistent_input::<Links>()
+                .persistent_query(Linked(c.clone()))
+                .build()
+                .expect("Id<T> is accepted as a persistent key and value")
+        };
+        let c = Count::new();
+        let db = build_ids(&c);
+        let [a, b, z] = ["a", "b", "z"].map(|s| db.intern::<Label>(s.into()).unwrap());
+        db.set::<Links>(a, vec![b, z]).unwrap();
+        db.set::<Links>(z, vec![a]).unwrap();
+        let expected_a = db.query::<Linked>(a).await.unwrap();
+        let expected_z = db.query::<Linked>(z).await.unwrap();
+        assert_eq!(
+            expected_a,
+            (Some(b), vec!["b".to_string(), "z".to_string()])
+        );
+        db.save_cache(&path).await.unwrap();
+
+        let c2 = Count::new();
+        let fresh = build_ids(&c2);
+        let report = fresh
+            .load_cache(&path, LoadOptions::default())
+            .await
+            .unwrap();
+        assert!(
+            report.loaded && report.dropped_kinds.is_empty(),
+            "{report:?}"
+        );
+        let mut links = fresh.inputs::<Links>().unwrap();
+        links.sort();
+        assert_eq!(links, vec![(a, vec![b, z]), (z, vec![a])]);
+        assert_eq!(fresh.lookup::<Label>(z).unwrap(), "z");
+        assert_eq!(fresh.query::<Linked>(a).await.unwrap(), expected_a);
+        assert_eq!(fresh.query::<Linked>(z).await.unwrap(), expected_z);
+        assert_eq!(c2.get(), 0, "memos keyed and valued by ids are reused");
+        // Interning again finds the same ids.
+        assert_eq!(fresh.intern::<Label>("b".into()).unwrap(), b);
     })
     .await
 }

@@ -371,6 +371,43 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Removes temporary files that saves of the cache at `path` (its base or
+/// its log) left behind when they crashed. Call only while holding the
+/// cache's exclusive lock: then no save of this cache is writing one.
+/// Returns how many were removed; failures are logged, never fatal.
+pub(crate) fn remove_stale_temps(path: &Path) -> usize {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return 0;
+    };
+    let prefixes = [format!(".{name}.tmp-"), format!(".{name}.log.tmp-")];
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(n) = file_name.to_str() else {
+            continue;
+        };
+        if prefixes.iter().any(|p| n.starts_with(p.as_str())) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::debug!(file = n, error = %e, "could not remove a stale temporary file")
+                }
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(cache = %path.display(), removed, "removed temporary files left by interrupted saves");
+    }
+    removed
+}
+
 /// Appends `bytes` to the file at `path` and syncs it.
 pub(crate) fn append(path: &Path, bytes: &[u8]) -> Result<()> {
     let io =
@@ -424,14 +461,18 @@ pub(crate) struct CacheLock {
     _file: Option<File>,
 }
 
-/// Takes the lock of the cache at `path` without waiting: exclusive for a
-/// save or an append, shared for a load. Held by another process or by
-/// another database of this one: [`Error::cache_locked`].
+/// Takes the lock of the cache at `path`: exclusive for a save or an
+/// append, shared for a load. Held by another process or by another
+/// database of this one: waits up to `wait`, then [`Error::cache_locked`].
 ///
 /// A load from a directory that does not exist (there is no cache) or in
 /// which the lock file cannot be created (a read-only cache) goes ahead
 /// unlocked: nobody can be writing there through picante.
-pub(crate) fn lock_cache(path: &Path, exclusive: bool) -> Result<CacheLock> {
+pub(crate) fn lock_cache(
+    path: &Path,
+    exclusive: bool,
+    wait: std::time::Duration,
+) -> Result<CacheLock> {
     let lock = lock_path(path);
     let file = match OpenOptions::new()
         .read(true)
@@ -460,16 +501,30 @@ pub(crate) fn lock_cache(path: &Path, exclusive: bool) -> Result<CacheLock> {
             )));
         }
     };
-    let taken = if exclusive {
-        file.try_lock()
-    } else {
-        file.try_lock_shared()
-    };
-    match taken {
-        Ok(()) => Ok(CacheLock { _file: Some(file) }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::cache_locked(path)),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(Error::persist(format!("locking {}: {e}", lock.display())))
+    // Polls rather than blocking in `File::lock`, so that a holder that
+    // never lets go (or a lock inherited for a moment by a child process
+    // between fork and exec) costs at most `wait`, then a clear error.
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let taken = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match taken {
+            Ok(()) => return Ok(CacheLock { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let waited = started.elapsed();
+                if waited >= wait {
+                    return Err(Error::cache_locked(path));
+                }
+                std::thread::sleep(pause.min(wait - waited));
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::persist(format!("locking {}: {e}", lock.display())));
+            }
         }
     }
 }

@@ -139,7 +139,7 @@ pub(crate) fn save(
     path: &Path,
     snapshot: SaveSnapshot,
 ) -> Result<SaveReport> {
-    let _lock = format::lock_cache(path, true)?;
+    let _lock = format::lock_cache(path, true, view.shared.registry.cache_lock_timeout)?;
     save_locked(view, path, snapshot)
 }
 
@@ -147,6 +147,7 @@ fn save_locked(view: &Arc<ViewCore>, path: &Path, snapshot: SaveSnapshot) -> Res
     let started = std::time::Instant::now();
     let SaveSnapshot { cut, state } = snapshot;
     tracing::info!(path = %path.display(), revision = %state.revision, "saving cache");
+    format::remove_stale_temps(path);
     let sections = Sections::of(view);
     let base_id = format::new_base_id();
     let mut report = SaveReport {
@@ -341,7 +342,7 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
             path.display()
         )));
     };
-    let _lock = format::lock_cache(path, true)?;
+    let _lock = format::lock_cache(path, true, view.shared.registry.cache_lock_timeout)?;
     check_owned(path, link)?;
     view.merge_pending();
     let (entries, overflowed) = {
