@@ -1025,3 +1025,46 @@ async fn s17_interned_ids_persist_as_keys_and_values() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18c_one_database_saving_and_appending_concurrently_never_stalls_or_fails() {
+    timeout(async {
+        let dir = TempDir::new("save-and-append");
+        let path = dir.join("cache.bin");
+        let c = Counts::default();
+        // A stall (each waiting for what the other holds) would end in a
+        // lock error after this long.
+        let db = build_waiting(&c, Duration::from_secs(2));
+        db.set::<Src>("k".into(), "v0".into()).unwrap();
+        warm(&db).await;
+        db.save_cache(&path).await.unwrap();
+        for round in 1..=20 {
+            db.set::<Src>("k".into(), format!("v{round}")).unwrap();
+            db.set::<Src>(format!("k{round}"), "new".into()).unwrap();
+            warm(&db).await;
+            let (saved, appended) = tokio::join!(
+                tokio::spawn({
+                    let db = db.clone();
+                    let path = path.clone();
+                    async move { db.save_cache(&path).await }
+                }),
+                tokio::spawn({
+                    let db = db.clone();
+                    let path = path.clone();
+                    async move { db.append_cache(&path).await }
+                }),
+            );
+            saved.unwrap().unwrap();
+            appended.unwrap().unwrap();
+        }
+        let fresh = build(&Counts::default());
+        fresh
+            .load_cache(&path, LoadOptions::default())
+            .await
+            .unwrap();
+        let state = consistent_state(&fresh).await;
+        assert_eq!(state.len(), 21);
+        assert!(state.contains(&("k".to_string(), "v20".to_string())));
+    })
+    .await
+}

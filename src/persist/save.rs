@@ -335,14 +335,25 @@ fn link_after_save(
 /// database replaced the base or extended the log, nothing is written and the
 /// error says to `save_cache`.
 pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> {
-    let mut link_guard = lock(&view.shared.persist_link);
-    let Some(link) = link_guard.as_mut().filter(|l| l.path == path) else {
-        return Err(Error::persist(format!(
+    let not_linked = || {
+        Error::persist(format!(
             "{} is not this database's cache: call save_cache (or load_cache) on it first",
             path.display()
-        )));
+        ))
     };
+    if lock(&view.shared.persist_link)
+        .as_ref()
+        .is_none_or(|l| l.path != path)
+    {
+        return Err(not_linked());
+    }
+    // The file lock before the link's mutex, as in a save (which takes the
+    // mutex at its end, holding the file lock): never the other way round.
     let _lock = format::lock_cache(path, true, view.shared.registry.cache_lock_timeout)?;
+    let mut link_guard = lock(&view.shared.persist_link);
+    let Some(link) = link_guard.as_mut().filter(|l| l.path == path) else {
+        return Err(not_linked());
+    };
     check_owned(path, link)?;
     view.merge_pending();
     let (entries, overflowed) = {
