@@ -71,13 +71,14 @@ async fn run_once(dir: &Path, text: bool) -> Run {
         }
     }
     let t = Instant::now();
-    let saved = d.save_cache(&path).expect("save");
+    let saved = d.save_cache(&path).await.expect("save");
     let save = t.elapsed();
 
     let fresh = db();
     let t = Instant::now();
     let report = fresh
         .load_cache(&path, LoadOptions::default())
+        .await
         .expect("load");
     assert!(report.loaded);
     if text {
@@ -100,7 +101,7 @@ async fn run_once(dir: &Path, text: bool) -> Run {
 
     fresh.set::<Seed>(1, 2).expect("set");
     let t = Instant::now();
-    let appended = fresh.append_cache(&path).expect("append");
+    let appended = fresh.append_cache(&path).await.expect("append");
     let append = t.elapsed();
     Run {
         save,

@@ -144,7 +144,14 @@ impl Database {
     /// or whose key/value types changed are dropped (see
     /// [`LoadReport::dropped_kinds`](crate::LoadReport::dropped_kinds)).
     /// Loaded memos are revalidated before reuse, and their values decoded
-    /// the first time they are read.
+    /// the first time they are read. Reading and decoding run on tokio's
+    /// blocking pool, never on the runtime's worker threads (inline outside a
+    /// runtime); the database must not be changed until the load returns.
+    /// Holds the cache's lock shared while
+    /// reading: it waits for a save or append in progress, up to
+    /// [`DatabaseBuilder::cache_lock_timeout`](crate::DatabaseBuilder::cache_lock_timeout),
+    /// then fails with [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked)
+    /// (ignorable like any unusable file).
     ///
     /// ```
     /// use picante::{async_trait, AsyncQuery, Database, Input, LoadOptions, QueryCx};
@@ -173,23 +180,23 @@ impl Database {
     /// let first = db()?;
     /// first.set::<Source>("a.md".into(), "hello".into())?;
     /// assert_eq!(first.query::<Len>("a.md".into()).await?, 5);
-    /// first.save_cache(&path)?;
+    /// first.save_cache(&path).await?;
     ///
     /// // A later process: load, then reuse without executing.
     /// let second = db()?;
-    /// let report = second.load_cache(&path, LoadOptions::default())?;
+    /// let report = second.load_cache(&path, LoadOptions::default()).await?;
     /// assert!(report.loaded);
     /// assert_eq!(second.query::<Len>("a.md".into()).await?, 5);
     /// assert_eq!(second.stats().query("Len").unwrap().executions, 0);
     /// # std::fs::remove_dir_all(&dir).ok();
     /// # Ok(()) }
     /// ```
-    pub fn load_cache(
+    pub async fn load_cache(
         &self,
         path: impl AsRef<std::path::Path>,
         options: crate::LoadOptions,
     ) -> Result<crate::LoadReport> {
-        crate::persist::load(&self.core, path.as_ref(), &options)
+        crate::persist::load(&self.core, path.as_ref(), options).await
     }
 
     /// Appends the changes since the last save, load or append — input
@@ -199,8 +206,20 @@ impl Database {
     /// record that the next load ignores. Compact with
     /// [`save_cache`](View::save_cache), which writes a new base and drops
     /// the log.
-    pub fn append_cache(&self, path: impl AsRef<std::path::Path>) -> Result<crate::AppendReport> {
-        crate::persist::append(&self.core, path.as_ref())
+    ///
+    /// Runs on tokio's blocking pool, like [`save_cache`](View::save_cache).
+    /// Holds the cache's lock (waiting like `save_cache`, then
+    /// [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked)). Fails with
+    /// [`ErrorKind::CacheReplaced`](crate::ErrorKind::CacheReplaced), writing
+    /// nothing, if the cache on disk is no longer the one this database
+    /// saved, loaded or appended to (another database replaced the base or
+    /// extended the log): call `save_cache` then. The changes are kept for
+    /// the next append or save.
+    pub async fn append_cache(
+        &self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<crate::AppendReport> {
+        crate::persist::append(&self.core, path.as_ref()).await
     }
 }
 
@@ -381,8 +400,19 @@ impl View {
     /// this view's revision to `path`, crash-safely (a temporary file in the
     /// same directory, fsync, atomic rename). Works on a snapshot while the
     /// database moves on. Also compacts: any log beside `path` is dropped.
-    pub fn save_cache(&self, path: impl AsRef<std::path::Path>) -> Result<crate::SaveReport> {
-        crate::persist::save(&self.core, path.as_ref())
+    ///
+    /// The state is taken when the returned future is first polled; encoding
+    /// and writing (with fsync) run on tokio's blocking pool
+    /// (`spawn_blocking`), never on the runtime's worker threads, so other
+    /// tasks keep running. Outside a tokio runtime it runs inline. Once
+    /// started, the write completes even if the future is dropped.
+    ///
+    /// Holds the cache's lock (`path` + `.lock`) while writing: if another
+    /// save, append or load of it is in progress, in this process or another,
+    /// waits for it up to [`DatabaseBuilder::cache_lock_timeout`](crate::DatabaseBuilder::cache_lock_timeout),
+    /// then fails with [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked).
+    pub async fn save_cache(&self, path: impl AsRef<std::path::Path>) -> Result<crate::SaveReport> {
+        crate::persist::save(&self.core, path.as_ref()).await
     }
 
     /// Counters of query kind `Q` (summed over all views of the database).

@@ -100,6 +100,26 @@ pub enum ErrorKind {
     Cancelled,
     /// Reading, writing or decoding a persisted cache failed.
     Persist(String),
+    /// Another save, append or load of the cache at `path` held its lock
+    /// for longer than [`DatabaseBuilder::cache_lock_timeout`](crate::DatabaseBuilder::cache_lock_timeout)
+    /// (in another process, or another database of this one): each cache
+    /// file has one writer at a time (S18c). Nothing was read or written;
+    /// retry when the other operation has finished.
+    CacheLocked {
+        /// The cache file.
+        path: String,
+    },
+    /// An append found that the cache at `path` is no longer the one this
+    /// database saved, loaded or last appended to: another database
+    /// replaced its base or extended its log. Nothing was written (records
+    /// are never applied to another base's keys); call `save_cache` to
+    /// write this database's state as a new base.
+    CacheReplaced {
+        /// The cache file.
+        path: String,
+        /// What was found.
+        what: String,
+    },
     /// A broken internal invariant: please report it.
     Internal(String),
 }
@@ -169,6 +189,21 @@ impl Error {
 
     pub(crate) fn persist(what: impl fmt::Display) -> Self {
         ErrorKind::Persist(what.to_string()).into()
+    }
+
+    pub(crate) fn cache_locked(path: &std::path::Path) -> Self {
+        ErrorKind::CacheLocked {
+            path: path.display().to_string(),
+        }
+        .into()
+    }
+
+    pub(crate) fn cache_replaced(path: &std::path::Path, what: impl fmt::Display) -> Self {
+        ErrorKind::CacheReplaced {
+            path: path.display().to_string(),
+            what: what.to_string(),
+        }
+        .into()
     }
 
     pub(crate) fn panic(query: &str, key: String, payload: &(dyn std::any::Any + Send)) -> Self {
@@ -253,6 +288,16 @@ impl fmt::Display for ErrorKind {
                 f.write_str("query execution was cancelled (runtime shut down)")
             }
             ErrorKind::Persist(m) => write!(f, "persisted cache: {m}"),
+            ErrorKind::CacheLocked { path } => write!(
+                f,
+                "persisted cache {path} is locked by another process or database \
+                 (a save, append or load is in progress); retry when it has finished"
+            ),
+            ErrorKind::CacheReplaced { path, what } => write!(
+                f,
+                "persisted cache {path} was replaced or extended by another database \
+                 ({what}); nothing was appended: call save_cache to write this database's state"
+            ),
             ErrorKind::Internal(m) => write!(f, "picante internal error (please report): {m}"),
         }
     }

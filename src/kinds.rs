@@ -82,6 +82,14 @@ pub trait AsyncQuery: Send + Sync + 'static {
     /// The value type.
     type Value: Value;
 
+    /// The version of this query's code, for the persisted cache (S18b):
+    /// bump it when `execute` changes what it computes, and memos of this
+    /// kind saved under another version are dropped at load (its dependents
+    /// revalidate normally). This is what makes a declared
+    /// [`code_version`](crate::DatabaseBuilder::code_version) precise;
+    /// without one, any change of the executable drops every memo anyway.
+    const VERSION: u32 = 0;
+
     /// Computes the value for `key`. Returning `Err` (or panicking) memoizes
     /// the error for this revision.
     async fn execute(&self, cx: &QueryCx, key: Self::Key) -> Result<Self::Value>;
@@ -112,9 +120,31 @@ pub trait Interned: Send + Sync + 'static {
 /// assert_eq!(db.lookup::<Label>(a)?, "intro");
 /// # Ok::<(), picante::Error>(())
 /// ```
+///
+/// `Id<T>` implements [`facet::Facet`] (persisted as its raw `u32`), so ids
+/// can be keys and values of persistent kinds. Register `T` with
+/// `persistent_interned` too: a load restores its values at the same ids,
+/// which is what keeps persisted ids meaningful.
+#[derive(facet::Facet)]
+#[facet(opaque, proxy = u32)]
 pub struct Id<T: ?Sized> {
     raw: u32,
-    _kind: PhantomData<fn() -> T>,
+    kind: PhantomData<fn() -> T>,
+}
+
+/// The id with this raw number ([`Id::from_raw`]); how a persisted id is
+/// decoded.
+impl<T: ?Sized> From<u32> for Id<T> {
+    fn from(raw: u32) -> Self {
+        Id::from_raw(raw)
+    }
+}
+
+/// The raw number ([`Id::raw`]); how an id is persisted.
+impl<T: ?Sized> From<&Id<T>> for u32 {
+    fn from(id: &Id<T>) -> Self {
+        id.raw
+    }
 }
 
 impl<T: ?Sized> Id<T> {
@@ -123,7 +153,7 @@ impl<T: ?Sized> Id<T> {
     pub const fn from_raw(raw: u32) -> Self {
         Id {
             raw,
-            _kind: PhantomData,
+            kind: PhantomData,
         }
     }
 

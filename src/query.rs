@@ -191,6 +191,10 @@ impl<Q: AsyncQuery> PersistKind for QueryIngredient<Q> {
         self.codec.as_ref().map_or(&NO_CODEC, |c| &c.info)
     }
 
+    fn version(&self) -> u32 {
+        Q::VERSION
+    }
+
     fn encode_keys(&self, ids: &[KeyId]) -> Result<Vec<u8>> {
         self.codec
             .as_ref()

@@ -119,6 +119,10 @@ type TypeIdMap = HashMap<TypeId, u32, std::hash::BuildHasherDefault<TypeIdHasher
 pub(crate) struct Registry {
     by_type: TypeIdMap,
     ingredients: Vec<Arc<dyn Ingredient>>,
+    /// The declared application code version (S18b), if any.
+    pub(crate) code_version: Option<String>,
+    /// How long cache I/O waits for another holder of a cache's lock (S18c).
+    pub(crate) cache_lock_timeout: std::time::Duration,
 }
 
 impl Registry {
@@ -158,6 +162,9 @@ impl Registry {
     }
 }
 
+/// The default of [`DatabaseBuilder::cache_lock_timeout`].
+const DEFAULT_CACHE_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Collects ingredients; see [`Database::builder`](crate::Database::builder).
 ///
 /// ```
@@ -188,6 +195,8 @@ impl Registry {
 pub struct DatabaseBuilder {
     entries: Vec<(TypeId, &'static str, Arc<dyn Ingredient>)>,
     errors: Vec<String>,
+    code_version: Option<String>,
+    cache_lock_timeout: std::time::Duration,
 }
 
 impl DatabaseBuilder {
@@ -195,7 +204,50 @@ impl DatabaseBuilder {
         DatabaseBuilder {
             entries: Vec::new(),
             errors: Vec::new(),
+            code_version: None,
+            cache_lock_timeout: DEFAULT_CACHE_LOCK_TIMEOUT,
         }
+    }
+
+    /// How long `save_cache`, `append_cache` and `load_cache` wait for a
+    /// cache file's lock while another process (or another database of this
+    /// one) saves, appends or loads it (S18c: one writer per cache file).
+    /// After that they fail with
+    /// [`ErrorKind::CacheLocked`](crate::ErrorKind::CacheLocked). Default
+    /// 10 seconds; `Duration::ZERO` fails at once. The wait happens on
+    /// tokio's blocking pool, never on a runtime worker thread.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let db = picante::Database::builder()
+    ///     .cache_lock_timeout(Duration::from_millis(500))
+    ///     .build()?;
+    /// # Ok::<(), picante::Error>(())
+    /// ```
+    pub fn cache_lock_timeout(mut self, wait: std::time::Duration) -> Self {
+        self.cache_lock_timeout = wait;
+        self
+    }
+
+    /// Declares the version of the application's code, for the persisted
+    /// cache (S18b). By default a cache records a fingerprint of the running
+    /// executable (its size, modification time and a hash of its first and
+    /// last 64 KiB), and a load by any other build drops every memo, since
+    /// any query's code may have changed. With a declared version, memos are
+    /// kept across builds that declare the same version, and each query
+    /// kind's [`AsyncQuery::VERSION`](crate::AsyncQuery::VERSION) drops just
+    /// that kind's memos when bumped. Declare one only if you bump it (or the
+    /// kind's `VERSION`) whenever a persistent query's code changes what it
+    /// computes: a memo of the old code is otherwise served.
+    ///
+    /// ```
+    /// use picante::Database;
+    /// let db = Database::builder().code_version(env!("CARGO_PKG_VERSION")).build()?;
+    /// # Ok::<(), picante::Error>(())
+    /// ```
+    pub fn code_version(mut self, version: impl Into<String>) -> Self {
+        self.code_version = Some(version.into());
+        self
     }
 
     /// Records a registration error; `build()` will report it.
@@ -250,6 +302,8 @@ impl DatabaseBuilder {
         Ok(crate::Database::from_registry(Registry {
             by_type,
             ingredients,
+            code_version: self.code_version,
+            cache_lock_timeout: self.cache_lock_timeout,
         }))
     }
 }

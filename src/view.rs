@@ -461,8 +461,13 @@ pub(crate) struct Change {
 impl ViewCore {
     /// Installs tables loaded from a cache as revision `revision` of a fresh
     /// database. Every loaded memo is walked once before reuse.
-    pub(crate) fn install_loaded(&self, revision: Revision, tables: Vec<(u32, Table)>) {
+    /// Installs a loaded cache, unless the view was written to since it was
+    /// fresh (then returns `false` and changes nothing).
+    pub(crate) fn install_loaded(&self, revision: Revision, tables: Vec<(u32, Table)>) -> bool {
         let _writer = lock(&self.writer);
+        if self.state.load().revision != Revision::FIRST {
+            return false;
+        }
         self.state.rcu(|latest| {
             let mut next = State::clone(latest);
             next.revision = revision;
@@ -475,6 +480,7 @@ impl ViewCore {
             next
         });
         self.merged_len.store(0, Ordering::Relaxed);
+        true
     }
 }
 

@@ -387,7 +387,7 @@ async fn s17_round_trip_reuses_memos() {
     assert_eq!(hello.raw(), 0);
     let before = observe(&db1).await;
     assert!(!c1.take().is_empty());
-    let saved = db1.save_cache(&path).unwrap();
+    let saved = db1.save_cache(&path).await.unwrap();
     assert_eq!(saved.revision, db1.revision());
     assert_eq!(saved.inputs, TEXTS.len());
     assert_eq!(saved.skipped_memos, 0);
@@ -399,7 +399,7 @@ async fn s17_round_trip_reuses_memos() {
 
     let c2 = Counts::default();
     let db2 = build(&c2);
-    let report = db2.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db2.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.found && report.loaded, "{report:?}");
     assert!(report.ignored_error.is_none());
     assert_eq!(report.inputs, TEXTS.len());
@@ -411,7 +411,11 @@ async fn s17_round_trip_reuses_memos() {
     assert!(!report.torn_tail);
     assert_eq!(report.bytes, saved.bytes);
     assert_eq!(report.revision, db2.revision());
-    assert!(db2.revision() > db1.revision());
+    assert_eq!(
+        db2.revision(),
+        db1.revision(),
+        "S18c: the saved revision exactly"
+    );
 
     // Inputs and interned ids are restored exactly.
     assert_eq!(sorted_inputs::<Src>(&db2), sorted_inputs::<Src>(&db1));
@@ -512,7 +516,7 @@ async fn s17_non_persistent_kinds_stay_in_memory_and_their_dependents_rerun_afte
             ("wrap", 1)
         ]
     );
-    let saved = db1.save_cache(&path).unwrap();
+    let saved = db1.save_cache(&path).await.unwrap();
     // Flagged x2 (reads Flag) and AfterMem (reads Mem) are not saved; Mem
     // is not a persistent kind at all.
     assert_eq!(saved.skipped_memos, 3, "{saved:?}");
@@ -523,7 +527,7 @@ async fn s17_non_persistent_kinds_stay_in_memory_and_their_dependents_rerun_afte
 
     let c2 = Counts::default();
     let db2 = build(&c2);
-    let report = db2.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db2.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.loaded);
     assert_eq!(report.memos, 5);
     // Neither the in-memory input nor the in-memory interned kind was saved.
@@ -585,7 +589,7 @@ async fn s17_save_from_a_snapshot_while_the_database_moves_on() {
     let saver = {
         let snap = snap.clone();
         let path = path.clone();
-        tokio::task::spawn_blocking(move || snap.save_cache(&path))
+        tokio::spawn(async move { snap.save_cache(&path).await })
     };
     for i in 0..20 {
         db1.set::<Src>("f0".into(), format!("moved on {i}"))
@@ -602,7 +606,7 @@ async fn s17_save_from_a_snapshot_while_the_database_moves_on() {
     // The file holds the snapshot's revision state.
     let c2 = Counts::default();
     let db2 = build(&c2);
-    db2.load_cache(&path, LoadOptions::default()).unwrap();
+    db2.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert_eq!(sorted_inputs::<Src>(&db2), snap_inputs);
     // Interned values are shared by all views, so the file may hold labels
     // the database interned after the snapshot; the snapshot's are a prefix.
@@ -613,13 +617,13 @@ async fn s17_save_from_a_snapshot_while_the_database_moves_on() {
     // The database appends what happened since the snapshot to that file.
     let latest = observe(&db1).await;
     let latest_inputs = sorted_inputs::<Src>(&db1);
-    let appended = db1.append_cache(&path).unwrap();
+    let appended = db1.append_cache(&path).await.unwrap();
     assert!(!appended.full_save);
     assert!(appended.inputs >= 21, "{appended:?}");
     assert_eq!(appended.revision, db1.revision());
     let c3 = Counts::default();
     let db3 = build(&c3);
-    let report = db3.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db3.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.log_records > 0);
     assert_eq!(sorted_inputs::<Src>(&db3), latest_inputs);
     assert_eq!(observe(&db3).await, latest);
@@ -636,12 +640,12 @@ async fn s17_save_from_a_snapshot_includes_the_memos_it_reads_from_the_database(
     set_all(&db1, &[("f1", "ab")]);
     assert!(db1.query::<Parity>("f1".into()).await.unwrap());
     let snap = db1.snapshot();
-    let saved = snap.save_cache(&path).unwrap();
+    let saved = snap.save_cache(&path).await.unwrap();
     assert_eq!(saved.memos, 2, "{saved:?}");
 
     let c2 = Counts::default();
     let db2 = build(&c2);
-    db2.load_cache(&path, LoadOptions::default()).unwrap();
+    db2.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(db2.query::<Parity>("f1".into()).await.unwrap());
     assert_eq!(c2.take(), vec![]);
 }
@@ -653,28 +657,30 @@ async fn s17_save_from_a_forked_snapshot_does_not_link_the_database() {
     let db1 = build(&Counts::default());
     set_all(&db1, TEXTS);
     let _ = observe(&db1).await;
-    db1.save_cache(&path).unwrap();
+    db1.save_cache(&path).await.unwrap();
     let fork = db1.snapshot();
     fork.set::<Src>("f0".into(), "forked".into()).unwrap();
     assert!(fork.is_forked());
     let expected = observe(&fork).await;
-    fork.save_cache(&fork_path).unwrap();
+    fork.save_cache(&fork_path).await.unwrap();
 
     let c2 = Counts::default();
     let db2 = build(&c2);
-    db2.load_cache(&fork_path, LoadOptions::default()).unwrap();
+    db2.load_cache(&fork_path, LoadOptions::default())
+        .await
+        .unwrap();
     assert_eq!(db2.input::<Src>(&"f0".into()).unwrap(), "forked");
     assert_eq!(observe(&db2).await, expected);
     assert_eq!(c2.take(), vec![]);
 
     // The database is still linked to its own file, not the fork's.
-    assert!(db1.append_cache(&fork_path).is_err());
+    assert!(db1.append_cache(&fork_path).await.is_err());
     db1.set::<Src>("f1".into(), "xyz".into()).unwrap();
     let latest = observe(&db1).await;
-    db1.append_cache(&path).unwrap();
+    db1.append_cache(&path).await.unwrap();
     let c3 = Counts::default();
     let db3 = build(&c3);
-    db3.load_cache(&path, LoadOptions::default()).unwrap();
+    db3.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert_eq!(db3.input::<Src>(&"f0".into()).unwrap(), "a");
     assert_eq!(observe(&db3).await, latest);
     assert_eq!(c3.take(), vec![]);
@@ -693,13 +699,13 @@ async fn s17_error_memos_are_not_saved_and_retry_after_load() {
     // A missing input: an error memo, propagated to Parity and Shout.
     assert!(db1.query::<Shout>("f9".into()).await.is_err());
     c1.take();
-    let saved = db1.save_cache(&path).unwrap();
+    let saved = db1.save_cache(&path).await.unwrap();
     assert_eq!(saved.memos, 1, "{saved:?}");
     assert_eq!(saved.skipped_memos, 4, "{saved:?}");
 
     let c2 = Counts::default();
     let db2 = build(&c2);
-    let report = db2.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db2.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert_eq!(report.memos, 1);
     assert_eq!(db2.query::<Fails>("f1".into()).await.unwrap(), 4);
     assert_eq!(c2.take(), vec![]);
@@ -846,7 +852,7 @@ async fn save_v1(path: &Path) -> SaveReport {
     assert_eq!(db.query::<Twice32>("n0".into()).await.unwrap(), 14);
     assert_eq!(db.query::<Twice32>("n1".into()).await.unwrap(), 16);
     assert_eq!(db.query::<Extra>("f0".into()).await.unwrap(), 111);
-    let saved = db.save_cache(path).unwrap();
+    let saved = db.save_cache(path).await.unwrap();
     assert_eq!(saved.memos, 7);
     assert_eq!(saved.inputs, 4);
     saved
@@ -879,7 +885,7 @@ async fn s18_changed_types_drop_the_kind_and_keep_the_others() {
         .persistent_query_as(Twice64(twice.clone()), "twice")
         .build()
         .unwrap();
-    let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.loaded, "{report:?}");
     assert_eq!(
         dropped_names(&report),
@@ -929,7 +935,7 @@ async fn s18_changed_types_drop_the_kind_and_keep_the_others() {
         .persistent_query_as(PageQ3(page.clone()), "page")
         .build()
         .unwrap();
-    let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert_eq!(
         dropped_names(&report),
         vec!["Extra", "num", "page", "twice"],
@@ -958,7 +964,7 @@ async fn s18_kinds_are_matched_by_their_stable_name() {
         .persistent_query_as(PageQ1Renamed(page.clone()), "page")
         .build()
         .unwrap();
-    let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.loaded);
     // Len (default name) is not registered here: dropped, and reported.
     assert_eq!(
@@ -982,7 +988,7 @@ async fn s18_kinds_are_matched_by_their_stable_name() {
         .persistent_query_as(PageQ1(page.clone()), "page-v2")
         .build()
         .unwrap();
-    let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.loaded);
     assert!(dropped_names(&report).contains(&"page".to_string()));
     assert_eq!(
@@ -999,7 +1005,7 @@ async fn s18_an_unknown_kind_in_the_file_is_dropped_and_reported() {
     save_v1(&path).await;
     // A program that registers none of the file's kinds still loads it.
     let db = build(&Counts::default());
-    let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.loaded);
     assert_eq!(
         dropped_names(&report),
@@ -1025,14 +1031,14 @@ async fn s18_a_leftover_temporary_file_does_not_affect_load() {
     // A crash before the first save completed: only a temporary file.
     std::fs::write(dir.join(".c.bin.tmp-4242-deadbeef"), b"half a cache").unwrap();
     let db = build(&Counts::default());
-    let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(!report.found && !report.loaded);
 
     let c1 = Counts::default();
     let db1 = build(&c1);
     set_all(&db1, TEXTS);
     let expected = observe(&db1).await;
-    db1.save_cache(&path).unwrap();
+    db1.save_cache(&path).await.unwrap();
 
     // A crash during a later save: the new contents sit in a temporary file
     // that was never renamed over the target (one complete, one garbage).
@@ -1040,7 +1046,7 @@ async fn s18_a_leftover_temporary_file_does_not_affect_load() {
     let db_other = build(&Counts::default());
     set_all(&db_other, &[("f0", "something else entirely")]);
     let _ = observe(&db_other).await;
-    db_other.save_cache(&other).unwrap();
+    db_other.save_cache(&other).await.unwrap();
     std::fs::copy(&other, dir.join(".c.bin.tmp-4242-0123abcd")).unwrap();
     let mut garbage = std::fs::read(&other).unwrap();
     garbage.truncate(garbage.len() / 2);
@@ -1048,7 +1054,7 @@ async fn s18_a_leftover_temporary_file_does_not_affect_load() {
 
     let c2 = Counts::default();
     let db2 = build(&c2);
-    let report = db2.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db2.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.loaded);
     assert_eq!(sorted_inputs::<Src>(&db2), sorted_inputs::<Src>(&db1));
     assert_eq!(observe(&db2).await, expected);
@@ -1057,10 +1063,10 @@ async fn s18_a_leftover_temporary_file_does_not_affect_load() {
     // Saving over the leftovers still works.
     db2.set::<Src>("f0".into(), "zzz".into()).unwrap();
     let expected = observe(&db2).await;
-    db2.save_cache(&path).unwrap();
+    db2.save_cache(&path).await.unwrap();
     let c3 = Counts::default();
     let db3 = build(&c3);
-    db3.load_cache(&path, LoadOptions::default()).unwrap();
+    db3.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert_eq!(observe(&db3).await, expected);
     assert_eq!(c3.take(), vec![]);
 }
@@ -1072,13 +1078,13 @@ async fn base_and_two_appends(path: &Path) -> (Database, Vec<String>) {
     let db = build(&Counts::default());
     set_all(&db, TEXTS);
     let _ = observe(&db).await;
-    db.save_cache(path).unwrap();
+    db.save_cache(path).await.unwrap();
     db.set::<Src>("f0".into(), "changed once".into()).unwrap();
     let after_first = observe(&db).await;
-    let a1 = db.append_cache(path).unwrap();
+    let a1 = db.append_cache(path).await.unwrap();
     assert!(a1.inputs == 1 && a1.memos > 0, "{a1:?}");
     db.set::<Src>("f1".into(), "zz".into()).unwrap();
-    let a2 = db.append_cache(path).unwrap();
+    let a2 = db.append_cache(path).await.unwrap();
     assert_eq!((a2.inputs, a2.memos, a2.interned), (1, 0, 0), "{a2:?}");
     (db, after_first)
 }
@@ -1093,7 +1099,7 @@ async fn s18_a_torn_log_tail_is_ignored_and_earlier_records_apply() {
     // The untouched log, for reference.
     let c = Counts::default();
     let db = build(&c);
-    let full = db.load_cache(&path, LoadOptions::default()).unwrap();
+    let full = db.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(!full.torn_tail);
     assert_eq!(sorted_inputs::<Src>(&db), sorted_inputs::<Src>(&db1));
 
@@ -1103,7 +1109,7 @@ async fn s18_a_torn_log_tail_is_ignored_and_earlier_records_apply() {
         std::fs::write(log_of(&path), &log[..log.len() - cut]).unwrap();
         let c = Counts::default();
         let db = build(&c);
-        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
         assert!(report.loaded && report.torn_tail, "{report:?}");
         // The torn record is not counted (nor, possibly, the rest of its
         // append); the first append's records all are.
@@ -1123,7 +1129,7 @@ async fn s18_a_torn_log_tail_is_ignored_and_earlier_records_apply() {
     std::fs::write(log_of(&path), &torn).unwrap();
     let c = Counts::default();
     let db = build(&c);
-    let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.loaded && report.torn_tail, "{report:?}");
     assert_eq!(report.log_records, full.log_records);
     assert_eq!(sorted_inputs::<Src>(&db), sorted_inputs::<Src>(&db1));
@@ -1138,10 +1144,10 @@ async fn s18_a_torn_log_tail_is_ignored_and_earlier_records_apply() {
     // The next append cuts the torn tail before writing.
     db.set::<Src>("f2".into(), "after the tear".into()).unwrap();
     let expected = observe(&db).await;
-    db.append_cache(&path).unwrap();
+    db.append_cache(&path).await.unwrap();
     let c = Counts::default();
     let db = build(&c);
-    let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.loaded && !report.torn_tail, "{report:?}");
     assert_eq!(observe(&db).await, expected);
     assert_eq!(c.take(), vec![]);
@@ -1158,10 +1164,10 @@ async fn s18_a_torn_append_never_leaves_memos_naming_unknown_interned_ids() {
     let db1 = build(&Counts::default());
     set_all(&db1, &[("f0", "one")]);
     db1.query::<Words>("f0".into()).await.unwrap();
-    db1.save_cache(&path).unwrap();
+    db1.save_cache(&path).await.unwrap();
     db1.set::<Src>("f1".into(), "two three".into()).unwrap();
     db1.query::<Words>("f1".into()).await.unwrap();
-    let appended = db1.append_cache(&path).unwrap();
+    let appended = db1.append_cache(&path).await.unwrap();
     assert_eq!((appended.memos, appended.interned), (1, 2), "{appended:?}");
     // Tear the last record (the interned values).
     let log = std::fs::read(log_of(&path)).unwrap();
@@ -1169,7 +1175,7 @@ async fn s18_a_torn_append_never_leaves_memos_naming_unknown_interned_ids() {
 
     let c2 = Counts::default();
     let db2 = build(&c2);
-    let report = db2.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db2.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.loaded && report.torn_tail, "{report:?}");
     // The torn append is dropped whole (its input change included), so the
     // application re-sets what it knows, as after any crash.
@@ -1194,24 +1200,24 @@ async fn s18_a_log_of_an_older_base_is_ignored() {
     let db1 = build(&c1);
     set_all(&db1, TEXTS);
     let _ = observe(&db1).await;
-    db1.save_cache(&path).unwrap();
+    db1.save_cache(&path).await.unwrap();
     db1.set::<Src>("f0".into(), "from the old log".into())
         .unwrap();
     let _ = observe(&db1).await;
-    db1.append_cache(&path).unwrap();
+    db1.append_cache(&path).await.unwrap();
     let old_log = std::fs::read(log_of(&path)).unwrap();
 
     db1.set::<Src>("f0".into(), "in the new base".into())
         .unwrap();
     let expected = observe(&db1).await;
-    db1.save_cache(&path).unwrap();
+    db1.save_cache(&path).await.unwrap();
     assert!(!log_of(&path).exists(), "a full save removes the old log");
     // A crash between writing the new base and removing the old log.
     std::fs::write(log_of(&path), &old_log).unwrap();
 
     let c2 = Counts::default();
     let db2 = build(&c2);
-    let report = db2.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db2.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.loaded);
     assert_eq!(report.log_records, 0, "{report:?}");
     assert_eq!(db2.input::<Src>(&"f0".into()).unwrap(), "in the new base");
@@ -1221,10 +1227,10 @@ async fn s18_a_log_of_an_older_base_is_ignored() {
     // Appending from this database replaces the stale log.
     db2.set::<Src>("f1".into(), "after".into()).unwrap();
     let expected = observe(&db2).await;
-    db2.append_cache(&path).unwrap();
+    db2.append_cache(&path).await.unwrap();
     let c3 = Counts::default();
     let db3 = build(&c3);
-    let report = db3.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db3.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.log_records > 0);
     assert_eq!(observe(&db3).await, expected);
     assert_eq!(c3.take(), vec![]);
@@ -1241,7 +1247,7 @@ async fn s17_log_replays_keys_and_interned_values_created_after_the_base() {
     let db1 = build(&c1);
     set_all(&db1, &[("f0", "one two")]);
     let _ = observe(&db1).await;
-    db1.save_cache(&path).unwrap();
+    db1.save_cache(&path).await.unwrap();
     let base_labels = labels(&db1).len();
 
     // New input keys, new query keys (Words, Upper, a new Total key) and new
@@ -1250,7 +1256,7 @@ async fn s17_log_replays_keys_and_interned_values_created_after_the_base() {
     db1.set::<Src>("g2".into(), "two five".into()).unwrap();
     let direct = db1.intern::<Label>("six".into()).unwrap();
     let expected = observe(&db1).await;
-    let appended = db1.append_cache(&path).unwrap();
+    let appended = db1.append_cache(&path).await.unwrap();
     assert_eq!(appended.inputs, 2, "{appended:?}");
     assert_eq!(appended.interned, 4, "{appended:?}");
     assert!(appended.memos > 0);
@@ -1259,7 +1265,7 @@ async fn s17_log_replays_keys_and_interned_values_created_after_the_base() {
 
     let c2 = Counts::default();
     let db2 = build(&c2);
-    let report = db2.load_cache(&path, LoadOptions::default()).unwrap();
+    let report = db2.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert!(report.log_records > 0);
     assert_eq!(report.interned, all_labels.len());
     assert_eq!(labels(&db2), all_labels);
@@ -1282,15 +1288,15 @@ async fn s17_log_appends_memos_computed_at_the_revision_of_the_last_save() {
     let path = dir.join("c.bin");
     let db1 = build(&Counts::default());
     set_all(&db1, &[("f0", "abc")]);
-    db1.save_cache(&path).unwrap();
+    db1.save_cache(&path).await.unwrap();
     // Computed after the save, at the saved revision.
     assert_eq!(db1.query::<Len>("f0".into()).await.unwrap(), 3);
-    let appended = db1.append_cache(&path).unwrap();
+    let appended = db1.append_cache(&path).await.unwrap();
     assert_eq!(appended.memos, 1, "{appended:?}");
 
     let c2 = Counts::default();
     let db2 = build(&c2);
-    db2.load_cache(&path, LoadOptions::default()).unwrap();
+    db2.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert_eq!(db2.query::<Len>("f0".into()).await.unwrap(), 3);
     assert_eq!(c2.take(), vec![]);
 }
@@ -1303,17 +1309,17 @@ async fn s17_log_appends_memos_computed_after_an_append_without_changes() {
     let path = dir.join("c.bin");
     let db1 = build(&Counts::default());
     set_all(&db1, &[("f0", "abc")]);
-    db1.save_cache(&path).unwrap();
+    db1.save_cache(&path).await.unwrap();
     db1.set::<Src>("f1".into(), "de".into()).unwrap();
-    db1.append_cache(&path).unwrap();
+    db1.append_cache(&path).await.unwrap();
     // Computed after the append, at the revision it reached.
     assert_eq!(db1.query::<Len>("f1".into()).await.unwrap(), 2);
-    let appended = db1.append_cache(&path).unwrap();
+    let appended = db1.append_cache(&path).await.unwrap();
     assert_eq!(appended.memos, 1, "{appended:?}");
 
     let c2 = Counts::default();
     let db2 = build(&c2);
-    db2.load_cache(&path, LoadOptions::default()).unwrap();
+    db2.load_cache(&path, LoadOptions::default()).await.unwrap();
     assert_eq!(db2.query::<Len>("f1".into()).await.unwrap(), 2);
     assert_eq!(c2.take(), vec![]);
 }
@@ -1330,7 +1336,7 @@ struct Observed {
 async fn load_and_observe(path: &Path) -> (Database, Observed) {
     let c = Counts::default();
     let db = build(&c);
-    let report = db.load_cache(path, LoadOptions::default()).unwrap();
+    let report = db.load_cache(path, LoadOptions::default()).await.unwrap();
     assert!(report.loaded && !report.torn_tail, "{report:?}");
     let results = observe(&db).await;
     let observed = Observed {
@@ -1395,7 +1401,7 @@ async fn log_equals_full_save(initial: Vec<(u8, u8)>, ops: Vec<Op>, bump: bool) 
         db.set::<Src>(format!("f{k}"), text(*t, *k)).unwrap();
     }
     let _ = observe(&db).await;
-    db.save_cache(&path).unwrap();
+    db.save_cache(&path).await.unwrap();
     let mut tick = false;
     let mut bump_revision = || {
         if bump {
@@ -1423,18 +1429,18 @@ async fn log_equals_full_save(initial: Vec<(u8, u8)>, ops: Vec<Op>, bump: bool) 
                 let _ = db.query::<Fails>(k).await;
             }
             Op::Append => {
-                db.append_cache(&path).unwrap();
+                db.append_cache(&path).await.unwrap();
                 appends += 1;
                 bump_revision();
             }
         }
     }
     let expected = observe(&db).await;
-    let appended = db.append_cache(&path).unwrap();
+    let appended = db.append_cache(&path).await.unwrap();
     assert!(!appended.full_save);
     appends += 1;
     // A full save of the same point, elsewhere.
-    db.save_cache(&full_path).unwrap();
+    db.save_cache(&full_path).await.unwrap();
 
     let (db_log, from_log) = load_and_observe(&path).await;
     let (_db_full, from_full) = load_and_observe(&full_path).await;
@@ -1445,7 +1451,7 @@ async fn log_equals_full_save(initial: Vec<(u8, u8)>, ops: Vec<Op>, bump: bool) 
     assert_eq!(from_log, from_full, "after {appends} appends");
 
     // Compaction: the loaded database writes a new base; the log goes.
-    db_log.save_cache(&path).unwrap();
+    db_log.save_cache(&path).await.unwrap();
     assert!(!log_of(&path).exists());
     let (_db_c, compacted) = load_and_observe(&path).await;
     assert_eq!(compacted, from_full);
@@ -1520,13 +1526,16 @@ async fn s18_load_into_a_database_that_is_not_fresh_is_an_error() {
     let db1 = build(&Counts::default());
     set_all(&db1, TEXTS);
     let _ = observe(&db1).await;
-    db1.save_cache(&path).unwrap();
+    db1.save_cache(&path).await.unwrap();
 
     // Something set.
     let db = build(&Counts::default());
     db.set::<Src>("mine".into(), "x".into()).unwrap();
     let revision = db.revision();
-    let e = db.load_cache(&path, LoadOptions::default()).unwrap_err();
+    let e = db
+        .load_cache(&path, LoadOptions::default())
+        .await
+        .unwrap_err();
     assert_persist_error(&e);
     assert!(e.to_string().contains("fresh"), "{e}");
     assert_eq!(db.revision(), revision);
@@ -1538,14 +1547,14 @@ async fn s18_load_into_a_database_that_is_not_fresh_is_an_error() {
     // Something interned in a persistent kind.
     let db = build(&Counts::default());
     db.intern::<Label>("mine".into()).unwrap();
-    assert!(db.load_cache(&path, LoadOptions::default()).is_err());
+    assert!(db.load_cache(&path, LoadOptions::default()).await.is_err());
     assert_eq!(labels(&db), vec!["mine".to_string()]);
 
     // Loaded once already.
     let db = build(&Counts::default());
-    db.load_cache(&path, LoadOptions::default()).unwrap();
+    db.load_cache(&path, LoadOptions::default()).await.unwrap();
     let revision = db.revision();
-    assert!(db.load_cache(&path, LoadOptions::default()).is_err());
+    assert!(db.load_cache(&path, LoadOptions::default()).await.is_err());
     assert_eq!(db.revision(), revision);
     assert_eq!(sorted_inputs::<Src>(&db), sorted_inputs::<Src>(&db1));
 }
@@ -1558,7 +1567,7 @@ async fn s18_a_missing_file_is_no_cache() {
         let c = Counts::default();
         let db = build(&c);
         let revision = db.revision();
-        let report = db.load_cache(&path, options).unwrap();
+        let report = db.load_cache(&path, options).await.unwrap();
         assert!(!report.found && !report.loaded, "{report:?}");
         assert!(report.ignored_error.is_none());
         assert_eq!(report.revision, revision);
@@ -1572,6 +1581,7 @@ async fn s18_a_missing_file_is_no_cache() {
     let db = build(&Counts::default());
     let report = db
         .load_cache(dir.join("no/such/dir/c.bin"), LoadOptions::default())
+        .await
         .unwrap();
     assert!(!report.found);
 }
@@ -1586,10 +1596,10 @@ async fn s18_unusable_files_fail_or_are_ignored_and_leave_the_database_unchanged
     let db1 = build(&Counts::default());
     set_all(&db1, TEXTS);
     let _ = observe(&db1).await;
-    db1.save_cache(&valid).unwrap();
+    db1.save_cache(&valid).await.unwrap();
     db1.set::<Src>("f0".into(), "logged".into()).unwrap();
     let expected_logged = observe(&db1).await;
-    db1.append_cache(&valid).unwrap();
+    db1.append_cache(&valid).await.unwrap();
     let base = std::fs::read(&valid).unwrap();
     let log = std::fs::read(log_of(&valid)).unwrap();
 
@@ -1665,7 +1675,7 @@ async fn s18_unusable_files_fail_or_are_ignored_and_leave_the_database_unchanged
         let db = build(&c);
         let revision = db.revision();
 
-        let e = db.load_cache(&path, options.clone()).unwrap_err();
+        let e = db.load_cache(&path, options.clone()).await.unwrap_err();
         assert_persist_error(&e);
         assert_untouched(&db, revision);
 
@@ -1673,7 +1683,7 @@ async fn s18_unusable_files_fail_or_are_ignored_and_leave_the_database_unchanged
             on_error: OnError::Ignore,
             ..options
         };
-        let report = db.load_cache(&path, ignoring).unwrap();
+        let report = db.load_cache(&path, ignoring).await.unwrap();
         assert!(!report.loaded, "{name}: {report:?}");
         if name != "too large" {
             // (For a base file over the limit, see
@@ -1688,7 +1698,7 @@ async fn s18_unusable_files_fail_or_are_ignored_and_leave_the_database_unchanged
         // Still a working, fresh database: a valid file loads into it.
         std::fs::write(&path, &base).unwrap();
         std::fs::write(log_of(&path), &log).unwrap();
-        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
         assert!(report.loaded, "{name}");
         assert_eq!(observe(&db).await, expected_logged, "{name}");
         assert_eq!(c.take(), vec![], "{name}");
@@ -1697,8 +1707,8 @@ async fn s18_unusable_files_fail_or_are_ignored_and_leave_the_database_unchanged
 
 /// `LoadReport::found` is "a cache file existed at the path", but a base
 /// file over `max_bytes` is refused before `found` is set.
-#[test]
-fn s18_a_file_over_the_size_limit_is_reported_as_found() {
+#[tokio::test]
+async fn s18_a_file_over_the_size_limit_is_reported_as_found() {
     let dir = TempDir::new("too-large");
     let path = dir.join("c.bin");
     std::fs::write(&path, vec![0u8; 100]).unwrap();
@@ -1707,7 +1717,7 @@ fn s18_a_file_over_the_size_limit_is_reported_as_found() {
         max_bytes: 10,
         on_error: OnError::Ignore,
     };
-    let report = db.load_cache(&path, options).unwrap();
+    let report = db.load_cache(&path, options).await.unwrap();
     assert!(report.ignored_error.is_some(), "{report:?}");
     assert!(report.found, "{report:?}");
 }

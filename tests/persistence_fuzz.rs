@@ -332,7 +332,7 @@ async fn make_fixture() -> Fixture {
     }
     db.intern::<Label>("first".into()).unwrap();
     observe(&db, &c).await;
-    db.save_cache(&path).unwrap();
+    db.save_cache(&path).await.unwrap();
     // Three appends: changed values, a new key, a removed key, new labels.
     // Each follows a change, so every memo computed is appended.
     let steps: [&[(&str, Option<&str>)]; 3] = [
@@ -348,7 +348,7 @@ async fn make_fixture() -> Fixture {
             };
         }
         observe(&db, &c).await;
-        db.append_cache(&path).unwrap();
+        db.append_cache(&path).await.unwrap();
     }
     let base = std::fs::read(&path).unwrap();
     let log = std::fs::read(log_of(&path)).unwrap();
@@ -370,7 +370,7 @@ async fn make_fixture() -> Fixture {
         write_cache(&path, &base, Some(&log[..cut]));
         let c = Counts::default();
         let db = build(&c);
-        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
         assert!(report.loaded, "{report:?}");
         // A cut between the records of one append may count as torn (it
         // does not today; see the torn-append test in tests/persistence.rs).
@@ -424,7 +424,7 @@ async fn check(
     let db = build(&c);
     let revision = db.revision();
 
-    let loaded = db.load_cache(&path, LoadOptions::default());
+    let loaded = db.load_cache(&path, LoadOptions::default()).await;
     match (loaded, expect) {
         (Err(e), Expect::TruncatedLog(len)) if len >= HEADER_LEN => {
             return Err(TestCaseError::fail(format!(
@@ -439,6 +439,7 @@ async fn check(
             // Ignoring the error: same outcome, reported.
             let report = db
                 .load_cache(&path, LoadOptions::ignore_errors())
+                .await
                 .map_err(|e| TestCaseError::fail(format!("ignoring failed: {e}")))?;
             prop_assert!(report.found && !report.loaded, "{report:?}");
             let ignored = report.ignored_error.as_ref().map(|e| e.to_string());
@@ -455,6 +456,7 @@ async fn check(
             write_cache(&path, &f.base, Some(&f.log));
             let report = db
                 .load_cache(&path, LoadOptions::default())
+                .await
                 .map_err(|e| TestCaseError::fail(format!("valid load after a failed one: {e}")))?;
             prop_assert!(report.loaded && !report.torn_tail, "{report:?}");
             let observed = observe(&db, &c).await;
@@ -804,13 +806,14 @@ async fn check_crafted(
     let c = Counts::default();
     let db = build(&c);
     let revision = db.revision();
-    match db.load_cache(&path, LoadOptions::default()) {
+    match db.load_cache(&path, LoadOptions::default()).await {
         Err(e) => {
             prop_assert!(matches!(e.kind(), ErrorKind::Persist(_)), "{e:?}");
             untouched(&db, revision).map_err(TestCaseError::fail)?;
             write_cache(&path, &f.base, Some(&f.log));
             let report = db
                 .load_cache(&path, LoadOptions::default())
+                .await
                 .map_err(|e| TestCaseError::fail(format!("valid load after a failed one: {e}")))?;
             prop_assert!(report.loaded);
             prop_assert_eq!(&observe(&db, &c).await, f.full());
@@ -933,7 +936,7 @@ fn s18_a_memo_value_that_does_not_decode_is_recomputed() {
     let c = Counts::default();
     let db = build(&c);
     h.rt.block_on(async {
-        let report = db.load_cache(&path, LoadOptions::default()).unwrap();
+        let report = db.load_cache(&path, LoadOptions::default()).await.unwrap();
         assert!(report.loaded);
         assert_eq!(
             db.query::<Upper>("f4".into())

@@ -694,14 +694,14 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
                 }
             });
             let start = Instant::now();
-            let saved = d.save_cache(&ppath).expect("save");
+            let saved = rt.block_on(d.save_cache(&ppath)).expect("save");
             let save = ms(start.elapsed());
             drop(d);
             let fresh = pic::persist_db();
             let c0 = counts();
             let start = Instant::now();
-            let report = fresh
-                .load_cache(&ppath, picante::LoadOptions::default())
+            let report = rt
+                .block_on(fresh.load_cache(&ppath, picante::LoadOptions::default()))
                 .expect("load");
             let first = rt.block_on(fresh.query::<pic::Item>(N / 2)).expect("item");
             let load = ms(start.elapsed());

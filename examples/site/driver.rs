@@ -491,9 +491,11 @@ impl Cache {
     /// file is not an error: the build starts cold, and the next save
     /// replaces it. Returns the report and one line saying how the build
     /// starts.
-    pub fn load(&mut self, db: &Database) -> Result<(LoadReport, String)> {
+    pub async fn load(&mut self, db: &Database) -> Result<(LoadReport, String)> {
         let start = Instant::now();
-        let report = db.load_cache(&self.path, LoadOptions::ignore_errors())?;
+        let report = db
+            .load_cache(&self.path, LoadOptions::ignore_errors())
+            .await?;
         let path = self.path.display();
         self.linked = report.loaded;
         self.appends = 0;
@@ -536,9 +538,9 @@ impl Cache {
     }
 
     /// Saves the whole database as a new base; the log is dropped.
-    pub fn save(&mut self, db: &Database) -> Result<(SaveReport, String)> {
+    pub async fn save(&mut self, db: &Database) -> Result<(SaveReport, String)> {
         let start = Instant::now();
-        let report = db.save_cache(&self.path)?;
+        let report = db.save_cache(&self.path).await?;
         (self.linked, self.log_bytes, self.appends) = (true, 0, 0);
         let line = format!(
             "cache: saved {} and {} to {} ({}, {})",
@@ -553,9 +555,9 @@ impl Cache {
 
     /// Appends what changed since the last load, save or append to the log.
     /// The database must be linked to the file (see [`Cache::update`]).
-    pub fn append(&mut self, db: &Database) -> Result<(AppendReport, String)> {
+    pub async fn append(&mut self, db: &Database) -> Result<(AppendReport, String)> {
         let start = Instant::now();
-        let report = db.append_cache(&self.path)?;
+        let report = db.append_cache(&self.path).await?;
         let line = if report.full_save {
             (self.log_bytes, self.appends) = (0, 0);
             format!(
@@ -583,19 +585,19 @@ impl Cache {
     /// After a build: appends to the log, or saves in full if the database
     /// is not linked to the file yet (a cold start) or the log has grown past
     /// [`COMPACT_AFTER`].
-    pub fn update(&mut self, db: &Database) -> Result<String> {
+    pub async fn update(&mut self, db: &Database) -> Result<String> {
         if !self.linked {
-            return Ok(self.save(db)?.1);
+            return Ok(self.save(db).await?.1);
         }
         if self.log_bytes > COMPACT_AFTER {
             let log = self.log_bytes;
-            let (_, line) = self.save(db)?;
+            let (_, line) = self.save(db).await?;
             return Ok(format!(
                 "cache: the log reached {}: compacted into a new base\n  {line}",
                 size(log)
             ));
         }
-        Ok(self.append(db)?.1)
+        Ok(self.append(db).await?.1)
     }
 }
 

@@ -222,7 +222,7 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     check("SiteIndex executions", s.delta.executed("SiteIndex"), 1)?;
     check("files written", s.build.written.len() as u64, n + 1)?;
     let mut cache = Cache::new(cache_path.clone());
-    let (saved, line) = cache.save(&db)?;
+    let (saved, line) = cache.save(&db).await?;
     println!("  {line}");
     // Every memo is saved: none failed, and every kind is persistent.
     check("memos saved", saved.memos as u64, s.delta.total_executed())?;
@@ -239,7 +239,7 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     let start = Instant::now();
     let db = queries::database()?;
     let mut cache = Cache::new(cache_path.clone());
-    let (loaded, line) = cache.load(&db)?;
+    let (loaded, line) = cache.load(&db).await?;
     let load_time = start.elapsed();
     println!("  {line}");
     check("memos loaded", loaded.memos as u64, saved.memos as u64)?;
@@ -264,7 +264,7 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     let s = step(&db, &mut scanner, &mut output, false, || Ok(())).await?;
     check("executions", s.delta.total_executed(), 0)?;
     check("files written", s.build.written.len() as u64, 0)?;
-    append(&db, &mut cache, &s)?;
+    append(&db, &mut cache, &s).await?;
 
     // 4a. Body edit.
     heading(&format!("4a. Edit the body of {POST}"));
@@ -280,7 +280,7 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     check("RenderPage executions", s.delta.executed("RenderPage"), 1)?;
     check("SiteIndex executions", s.delta.executed("SiteIndex"), 0)?;
     check_list("files written", &s.build.written, &["blog/market-day.html"])?;
-    append(&db, &mut cache, &s)?;
+    append(&db, &mut cache, &s).await?;
 
     // 4b. Title edit.
     heading(&format!("4b. Edit the title of {POST}"));
@@ -305,7 +305,7 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
         &s.build.written,
         &["blog/market-day.html", "index.html"],
     )?;
-    append(&db, &mut cache, &s)?;
+    append(&db, &mut cache, &s).await?;
 
     // 5. Partial edit.
     heading(&format!("5. Edit the partial {PARTIAL}"));
@@ -344,7 +344,7 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     {
         println!("  Why did RenderPage({first:?}) run? {}", info.reason);
     }
-    append(&db, &mut cache, &s)?;
+    append(&db, &mut cache, &s).await?;
 
     // 6. Whitespace-only edit.
     heading(&format!("6. Whitespace-only edit of {PAGE}"));
@@ -358,7 +358,7 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     check("ParsePage cutoffs", s.delta.cut_off("ParsePage"), 1)?;
     check("RenderPage executions", s.delta.executed("RenderPage"), 0)?;
     check("files written", s.build.written.len() as u64, 0)?;
-    append(&db, &mut cache, &s)?;
+    append(&db, &mut cache, &s).await?;
 
     // 7. Undo, compact.
     heading("7. Undo the three edits, then compact the cache");
@@ -389,9 +389,9 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     written.push("index.html".to_string());
     written.sort();
     check_list("files written", &s.build.written, &written)?;
-    append(&db, &mut cache, &s)?;
+    append(&db, &mut cache, &s).await?;
     let (log, appends) = cache.log();
-    let (compacted, line) = cache.save(&db)?;
+    let (compacted, line) = cache.save(&db).await?;
     println!(
         "  compacted the log ({}, {}) into a new base:",
         driver::plural(appends, "append"),
@@ -422,7 +422,7 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
 async fn warm_start(src: &Path, out: &Path, cache_path: &Path) -> Result<()> {
     let db = queries::database()?;
     let mut cache = Cache::new(cache_path.to_path_buf());
-    let (loaded, line) = cache.load(&db)?;
+    let (loaded, line) = cache.load(&db).await?;
     println!("  {line}");
     if !loaded.loaded {
         println!("  This run builds cold below and leaves a cache; run the example again");
@@ -494,8 +494,8 @@ async fn step(
 
 /// Appends the step's changes to the cache's log, and checks that they are
 /// exactly the inputs that changed and the memos that executed.
-fn append(db: &Database, cache: &mut Cache, s: &Step) -> Result<()> {
-    let (report, line) = cache.append(db)?;
+async fn append(db: &Database, cache: &mut Cache, s: &Step) -> Result<()> {
+    let (report, line) = cache.append(db).await?;
     println!("  {line}");
     check(
         "inputs appended",
@@ -518,7 +518,7 @@ async fn build_site(src: &Path, out: PathBuf, cache: Option<PathBuf>, watch: boo
     let db = queries::database()?;
     let mut cache = cache.map(Cache::new);
     match &mut cache {
-        Some(cache) => println!("{}", cache.load(&db)?.1),
+        Some(cache) => println!("{}", cache.load(&db).await?.1),
         None => println!("cold start: --no-cache"),
     }
     let mut scanner = Scanner::new(src)?;
@@ -539,7 +539,7 @@ async fn build_site(src: &Path, out: PathBuf, cache: Option<PathBuf>, watch: boo
     print_failures(&build);
     // A warm start that found nothing to do has nothing to append.
     if sync.new_revision || delta.total_executed() > 0 {
-        update_cache(&db, &mut cache);
+        update_cache(&db, &mut cache).await;
     } else if cache.is_some() {
         println!("  cache: up to date");
     }
@@ -555,9 +555,9 @@ async fn build_site(src: &Path, out: PathBuf, cache: Option<PathBuf>, watch: boo
 
 /// Saves or appends to the cache. A cache that cannot be written is not
 /// worth failing a build for: say so and go on without it.
-fn update_cache(db: &Database, cache: &mut Option<Cache>) {
+async fn update_cache(db: &Database, cache: &mut Option<Cache>) {
     let Some(c) = cache else { return };
-    match c.update(db) {
+    match c.update(db).await {
         Ok(line) => println!("  {line}"),
         Err(e) => {
             eprintln!("  warning: cannot write the cache, going on without it: {e}");
@@ -665,13 +665,13 @@ async fn watch_site(
             println!("    … and {} more", build.written.len() - 10);
         }
         print_failures(&build);
-        update_cache(db, cache);
+        update_cache(db, cache).await;
     }
     // Leave a compact cache behind: the log folded into a new base.
     if let Some(c) = cache
         && c.log().1 > 0
     {
-        let (_, line) = c.save(db)?;
+        let (_, line) = c.save(db).await?;
         println!();
         println!("  {line}");
     }

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 pub(crate) const MAGIC: [u8; 8] = *b"PICANTE\0";
-pub(crate) const VERSION: u32 = 1;
+/// 2: the code version in `META` and each kind's version in `SECTION` (S18b).
+pub(crate) const VERSION: u32 = 2;
 pub(crate) const HEADER_LEN: usize = 32;
 const RECORD_OVERHEAD: usize = 1 + 4 + 8;
 
@@ -140,6 +141,11 @@ impl<'a> Records<'a> {
             bytes,
             pos: HEADER_LEN,
         }
+    }
+
+    /// Reads the records of `bytes` from `pos` on.
+    pub(crate) fn at(bytes: &'a [u8], pos: usize) -> Self {
+        Records { bytes, pos }
     }
 
     pub(crate) fn position(&self) -> usize {
@@ -365,6 +371,43 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Removes temporary files that saves of the cache at `path` (its base or
+/// its log) left behind when they crashed. Call only while holding the
+/// cache's exclusive lock: then no save of this cache is writing one.
+/// Returns how many were removed; failures are logged, never fatal.
+pub(crate) fn remove_stale_temps(path: &Path) -> usize {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return 0;
+    };
+    let prefixes = [format!(".{name}.tmp-"), format!(".{name}.log.tmp-")];
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(n) = file_name.to_str() else {
+            continue;
+        };
+        if prefixes.iter().any(|p| n.starts_with(p.as_str())) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::debug!(file = n, error = %e, "could not remove a stale temporary file")
+                }
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(cache = %path.display(), removed, "removed temporary files left by interrupted saves");
+    }
+    removed
+}
+
 /// Appends `bytes` to the file at `path` and syncs it.
 pub(crate) fn append(path: &Path, bytes: &[u8]) -> Result<()> {
     let io =
@@ -391,9 +434,115 @@ fn nanos() -> u64 {
         .unwrap_or(0)
 }
 
-/// A random-enough id for a new base file (pairs it with its log).
+/// A random id for a new base file (pairs it with its log): the time, the
+/// process, a per-process counter and std's per-process random hasher keys,
+/// so two databases saving in the same instant still differ.
 pub(crate) fn new_base_id() -> u64 {
-    checksum(&[&nanos().to_le_bytes(), &std::process::id().to_le_bytes()]) | 1
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::hash::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u64(nanos());
+    h.write_u32(std::process::id());
+    h.finish() | 1
+}
+
+/// The lock file beside the cache at `path` (`path` + `.lock`). It is never
+/// removed (removing a lock file races with the next holder).
+pub(crate) fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// An advisory lock on one cache (S18c), released when dropped.
+pub(crate) struct CacheLock {
+    _file: Option<File>,
+}
+
+/// Takes the lock of the cache at `path`: exclusive for a save or an
+/// append, shared for a load. Held by another process or by another
+/// database of this one: waits up to `wait`, then [`Error::cache_locked`].
+///
+/// A load from a directory that does not exist (there is no cache) or in
+/// which the lock file cannot be created (a read-only cache) goes ahead
+/// unlocked: nobody can be writing there through picante.
+pub(crate) fn lock_cache(
+    path: &Path,
+    exclusive: bool,
+    wait: std::time::Duration,
+) -> Result<CacheLock> {
+    let lock = lock_path(path);
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+    {
+        Ok(f) => f,
+        Err(e)
+            if !exclusive
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+        {
+            tracing::debug!(lock = %lock.display(), error = %e, "loading without a cache lock");
+            return Ok(CacheLock { _file: None });
+        }
+        Err(e) => {
+            return Err(Error::persist(format!(
+                "opening the lock file {}: {e}",
+                lock.display()
+            )));
+        }
+    };
+    // Polls rather than blocking in `File::lock`, so that a holder that
+    // never lets go (or a lock inherited for a moment by a child process
+    // between fork and exec) costs at most `wait`, then a clear error.
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let taken = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match taken {
+            Ok(()) => return Ok(CacheLock { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let waited = started.elapsed();
+                if waited >= wait {
+                    return Err(Error::cache_locked(path));
+                }
+                std::thread::sleep(pause.min(wait - waited));
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::persist(format!("locking {}: {e}", lock.display())));
+            }
+        }
+    }
+}
+
+/// Reads up to `len` bytes at `offset` of the file at `path` (fewer if the
+/// file ends first); `None` if the file does not exist.
+pub(crate) fn read_at(path: &Path, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| Error::persist(format!("reading {}: {e}", path.display()));
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    f.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let mut out = Vec::new();
+    f.take(len as u64).read_to_end(&mut out).map_err(io)?;
+    Ok(Some(out))
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ enum Section<'a> {
         index: u32,
         kind: IngredientKind,
         stage: Box<dyn Stage + 'a>,
+        /// Its memos are dropped: its code version changed (S18b).
+        stale: bool,
     },
     /// Unknown name or changed types: skipped.
     Dropped,
@@ -51,27 +53,58 @@ struct Image<'a> {
     memos: Vec<Vec<ParsedMemo>>,
     base_id: u64,
     log_len: u64,
+    log_tail: [u8; 8],
+    /// Every memo is dropped: the cache was written by other code (S18b).
+    code_changed: bool,
 }
 
-/// Reads a cache file; `Ok(None)` if it does not exist. Sets `found` as soon
-/// as the file is known to exist (even if it is then refused).
-fn read_file(path: &Path, max: u64, found: &mut bool) -> Result<Option<Vec<u8>>> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
+/// Reads a cache file of `kind`; `Ok(None)` if it does not exist. Sets
+/// `found` as soon as the file is known to exist (even if it is then
+/// refused). The header is read and checked first: a file that is not a
+/// picante cache of that kind (or is over `max` bytes) is refused without
+/// reading its body, and no more than the file's size is ever read or
+/// allocated.
+fn read_file(path: &Path, kind: FileKind, max: u64, found: &mut bool) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let io = |e: std::io::Error| Error::persist(format!("reading {}: {e}", path.display()));
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::persist(format!("reading {}: {e}", path.display()))),
+        Err(e) => return Err(io(e)),
     };
     *found = true;
-    if meta.len() > max {
+    let len = file.metadata().map_err(io)?.len();
+    if len > max {
         return Err(Error::persist(format!(
-            "{} is {} bytes, more than the {max}-byte limit",
+            "{} is {len} bytes, more than the {max}-byte limit",
             path.display(),
-            meta.len()
         )));
     }
-    std::fs::read(path)
-        .map(Some)
-        .map_err(|e| Error::persist(format!("reading {}: {e}", path.display())))
+    let mut file = file.take(len.max(format::HEADER_LEN as u64));
+    let mut bytes = vec![0u8; format::HEADER_LEN];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    bytes.truncate(filled);
+    let (found_kind, _) = format::read_header(&bytes)?;
+    if found_kind != kind {
+        return Err(Error::persist(match kind {
+            FileKind::Base => "expected a cache base file, found a log",
+            FileKind::Log => "expected a cache log file",
+        }));
+    }
+    // The body: at most what the size said (a file growing meanwhile is
+    // read as it was; one shrinking is caught by the record checks).
+    let body = usize::try_from(len).map_err(|_| Error::persist("cache file too large"))?;
+    bytes.reserve_exact(body.saturating_sub(bytes.len()));
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok(Some(bytes))
 }
 
 /// Loads the cache at `path` into the fresh database `view`.
@@ -91,14 +124,25 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
         ));
     }
     let mut report = LoadReport::default();
+    let started = std::time::Instant::now();
+    tracing::info!(path = %path.display(), "loading cache");
     let outcome = (|| {
-        let Some(base) = read_file(path, options.max_bytes, &mut report.found)? else {
+        // Shared: loads may overlap, but not with a save or an append (S18c),
+        // so the base and its log are read as one consistent pair.
+        let _lock = format::lock_cache(path, false, view.shared.registry.cache_lock_timeout)?;
+        let Some(base) = read_file(path, FileKind::Base, options.max_bytes, &mut report.found)?
+        else {
             return Ok(None);
         };
         report.bytes = base.len() as u64;
         let base: Arc<[u8]> = base.into();
         let mut image = parse_base(view, &base, &mut report)?;
-        let log = read_file(&format::log_path(path), options.max_bytes, &mut false)?;
+        let log = read_file(
+            &format::log_path(path),
+            FileKind::Log,
+            options.max_bytes,
+            &mut false,
+        )?;
         let log: Option<Arc<[u8]>> = log.map(Into::into);
         if let Some(log) = &log {
             report.bytes += log.len() as u64;
@@ -111,7 +155,19 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
             report.revision = view.state.load().revision;
             Ok(report)
         }
-        Ok(Some((image, base, log))) => install(view, path, image, &base, log.as_ref(), report),
+        Ok(Some((image, base, log))) => {
+            let report = install(view, path, image, &base, log.as_ref(), report)?;
+            tracing::info!(
+                path = %path.display(),
+                bytes = report.bytes,
+                inputs = report.inputs,
+                memos = report.memos,
+                dropped_memos = report.dropped_memos,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "cache loaded"
+            );
+            Ok(report)
+        }
         Err(e) => match options.on_error {
             OnError::Fail => Err(e),
             OnError::Ignore => {
@@ -136,6 +192,9 @@ fn checked_revision(r: Revision) -> Result<Revision> {
     Ok(r)
 }
 
+/// The `seen` of an edge that must never match (its target was not loaded).
+const NEVER_SEEN: Revision = Revision::from_u64(u64::MAX);
+
 /// Far beyond any real history (a million revisions a second for 100 000
 /// years), far below overflow.
 const MAX_REVISION: u64 = 1 << 62;
@@ -151,6 +210,8 @@ fn parse_base<'a>(view: &'a ViewCore, bytes: &[u8], report: &mut LoadReport) -> 
         memos: Vec::new(),
         base_id,
         log_len: 0,
+        log_tail: [0; 8],
+        code_changed: false,
     };
     let mut records = Records::new(bytes);
     let mut count = 0u64;
@@ -170,6 +231,13 @@ fn parse_base<'a>(view: &'a ViewCore, bytes: &[u8], report: &mut LoadReport) -> 
                 let mut d = Dec::new(&record);
                 image.revision = checked_revision(Revision::from_u64(d.var()?))?;
                 declared_sections = d.len(1 << 20)?;
+                let cached = d.str()?;
+                let now = super::code::code_version(view.shared.registry.code_version.as_deref());
+                if let Some(why) = super::code::mismatch(cached, &now) {
+                    tracing::info!(reason = %why, "cached memos dropped");
+                    image.code_changed = true;
+                    report.code_changed = Some(why);
+                }
                 meta_seen = true;
             }
             tag::SECTION => {
@@ -220,6 +288,10 @@ fn parse_section<'a>(
     let kind_byte = d.u8()?;
     let fingerprint = d.u64()?;
     let description = d.str()?;
+    let version = d.u32()?;
+    if !d.is_empty() {
+        return Err(Error::persist("trailing bytes in a record (corrupt file)"));
+    }
     let found = view.shared.registry.iter().find_map(|(index, ing)| {
         let p = ing.persist()?;
         (p.codec_name() == name).then_some((index, ing, p))
@@ -247,10 +319,24 @@ fn parse_section<'a>(
         ));
         return Ok(Section::Dropped);
     }
+    let stale = version != p.version();
+    if stale {
+        tracing::info!(
+            kind = name,
+            cached = version,
+            now = p.version(),
+            "query kind's code version changed; its cached memos are dropped"
+        );
+        report.stale_kinds.push(format!(
+            "{name}: version {version} in the cache, {} now",
+            p.version()
+        ));
+    }
     Ok(Section::Live {
         index,
         kind: ing.kind(),
         stage: p.stage(),
+        stale,
     })
 }
 
@@ -422,6 +508,9 @@ fn parse_log(bytes: &[u8], image: &mut Image<'_>, report: &mut LoadReport) -> Re
         report.torn_tail = true;
     }
     image.log_len = valid as u64;
+    if let Some(tail) = bytes[..valid].last_chunk::<8>() {
+        image.log_tail = *tail;
+    }
     Ok(())
 }
 
@@ -444,6 +533,17 @@ fn install(
         .collect();
     let mut memos: Vec<Vec<ParsedMemo>> = std::mem::take(&mut image.memos);
     for (s, list) in memos.iter_mut().enumerate() {
+        // Memos of code that changed are dropped (S18b); their keys stay,
+        // so dependents in other kinds still resolve and revalidate.
+        let stale = image.code_changed
+            || matches!(
+                image.sections.get(s),
+                Some(Section::Live { stale: true, .. })
+            );
+        if stale {
+            report.dropped_memos += list.len();
+            list.clear();
+        }
         let before = list.len();
         let resolvable = |k: usize, section: usize| {
             key_counts
@@ -476,6 +576,44 @@ fn install(
             });
         }
     }
+    // A memo that read a query whose memo is not loaded (dropped for its
+    // code version or a dropped dependency, an error, not persistable) must
+    // not be served on the strength of that edge: the query re-runs at the
+    // loaded revision, and its new `changed_at` could equal the one the
+    // edge saw in the process that saved it. Such edges never match, so the
+    // dependent re-verifies by re-running (and cutoff spares its parents).
+    let loaded: Vec<Option<Vec<bool>>> = image
+        .sections
+        .iter()
+        .enumerate()
+        .map(|(s, section)| match section {
+            Section::Live {
+                kind: IngredientKind::Query,
+                stage,
+                ..
+            } => {
+                let mut has = vec![false; stage.key_count()];
+                for m in memos.get(s).into_iter().flatten() {
+                    if let Some(slot) = has.get_mut(m.file_key) {
+                        *slot = true;
+                    }
+                }
+                Some(has)
+            }
+            _ => None,
+        })
+        .collect();
+    for m in memos.iter_mut().flatten() {
+        for e in &mut m.deps {
+            let missing = loaded
+                .get(e.dep.ingredient as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|has| !has.get(e.dep.key as usize).copied().unwrap_or(false));
+            if missing {
+                e.seen = NEVER_SEEN;
+            }
+        }
+    }
     // From here on, nothing can fail on the file's account.
     let mut key_ids = Vec::with_capacity(image.sections.len());
     for section in &mut image.sections {
@@ -492,9 +630,19 @@ fn install(
             Section::Dropped => None,
         })
         .collect();
+    // The database resumes at the saved revision exactly. Loaded memos count
+    // as verified before it at most, so each is revalidated (its edges
+    // walked) before it is first served: a memo may have read one whose
+    // code changed (S18b), and the durability shortcut cannot vouch for
+    // them either (every `last_changed` is set to the loaded revision).
+    let revision = image.revision;
+    let before = Revision::from_u64(revision.as_u64().saturating_sub(1));
     let mut tables = Vec::new();
     for (s, section) in image.sections.iter_mut().enumerate() {
-        let Section::Live { index, kind, stage } = section else {
+        let Section::Live {
+            index, kind, stage, ..
+        } = section
+        else {
             continue;
         };
         match kind {
@@ -542,9 +690,9 @@ fn install(
                             durability: m.durability,
                             executed_at: m.executed_at,
                             reason: Reason::New,
-                            verified_main: AtomicU64::new(m.verified_at.as_u64()),
+                            verified_main: AtomicU64::new(m.verified_at.min(before).as_u64()),
                         },
-                        verified_at: m.verified_at,
+                        verified_at: m.verified_at.min(before),
                         bytes,
                         value: m.value,
                     });
@@ -555,8 +703,11 @@ fn install(
             }
         }
     }
-    let revision = image.revision.next();
-    view.install_loaded(revision, tables);
+    if !view.install_loaded(revision, tables) {
+        return Err(Error::persist(
+            "the database was changed while load_cache ran; nothing was loaded",
+        ));
+    }
     report.loaded = true;
     report.revision = revision;
 
@@ -575,6 +726,7 @@ fn install(
                 index,
                 kind: IngredientKind::Interned,
                 stage,
+                ..
             } => Some((*index, stage.interned_count() as u32)),
             _ => None,
         })
@@ -587,7 +739,7 @@ fn install(
         loaded_keys,
         interned,
         log_len: image.log_len,
+        log_tail: image.log_tail,
     });
-    tracing::debug!(path = %path.display(), memos = report.memos, inputs = report.inputs, "cache loaded");
     Ok(report)
 }

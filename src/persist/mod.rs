@@ -2,6 +2,7 @@
 //! kinds registered as persistent to a file, loading them into a fresh
 //! database, and appending later changes to a log beside it.
 //!
+//! - `code.rs`: code versions (S18b): the program's fingerprint.
 //! - `format.rs`: framing, checksums, crash-safe writes.
 //! - `schema.rs`: facet shapes → fingerprints; refuses types facet-postcard
 //!   cannot round-trip.
@@ -11,6 +12,7 @@
 //!
 //! Memo values are decoded lazily, the first time they are read.
 
+pub(crate) mod code;
 mod codec;
 mod format;
 mod load;
@@ -22,9 +24,57 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::view::ViewCore;
 pub(crate) use codec::{Codec, CodecInfo, KIND_INPUT, KIND_INTERNED, KIND_QUERY, NO_CODEC};
-pub(crate) use load::load;
-pub(crate) use save::{append, save};
+
+/// Runs blocking cache I/O off the runtime's worker threads
+/// (`spawn_blocking`); inline when called outside a tokio runtime. The work
+/// runs to completion even if the caller's future is dropped (a save then
+/// still leaves the old file or the new one).
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return work();
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "<non-string panic payload>".to_string());
+            Err(Error::internal(format!("cache I/O panicked: {message}")))
+        }
+        Err(_) => Err(Error::from(crate::error::ErrorKind::Cancelled)),
+    }
+}
+
+/// [`View::save_cache`](crate::View::save_cache): takes the state now, writes
+/// it off the runtime.
+pub(crate) async fn save(view: &Arc<ViewCore>, path: &std::path::Path) -> Result<SaveReport> {
+    let snapshot = save::snapshot_for_save(view);
+    let (view, path) = (view.clone(), path.to_path_buf());
+    off_runtime(move || save::save(&view, &path, snapshot)).await
+}
+
+/// [`Database::append_cache`](crate::Database::append_cache), off the runtime.
+pub(crate) async fn append(view: &Arc<ViewCore>, path: &std::path::Path) -> Result<AppendReport> {
+    let (view, path) = (view.clone(), path.to_path_buf());
+    off_runtime(move || save::append(&view, &path)).await
+}
+
+/// [`Database::load_cache`](crate::Database::load_cache), off the runtime.
+pub(crate) async fn load(
+    view: &Arc<ViewCore>,
+    path: &std::path::Path,
+    options: LoadOptions,
+) -> Result<LoadReport> {
+    let (view, path) = (view.clone(), path.to_path_buf());
+    off_runtime(move || load::load(&view, &path, &options)).await
+}
 
 use crate::error::{Error, Result};
 use crate::revision::Revision;
@@ -90,8 +140,21 @@ pub struct LoadReport {
     /// Kinds in the file that were not loaded, as `"name: reason"` (unknown
     /// name, or key/value types changed).
     pub dropped_kinds: Vec<String>,
-    /// Memos not loaded because a dependency belongs to a dropped kind.
+    /// Memos not loaded: a dependency belongs to a dropped kind, or the
+    /// code that computed them changed (see `code_changed` and
+    /// `stale_kinds`).
     pub dropped_memos: usize,
+    /// Why every memo was dropped, if it was (S18b): the cache was written
+    /// by another build of the program (by default, a fingerprint of the
+    /// executable) or under another declared
+    /// [`code_version`](crate::DatabaseBuilder::code_version). Inputs and
+    /// interned values were still loaded; memos re-run or revalidate.
+    pub code_changed: Option<String>,
+    /// Query kinds whose memos were dropped because their
+    /// [`AsyncQuery::VERSION`](crate::AsyncQuery::VERSION) changed, as
+    /// `"name: version a in the cache, b now"`. Their dependents were loaded
+    /// and revalidate normally.
+    pub stale_kinds: Vec<String>,
     /// Records replayed from the log.
     pub log_records: usize,
     /// The log ended in an incomplete record (a crash during an append),
@@ -149,6 +212,10 @@ pub(crate) trait PersistKind: Send + Sync {
     }
     fn description(&self) -> &str {
         &self.info().description
+    }
+    /// Queries: the kind's code version ([`AsyncQuery::VERSION`](crate::AsyncQuery::VERSION)).
+    fn version(&self) -> u32 {
+        0
     }
     /// Encodes the keys with these ids, as one blob.
     fn encode_keys(&self, ids: &[KeyId]) -> Result<Vec<u8>>;
@@ -263,6 +330,10 @@ pub(crate) struct Link {
     pub interned: HashMap<u32, u32>,
     /// Length of the log's valid prefix (0: no log yet).
     pub log_len: u64,
+    /// The last 8 bytes of that prefix (the checksum of the last `COMMIT`
+    /// record): an append checks them on disk, so it never extends a log
+    /// another database wrote (S18c).
+    pub log_tail: [u8; 8],
 }
 
 /// Input changes and executions of persistent kinds since the last save or

@@ -113,13 +113,41 @@ fn encode_memo(
     e.bytes(value);
 }
 
-/// Writes a full base file for `view`'s current state.
-pub(crate) fn save(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
+/// What a save writes: `view`'s state at the moment the save was asked
+/// for, and where the journal stood then.
+pub(crate) struct SaveSnapshot {
+    cut: u64,
+    state: Arc<State>,
+}
+
+/// Takes the state a save will write (cheap: pointer clones), so the save
+/// is of the revision current when it was asked for, however long the
+/// writing takes and whatever the database does meanwhile.
+pub(crate) fn snapshot_for_save(view: &ViewCore) -> SaveSnapshot {
     view.merge_pending();
     // Journal entries from before this point are covered by the state we
     // are about to read (if at or before its revision).
     let cut = lock(&view.shared.journal).end();
     let state = view.state.load_full();
+    SaveSnapshot { cut, state }
+}
+
+/// Writes a full base file for `snapshot`, holding the cache's lock
+/// (S18c). Blocking: run off the runtime's worker threads.
+pub(crate) fn save(
+    view: &Arc<ViewCore>,
+    path: &Path,
+    snapshot: SaveSnapshot,
+) -> Result<SaveReport> {
+    let _lock = format::lock_cache(path, true, view.shared.registry.cache_lock_timeout)?;
+    save_locked(view, path, snapshot)
+}
+
+fn save_locked(view: &Arc<ViewCore>, path: &Path, snapshot: SaveSnapshot) -> Result<SaveReport> {
+    let started = std::time::Instant::now();
+    let SaveSnapshot { cut, state } = snapshot;
+    tracing::info!(path = %path.display(), revision = %state.revision, "saving cache");
+    format::remove_stale_temps(path);
     let sections = Sections::of(view);
     let base_id = format::new_base_id();
     let mut report = SaveReport {
@@ -140,6 +168,12 @@ pub(crate) fn save(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
     // Inputs, memos and interned values first (they register keys), keys
     // after; the loader accepts any order of records.
     for (s, (index, ing, kind)) in sections.list.iter().enumerate() {
+        tracing::debug!(
+            kind = kind.codec_name(),
+            section = s,
+            of = sections.list.len(),
+            "saving kind"
+        );
         match ing.kind() {
             IngredientKind::Input => {
                 let (slots, blob) = kind.encode_inputs(table(*index)?, None)?;
@@ -213,9 +247,11 @@ pub(crate) fn save(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
     }
 
     let mut out = format::header(FileKind::Base, base_id).to_vec();
+    let code = super::code::code_version(view.shared.registry.code_version.as_deref());
     let mut e = Enc::default();
     e.var(state.revision.as_u64())
-        .var(sections.list.len() as u64);
+        .var(sections.list.len() as u64)
+        .str(&code);
     format::push_record(&mut out, tag::META, &e.buf)?;
     for (s, (_, ing, kind)) in sections.list.iter().enumerate() {
         let mut e = Enc::default();
@@ -223,7 +259,8 @@ pub(crate) fn save(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
             .str(kind.codec_name())
             .u8(ing.kind() as u8)
             .u64(kind.fingerprint())
-            .str(kind.description());
+            .str(kind.description())
+            .var(u64::from(kind.version()));
         format::push_record(&mut out, tag::SECTION, &e.buf)?;
     }
     records += 1 + sections.list.len();
@@ -252,7 +289,14 @@ pub(crate) fn save(view: &Arc<ViewCore>, path: &Path) -> Result<SaveReport> {
         );
         lock(&view.shared.journal).saved(cut, state.revision);
     }
-    tracing::debug!(path = %path.display(), bytes = report.bytes, memos = report.memos, "cache saved");
+    tracing::info!(
+        path = %path.display(),
+        bytes = report.bytes,
+        inputs = report.inputs,
+        memos = report.memos,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "cache saved"
+    );
     Ok(report)
 }
 
@@ -278,20 +322,39 @@ fn link_after_save(
         loaded_keys: HashMap::new(),
         interned,
         log_len: 0,
+        log_tail: [0; 8],
     });
 }
 
 /// Appends the changes since the last save/append/load to the log beside
 /// `path`, as one atomic unit (ended by a `COMMIT` record). Falls back to a
 /// full save if the journal overflowed.
+///
+/// Holds the cache's lock, and first checks that the files on disk are still
+/// the ones this database saved, loaded or appended to (S18c): if another
+/// database replaced the base or extended the log, nothing is written and the
+/// error says to `save_cache`.
 pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> {
-    let mut link_guard = lock(&view.shared.persist_link);
-    let Some(link) = link_guard.as_mut().filter(|l| l.path == path) else {
-        return Err(Error::persist(format!(
+    let not_linked = || {
+        Error::persist(format!(
             "{} is not this database's cache: call save_cache (or load_cache) on it first",
             path.display()
-        )));
+        ))
     };
+    if lock(&view.shared.persist_link)
+        .as_ref()
+        .is_none_or(|l| l.path != path)
+    {
+        return Err(not_linked());
+    }
+    // The file lock before the link's mutex, as in a save (which takes the
+    // mutex at its end, holding the file lock): never the other way round.
+    let _lock = format::lock_cache(path, true, view.shared.registry.cache_lock_timeout)?;
+    let mut link_guard = lock(&view.shared.persist_link);
+    let Some(link) = link_guard.as_mut().filter(|l| l.path == path) else {
+        return Err(not_linked());
+    };
+    check_owned(path, link)?;
     view.merge_pending();
     let (entries, overflowed) = {
         let mut journal = lock(&view.shared.journal);
@@ -299,7 +362,7 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
     };
     if overflowed {
         drop(link_guard);
-        let saved = save(view, path)?;
+        let saved = save_locked(view, path, snapshot_for_save(view))?;
         return Ok(AppendReport {
             revision: saved.revision,
             bytes: saved.bytes,
@@ -318,6 +381,77 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
             Err(e)
         }
     }
+}
+
+/// Checks that the base at `path` is the one `link` names and that its log
+/// holds exactly what this database knows of (plus, at most, an uncommitted
+/// torn tail): otherwise another database wrote the cache since, and records
+/// of this one would name keys by the wrong numbers.
+fn check_owned(path: &Path, link: &Link) -> Result<()> {
+    let replaced = |what: &str| Err(Error::cache_replaced(path, what));
+    let Some(head) = format::read_at(path, 0, format::HEADER_LEN)? else {
+        return replaced("the base file is gone");
+    };
+    match format::read_header(&head) {
+        Ok((FileKind::Base, id)) if id == link.base_id => {}
+        Ok(_) => return replaced("the base file was written by another database"),
+        Err(_) => return replaced("the base file is no longer a picante cache"),
+    }
+    let log = format::log_path(path);
+    let on_disk = match std::fs::metadata(&log) {
+        Ok(m) => Some(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::persist(format!("reading {}: {e}", log.display()))),
+    };
+    let Some(len) = on_disk else {
+        return if link.log_len == 0 {
+            Ok(())
+        } else {
+            replaced("its log was removed")
+        };
+    };
+    let head = format::read_at(&log, 0, format::HEADER_LEN)?.unwrap_or_default();
+    let ours = matches!(format::read_header(&head), Ok((FileKind::Log, id)) if id == link.base_id);
+    if link.log_len == 0 {
+        // A log of another base is a leftover (it is replaced); a log of this
+        // base that holds a committed append was written by a database that
+        // loaded this base.
+        if ours && committed_after(&log, format::HEADER_LEN as u64, len)? {
+            return replaced("another database appended to its log");
+        }
+        return Ok(());
+    }
+    if !ours {
+        return replaced("its log was replaced");
+    }
+    if len < link.log_len {
+        return replaced("its log is shorter than this database wrote");
+    }
+    let tail = format::read_at(&log, link.log_len - 8, 8)?.unwrap_or_default();
+    if tail[..] != link.log_tail[..] {
+        return replaced("its log was rewritten");
+    }
+    if committed_after(&log, link.log_len, len)? {
+        return replaced("another database appended to its log");
+    }
+    Ok(())
+}
+
+/// Whether the log's bytes `from..len` hold a complete, committed append.
+fn committed_after(log: &Path, from: u64, len: u64) -> Result<bool> {
+    if len <= from {
+        return Ok(false);
+    }
+    let bytes = format::read_at(log, from, (len - from) as usize)?.unwrap_or_default();
+    let mut records = format::Records::at(&bytes, 0);
+    while let Some(next) = records.next_record() {
+        match next {
+            Ok(record) if record.tag == tag::COMMIT => return Ok(true),
+            Ok(_) => {}
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(false)
 }
 
 fn write_append(
@@ -443,6 +577,9 @@ fn write_append(
         format::append(&log, &out)?;
     }
     link.log_len += out.len() as u64;
+    if let Some(tail) = out.last_chunk::<8>() {
+        link.log_tail = *tail;
+    }
     link.revision = state.revision;
     for (s, m) in keys.maps {
         link.keys.insert(sections.list[s].0, m);

@@ -8,16 +8,38 @@
 //! `DeclId`s or addresses, so it is the same in every compilation, process and
 //! machine; any change to the encoded structure changes it.
 //!
-//! The same walk refuses the types facet-postcard 0.46 cannot round-trip
-//! faithfully (it fails to encode them, fails or panics decoding them, or
-//! decodes a different value without an error); each refusal was observed in
-//! a test against facet-postcard 0.46.1 (see the tests below).
+//! The same walk is an allow-list: it accepts only the shapes proven to
+//! round-trip through facet-postcard 0.46.1 and picante's codec, by the
+//! property tests in `tests/persist_shapes.rs` (generated values, nested two
+//! levels deep, end to end through save and load) and the unit tests below,
+//! and refuses everything else at registration, naming the type and saying
+//! what to use instead:
+//!
+//! - scalars: `()`, `bool`, `char`, the integers, `f32`, `f64`, `String`,
+//!   `Cow<'static, str>`, and `str` behind `Box`/`Arc`/`Rc`;
+//! - `Box<T>`, `Arc<T>`, `Rc<T>` of an allowed sized `T`;
+//! - `Box<[T]>`, `Arc<[T]>`, `Rc<[T]>` only outside sequences, sets, maps,
+//!   arrays, `Result`s and enum variants: facet-postcard 0.46.1 crashes
+//!   (SIGSEGV) decoding `Vec<Arc<[T]>>`, `Vec<Box<[T]>>`, a map of them, or
+//!   an enum variant holding one, even as a struct field; elsewhere (at the
+//!   top, in struct and tuple fields, in `Option`) they round-trip;
+//! - `Option<T>`, `Result<T, E>`, `Vec<T>`, `[T; N]`, `HashSet`/`HashMap`
+//!   with the default hasher, `BTreeSet`/`BTreeMap`;
+//! - tuples, structs (named, tuple, unit, transparent) and externally tagged
+//!   enums, with plain fields or format-independent `#[facet(proxy = P)]`s
+//!   (container or field) whose `P` is allowed.
+//!
+//! Refused with a reason observed against facet-postcard 0.46.1: `PathBuf`,
+//! `Duration`, `PhantomData`, maps with other hashers, skipped and flattened
+//! fields, untagged, internally tagged and `other` enums, references, weak
+//! pointers, `Cow<[T]>`. Refused as unverified: opaque `Display`/`FromStr`
+//! scalars, facet dynamic values, metadata containers, anything else.
 //!
 //! The description grammar:
 //!
 //! ```text
 //! scalars   u8 … u128, i8 … i128, usize, isize, f32, f64, bool, char, (),
-//!           string (String, str, Cow<str>), text(Name) (a Display/FromStr scalar)
+//!           string (String, str, Cow<str>)
 //! wrappers  Box<T>, Rc<T>, Arc<T> describe as T (they encode as T)
 //! options   option<T>   result<T,E>
 //! sequences list<T> (Vec<T>, [T], Arc<[T]>…)   array<T;N>   set<T>   map<K,V>
@@ -26,7 +48,6 @@
 //! enums     enum Name#n{A|B(T,…)|C{field:T,…}}
 //! proxies   proxy(Name:P) for a type encoded through its proxy type P;
 //!           a field with a proxy describes as proxy(P)
-//! dynamic   dynamic (a facet dynamic value, self-describing on the wire)
 //! back-ref  @n: the struct or enum numbered #n earlier in this description
 //! ```
 //!
@@ -77,6 +98,7 @@ pub(crate) fn schema_of(shape: &'static Shape) -> Result<Schema, String> {
         path: shape.to_string(),
         numbered: HashMap::new(),
         depth: 0,
+        nested: 0,
     };
     walk.describe(shape)?;
     Ok(Schema {
@@ -110,8 +132,12 @@ struct Walk {
     path: String,
     /// Structs and enums already described, by in-process identity (used
     /// only to detect repeats, never written out), with their number.
-    numbered: HashMap<ConstTypeId, usize>,
+    numbered: HashMap<ConstTypeId, (usize, bool)>,
     depth: usize,
+    /// How many sequences, sets, maps, arrays, `Result`s and enum variants
+    /// enclose the current position (where a slice behind a pointer
+    /// crashes facet-postcard 0.46.1's decoder).
+    nested: usize,
 }
 
 impl Walk {
@@ -175,27 +201,41 @@ impl Walk {
         }
         match shape.def {
             Def::Option(def) => self.wrap("option<", &[("?", def.t)], ">"),
-            Def::Result(def) => self.wrap("result<", &[(".Ok", def.t), (".Err", def.e)], ">"),
+            Def::Result(def) => self.nest("result<", &[(".Ok", def.t), (".Err", def.e)], ">"),
             // A slice is only reached behind a pointer (`Arc<[T]>`, `Box<[T]>`),
             // and encodes like a `Vec<T>`: a length, then the elements.
-            Def::List(def) => self.wrap("list<", &[("[]", def.t)], ">"),
-            Def::Slice(def) => self.wrap("list<", &[("[]", def.t)], ">"),
-            Def::Array(def) => self.wrap("array<", &[("[]", def.t)], &format!(";{}>", def.n)),
+            Def::List(def) => self.nest("list<", &[("[]", def.t)], ">"),
+            Def::Slice(def) => self.nest("list<", &[("[]", def.t)], ">"),
+            Def::Array(def) => self.nest("array<", &[("[]", def.t)], &format!(";{}>", def.n)),
             Def::Set(def) => {
                 self.check_hasher(shape)?;
-                self.wrap("set<", &[("[]", def.t)], ">")
+                self.nest("set<", &[("[]", def.t)], ">")
             }
             Def::Map(def) => {
                 self.check_hasher(shape)?;
-                self.wrap("map<", &[("{key}", def.k), ("{value}", def.v)], ">")
+                self.nest("map<", &[("{key}", def.k), ("{value}", def.v)], ">")
             }
-            Def::DynamicValue(_) => {
-                self.out.push_str("dynamic");
-                Ok(())
-            }
+            Def::DynamicValue(_) => Err(self.refuse(
+                shape,
+                "is a facet dynamic value, which picante has not verified to round-trip: \
+                 persist a concrete type instead",
+            )),
             Def::Undefined => self.describe_user(shape),
             _ => Err(self.refuse(shape, UNVERIFIED)),
         }
+    }
+
+    /// `wrap`, counting as nested for the children.
+    fn nest(
+        &mut self,
+        open: &str,
+        children: &[(&str, &'static Shape)],
+        close: &str,
+    ) -> Result<(), String> {
+        self.nested += 1;
+        let result = self.wrap(open, children, close);
+        self.nested -= 1;
+        result
     }
 
     /// `open`, the children separated by commas, `close`.
@@ -264,6 +304,16 @@ impl Walk {
         pointer: PointerDef,
     ) -> Result<(), String> {
         match (pointer.known, pointer.pointee) {
+            (Some(KnownPointer::Box | KnownPointer::Rc | KnownPointer::Arc), Some(pointee))
+                if self.nested > 0 && matches!(pointee.def, Def::Slice(_)) =>
+            {
+                Err(self.refuse(
+                    shape,
+                    "is a slice behind a pointer inside a sequence, map, set, array, `Result` or \
+                     enum variant, which facet-postcard 0.46 crashes decoding: use `Vec<T>` (or \
+                     `Arc<Vec<T>>` to share it) instead",
+                ))
+            }
             (Some(KnownPointer::Box | KnownPointer::Rc | KnownPointer::Arc), Some(pointee)) => {
                 self.describe(pointee)
             }
@@ -298,12 +348,9 @@ impl Walk {
         } else if shape.proxy.is_some() {
             "has a proxy that facet-postcard 0.46 uses when decoding but not when encoding, \
              so it decodes to a wrong value: persist a plain representation of it instead"
-        } else if shape.vtable.has_display() && shape.vtable.has_parse() && shape.inner.is_none() {
-            // Display text out, FromStr back in.
-            self.out.push_str("text(");
-            self.out.push_str(shape.type_identifier);
-            self.out.push(')');
-            return Ok(());
+        } else if shape.vtable.has_display() && shape.vtable.has_parse() {
+            "is an opaque scalar (encoded as its `Display` text, decoded with `FromStr`), which \
+             picante has not verified to round-trip: persist its text as a `String` instead"
         } else {
             "is an opaque scalar that facet-postcard 0.46 cannot round-trip: persist a plain representation of it instead"
         };
@@ -349,7 +396,7 @@ impl Walk {
                 self.describe_fields(&st)
             }
             Type::User(UserType::Struct(st)) => {
-                if self.number(shape, "struct") {
+                if self.number(shape, "struct")? {
                     return Ok(());
                 }
                 self.describe_fields(&st)
@@ -365,7 +412,7 @@ impl Walk {
                 } else if et.is_cow {
                     UNVERIFIED
                 } else {
-                    if self.number(shape, "enum") {
+                    if self.number(shape, "enum")? {
                         return Ok(());
                     }
                     self.out.push('{');
@@ -378,7 +425,9 @@ impl Walk {
                         let len = self.path.len();
                         self.path.push_str("::");
                         self.path.push_str(name);
+                        self.nested += 1;
                         let result = self.describe_fields(&variant.data);
+                        self.nested -= 1;
                         self.path.truncate(len);
                         result?;
                     }
@@ -401,16 +450,33 @@ impl Walk {
     /// Writes `keyword Name#n` for the first appearance of a struct or enum
     /// and returns false; writes the back-reference `@n` for a later one and
     /// returns true.
-    fn number(&mut self, shape: &'static Shape, keyword: &str) -> bool {
-        if let Some(n) = self.numbered.get(&shape.id) {
+    ///
+    /// A back-reference in a nested position to a type first described
+    /// outside one is checked again as nested (its fields may hold a slice
+    /// behind a pointer, allowed there but not here): `Err` then.
+    fn number(&mut self, shape: &'static Shape, keyword: &str) -> Result<bool, String> {
+        if let Some(&(n, seen_nested)) = self.numbered.get(&shape.id) {
+            if self.nested > 0 && !seen_nested {
+                if let Some(entry) = self.numbered.get_mut(&shape.id) {
+                    entry.1 = true;
+                }
+                let mut check = Walk {
+                    out: String::new(),
+                    path: self.path.clone(),
+                    numbered: HashMap::new(),
+                    depth: self.depth,
+                    nested: self.nested,
+                };
+                check.describe_user(shape)?;
+            }
             self.out.push_str(&format!("@{n}"));
-            return true;
+            return Ok(true);
         }
         let n = self.numbered.len();
-        self.numbered.insert(shape.id, n);
+        self.numbered.insert(shape.id, (n, self.nested > 0));
         self.out
             .push_str(&format!("{keyword} {}#{n}", shape.type_identifier));
-        false
+        Ok(false)
     }
 
     /// The fields of a struct, tuple or variant: `{name:T,…}`, `(T,…)`, or
@@ -1153,11 +1219,75 @@ mod tests {
             e.starts_with("`core::time::Duration` (at `Slot::Full.at`)"),
             "{e}"
         );
-        let e = refusal(<BTreeMap<String, Arc<[PathBuf]>>>::SHAPE);
+        let e = refusal(<BTreeMap<String, Vec<PathBuf>>>::SHAPE);
         assert!(
-            e.contains("(at `BTreeMap<String, Arc<[PathBuf]>>{value}[]`)"),
+            e.contains("(at `BTreeMap<String, Vec<PathBuf>>{value}[]`)"),
             "{e}"
         );
+        let e = refusal(<Option<Arc<[PathBuf]>>>::SHAPE);
+        assert!(e.contains("(at `Option<Arc<[PathBuf]>>?[]`)"), "{e}");
+    }
+
+    #[derive(Facet, Debug, PartialEq)]
+    struct Lines {
+        lines: Vec<Arc<[String]>>,
+    }
+
+    #[derive(Facet, Debug, PartialEq)]
+    struct Shared {
+        ids: Arc<[u32]>,
+    }
+
+    #[derive(Facet, Debug, PartialEq)]
+    struct SharedTwice {
+        one: Shared,
+        many: Vec<Shared>,
+    }
+
+    #[derive(Facet, Debug, PartialEq)]
+    #[repr(u8)]
+    enum Holds {
+        Ids(Box<[u32]>),
+        Nothing,
+    }
+
+    /// facet-postcard 0.46.1 crashes (SIGSEGV, not a panic) decoding a slice
+    /// behind a pointer inside a sequence, map or enum variant (observed in
+    /// child processes: `Vec<Arc<[String]>>`, `Vec<Arc<[u32]>>`,
+    /// `Vec<Box<[u32]>>`, `Vec<Arc<[u8]>>`, `BTreeMap<String, Arc<[u32]>>`,
+    /// `HashMap<u32, Arc<[String]>>`, an enum variant holding `Arc<[u32]>`,
+    /// also as struct fields), so those are refused at registration with
+    /// what to use instead; a slice pointer elsewhere round-trips.
+    #[test]
+    fn refuses_slice_pointers_where_the_decoder_crashes() {
+        for e in [
+            refusal(Lines::SHAPE),
+            refusal(<Vec<Arc<[u32]>>>::SHAPE),
+            refusal(<Vec<Box<[u8]>>>::SHAPE),
+            refusal(<BTreeMap<String, Arc<[u32]>>>::SHAPE),
+            refusal(<HashMap<u32, Rc<[String]>>>::SHAPE),
+            refusal(<[Arc<[u32]>; 2]>::SHAPE),
+            refusal(<Result<Arc<[u32]>, String>>::SHAPE),
+            refusal(Holds::SHAPE),
+            refusal(<Arc<[Arc<[u32]>]>>::SHAPE),
+        ] {
+            assert!(e.contains("crashes decoding: use `Vec<T>`"), "{e}");
+        }
+        let e = refusal(Lines::SHAPE);
+        assert!(
+            e.starts_with("`alloc::sync::Arc<[String]>` (at `Lines.lines[]`)"),
+            "{e}"
+        );
+        // A struct first met outside a sequence, then inside one (a
+        // back-reference in the description) is checked there too.
+        let e = refusal(SharedTwice::SHAPE);
+        assert!(e.contains("(at `SharedTwice.many[]"), "{e}");
+        // Elsewhere they round-trip.
+        round_trip(Shared {
+            ids: Arc::from(vec![1, 2]),
+        });
+        round_trip(Some(Arc::<[String]>::from(vec!["a".to_string()])));
+        round_trip((Box::<[u32]>::from(vec![3]), 1u8));
     }
 
     #[test]
