@@ -67,38 +67,26 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod cx;
-mod database;
+mod api;
+mod engine;
 mod error;
-mod fetch;
-mod inflight;
-mod input;
-mod interned;
-mod keys;
-mod kinds;
-mod pending;
 mod persist;
-mod query;
-mod registry;
-mod revalidate;
 mod revision;
-mod stats;
-mod storage;
+mod typed;
 mod util;
-mod view;
 
 pub use async_trait::async_trait;
 /// The reflection crate persistent kinds' keys and values derive (`#[derive(facet::Facet)]`).
 pub use facet;
 
-pub use cx::QueryCx;
-pub use database::{Batch, Database, Snapshot, View};
+pub use api::cx::QueryCx;
+pub use api::database::{Batch, Database, Snapshot, View};
+pub use api::kinds::{AsyncQuery, Id, Input, Interned, Key, Value};
+pub use api::registry::DatabaseBuilder;
+pub use api::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
 pub use error::{Error, ErrorKind, Result};
-pub use kinds::{AsyncQuery, Id, Input, Interned, Key, Value};
 pub use persist::{AppendReport, LoadOptions, LoadReport, OnError, SaveReport};
-pub use registry::DatabaseBuilder;
 pub use revision::{Durability, Revision};
-pub use stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
 
 /// The README's examples, compiled and run by `cargo test`.
 #[cfg(doctest)]

@@ -46,8 +46,8 @@ impl<K: Clone, V> Codec<K, V> {
     /// Encodes the keys with these ids, as one blob.
     pub(crate) fn encode_key_ids(
         &self,
-        table: &crate::keys::KeyTable<K>,
-        ids: &[crate::storage::KeyId],
+        table: &crate::typed::keys::KeyTable<K>,
+        ids: &[crate::engine::storage::KeyId],
     ) -> Result<Vec<u8>>
     where
         K: Eq + std::hash::Hash,

@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use super::format::{self, Dec, FileKind, Record, RecordError, Records};
 use super::{Link, LoadOptions, LoadReport, LoadedMemo, OnError, Stage, tag};
+use crate::api::registry::IngredientKind;
+use crate::engine::storage::{Dep, Edge, MemoMeta, Reason};
+use crate::engine::view::ViewCore;
 use crate::error::{Error, Result};
-use crate::registry::IngredientKind;
 use crate::revision::{Durability, Revision};
-use crate::storage::{Dep, Edge, MemoMeta, Reason};
 use crate::util::lock;
-use crate::view::ViewCore;
 use std::sync::atomic::AtomicU64;
 
 /// A memo as read, before its keys are resolved.

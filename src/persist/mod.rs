@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::view::ViewCore;
+use crate::engine::view::ViewCore;
 pub(crate) use codec::{Codec, CodecInfo, KIND_INPUT, KIND_INTERNED, KIND_QUERY, NO_CODEC};
 
 /// Runs blocking cache I/O off the runtime's worker threads
@@ -76,9 +76,9 @@ pub(crate) async fn load(
     off_runtime(move || load::load(&view, &path, &options)).await
 }
 
+use crate::engine::storage::{Dep, KeyId, MemoMeta, MemoRef, Table};
 use crate::error::{Error, Result};
 use crate::revision::Revision;
-use crate::storage::{Dep, KeyId, MemoMeta, MemoRef, Table};
 
 /// What [`Database::load_cache`](crate::Database::load_cache) does with an
 /// unusable file (corrupt, truncated, foreign, too large).

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use super::format::{self, Enc, FileKind};
 use super::{AppendReport, Link, PersistKind, SaveReport, tag};
+use crate::api::registry::{Ingredient, IngredientKind};
+use crate::engine::storage::{Dep, KeyId, MAIN_FORK, MemoRef, State};
+use crate::engine::view::ViewCore;
 use crate::error::{Error, Result};
-use crate::registry::{Ingredient, IngredientKind};
-use crate::storage::{Dep, KeyId, MAIN_FORK, MemoRef, State};
 use crate::util::lock;
-use crate::view::ViewCore;
 
 /// The persistent kinds of a registry: section number = position.
 struct Sections<'a> {

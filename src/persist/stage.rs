@@ -6,10 +6,10 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use super::{Codec, LoadedMemo, Stage};
+use crate::engine::storage::{Encoded, Entry, InputSlot, KeyId, Memo, Table, new_map};
 use crate::error::{Error, Result};
-use crate::keys::KeyTable;
 use crate::revision::Revision;
-use crate::storage::{Encoded, Entry, InputSlot, KeyId, Memo, Table, new_map};
+use crate::typed::keys::KeyTable;
 
 /// Staging for an input or query kind.
 pub(crate) struct KeyedStage<'a, K, V> {

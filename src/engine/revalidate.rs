@@ -22,11 +22,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::fetch::{Hint, fetch};
-use crate::registry::IngredientKind;
+use crate::api::registry::IngredientKind;
+use crate::engine::fetch::{Hint, fetch};
+use crate::engine::storage::{Dep, KeyId, MemoRef, Publish, Reason, UNSEEN};
+use crate::engine::view::Access;
 use crate::revision::Revision;
-use crate::storage::{Dep, KeyId, MemoRef, Publish, Reason, UNSEEN};
-use crate::view::Access;
 
 pub(crate) enum Verdict {
     /// Every dependency is unchanged: the memo is valid at the new revision.

@@ -8,11 +8,11 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::cx::QueryCx;
+use crate::api::cx::QueryCx;
+use crate::api::stats::Counters;
+use crate::engine::storage::{History, KeyId, MemoRef, Publish, Table};
 use crate::error::{ErrorKind, Result};
 use crate::revision::{Durability, Revision};
-use crate::stats::Counters;
-use crate::storage::{History, KeyId, MemoRef, Publish, Table};
 use crate::util::BoxFuture;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -4,18 +4,18 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::fetch::{Hint, fetch};
-use crate::input::InputIngredient;
-use crate::interned::InternedIngredient;
-use crate::kinds::{AsyncQuery, Id, Input, Interned};
-use crate::query::QueryIngredient;
-use crate::revision::{Durability, Revision};
-use crate::storage::{
+use crate::api::kinds::{AsyncQuery, Id, Input, Interned};
+use crate::engine::fetch::{Hint, fetch};
+use crate::engine::storage::{
     AnyMemo, Dep, Edge, KeyId, MAIN_FORK, Memo, MemoMeta, Reason, UNSEEN, typed_memo,
 };
+use crate::engine::view::Access;
+use crate::error::{Error, ErrorKind, Result};
+use crate::revision::{Durability, Revision};
+use crate::typed::input::InputIngredient;
+use crate::typed::interned::InternedIngredient;
+use crate::typed::query::QueryIngredient;
 use crate::util::lock;
-use crate::view::Access;
 use std::sync::atomic::AtomicU64;
 
 /// The context of one query execution.
@@ -152,7 +152,7 @@ impl QueryCx {
         let access = &self.inner.access;
         let shared = &access.view.shared;
         let (index, ing) = shared.registry.typed::<Q, QueryIngredient<Q>>(
-            crate::registry::IngredientKind::Query,
+            crate::api::registry::IngredientKind::Query,
             QueryIngredient::<Q>::register_with,
         )?;
         let main = access.pinned.fork == MAIN_FORK;
@@ -225,7 +225,7 @@ impl QueryCx {
     pub fn input_opt<I: Input>(&self, key: &I::Key) -> Result<Option<I::Value>> {
         let access = &self.inner.access;
         let (index, ing) = access.view.shared.registry.typed::<I, InputIngredient<I>>(
-            crate::registry::IngredientKind::Input,
+            crate::api::registry::IngredientKind::Input,
             InputIngredient::<I>::register_with,
         )?;
         let (value, key_id, changed_at) = ing.read(&access.pinned, index, key)?;

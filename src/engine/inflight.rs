@@ -24,10 +24,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::api::registry::Registry;
+use crate::engine::storage::{Dep, ForkId, KeyId, MemoRef};
 use crate::error::{Error, ErrorKind, Result};
-use crate::registry::Registry;
 use crate::revision::Revision;
-use crate::storage::{Dep, ForkId, KeyId, MemoRef};
 use crate::util::lock;
 
 /// One fetch of one memo at one revision of one history.

@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
+use crate::api::kinds::{Id, Interned};
+use crate::api::registry::{DatabaseBuilder, Ingredient, IngredientKind, Registry};
+use crate::api::stats::Counters;
+use crate::engine::storage::{KeyId, Table};
 use crate::error::{Error, ErrorKind, Result};
-use crate::keys::KeyTable;
-use crate::kinds::{Id, Interned};
 use crate::persist::{
     Codec, CodecInfo, KIND_INTERNED, NO_CODEC, PersistKind, Stage, stage::InternedStage,
 };
-use crate::registry::{DatabaseBuilder, Ingredient, IngredientKind, Registry};
-use crate::stats::Counters;
-use crate::storage::{KeyId, Table};
+use crate::typed::keys::KeyTable;
 use crate::util::short_type_name;
 use facet::Facet;
 

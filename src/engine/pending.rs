@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::engine::storage::{Dep, History, MemoRef};
 use crate::revision::Revision;
-use crate::storage::{Dep, History, MemoRef};
 use crate::util::lock;
 
 const SHARDS: usize = 8;

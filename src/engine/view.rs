@@ -9,14 +9,16 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use arc_swap::ArcSwap;
 
+use crate::api::registry::{Ingredient, IngredientKind, Registry};
+use crate::api::stats::Counter;
+use crate::engine::inflight::{InFlight, Node};
+use crate::engine::pending::Pending;
+use crate::engine::storage::{
+    Dep, ForkId, History, KeyId, MAIN_FORK, MemoRef, Publish, State, Table,
+};
 use crate::error::Result;
-use crate::inflight::{InFlight, Node};
-use crate::pending::Pending;
 use crate::persist::{Journal, Link};
-use crate::registry::{Ingredient, IngredientKind, Registry};
 use crate::revision::{Durability, Revision};
-use crate::stats::Counter;
-use crate::storage::{Dep, ForkId, History, KeyId, MAIN_FORK, MemoRef, Publish, State, Table};
 use crate::util::{catch, lock, read, write};
 
 /// Where `ViewCore::find` looks on behalf of an access: the access's own
@@ -499,7 +501,7 @@ impl Access {
     /// database through a captured handle, which is then requested by that
     /// execution (see `fetch::running_execution`).
     pub(crate) fn top_level(view: &Arc<ViewCore>, pinned: Arc<State>) -> Access {
-        let (requester, depth) = crate::fetch::running_execution(&view.shared);
+        let (requester, depth) = crate::engine::fetch::running_execution(&view.shared);
         Access {
             view: view.clone(),
             pinned,

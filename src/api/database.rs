@@ -5,18 +5,18 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::api::kinds::{AsyncQuery, Id, Input, Interned};
+use crate::api::registry::{DatabaseBuilder, IngredientKind, Registry};
+use crate::api::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
+use crate::engine::fetch::{Hint, fetch_value};
+use crate::engine::inflight::describe;
+use crate::engine::storage::{Dep, MAIN_FORK, MemoRef, Reason};
+use crate::engine::view::{Access, Change, ViewCore};
 use crate::error::{Error, Result};
-use crate::fetch::{Hint, fetch_value};
-use crate::inflight::describe;
-use crate::input::{InputIngredient, InputWrites, PendingWrites};
-use crate::interned::InternedIngredient;
-use crate::kinds::{AsyncQuery, Id, Input, Interned};
-use crate::query::QueryIngredient;
-use crate::registry::{DatabaseBuilder, IngredientKind, Registry};
 use crate::revision::Revision;
-use crate::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
-use crate::storage::{Dep, MAIN_FORK, MemoRef, Reason};
-use crate::view::{Access, Change, ViewCore};
+use crate::typed::input::{InputIngredient, InputWrites, PendingWrites};
+use crate::typed::interned::InternedIngredient;
+use crate::typed::query::QueryIngredient;
 
 /// A top-level request that left at least this many pending memos merges them.
 const FLUSH_AFTER_REQUEST: usize = 64;
@@ -421,9 +421,9 @@ impl View {
             IngredientKind::Query,
             QueryIngredient::<Q>::register_with,
         )?;
-        let c = crate::registry::Ingredient::counters(ing);
+        let c = crate::api::registry::Ingredient::counters(ing);
         Ok(QueryStats {
-            name: crate::registry::Ingredient::name(ing).to_string(),
+            name: crate::api::registry::Ingredient::name(ing).to_string(),
             executions: c.executions.get(),
             hits: c.hits.get(),
             revalidations: c.revalidations.get(),
@@ -483,7 +483,7 @@ impl View {
         )?;
         self.core.merge_pending();
         let state = self.core.state.load();
-        let table: &crate::storage::MemoTable<Q::Key, Q::Value> = state.table(index)?;
+        let table: &crate::engine::storage::MemoTable<Q::Key, Q::Value> = state.table(index)?;
         let Some(entry) = table.get(key) else {
             return Ok(None);
         };

@@ -5,16 +5,16 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::api::kinds::Input;
+use crate::api::registry::{DatabaseBuilder, Ingredient, IngredientKind};
+use crate::api::stats::Counters;
+use crate::engine::storage::{InputSlot, InputTable, KeyId, State, Table, new_map};
 use crate::error::{Error, Result};
-use crate::keys::KeyTable;
-use crate::kinds::Input;
 use crate::persist::{
     Codec, CodecInfo, InputsBlob, KIND_INPUT, NO_CODEC, PersistKind, Stage, stage::KeyedStage,
 };
-use crate::registry::{DatabaseBuilder, Ingredient, IngredientKind};
 use crate::revision::{Durability, Revision};
-use crate::stats::Counters;
-use crate::storage::{InputSlot, InputTable, KeyId, State, Table, new_map};
+use crate::typed::keys::KeyTable;
 use crate::util::{short_type_name, values_equal};
 use facet::Facet;
 

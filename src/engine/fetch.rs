@@ -14,14 +14,14 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-use crate::cx::QueryCx;
+use crate::api::cx::QueryCx;
+use crate::api::registry::Ingredient;
+use crate::engine::inflight::{Claim, Node, SlotKey};
+use crate::engine::revalidate::{Verdict, Walk};
+use crate::engine::storage::{Dep, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo};
+use crate::engine::view::{Access, Shared};
 use crate::error::{Error, ErrorKind, Result};
-use crate::inflight::{Claim, Node, SlotKey};
-use crate::registry::Ingredient;
-use crate::revalidate::{Verdict, Walk};
-use crate::storage::{Dep, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo};
 use crate::util::BoxFuture;
-use crate::view::{Access, Shared};
 
 /// Every this many nested executions, the next one continues on a fresh tokio
 /// task, so that chains of any depth never grow the machine stack unboundedly.

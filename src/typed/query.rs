@@ -6,19 +6,19 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-use crate::cx::QueryCx;
+use crate::api::cx::QueryCx;
+use crate::api::kinds::AsyncQuery;
+use crate::api::registry::{DatabaseBuilder, Ingredient, IngredientKind};
+use crate::api::stats::Counters;
+use crate::engine::storage::{
+    Entry, History, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table, new_map, typed_memo,
+};
 use crate::error::{Error, Result};
-use crate::keys::KeyTable;
-use crate::kinds::AsyncQuery;
 use crate::persist::{
     Codec, CodecInfo, KIND_QUERY, NO_CODEC, PersistKind, Stage, stage::KeyedStage,
 };
-use crate::registry::{DatabaseBuilder, Ingredient, IngredientKind};
 use crate::revision::Revision;
-use crate::stats::Counters;
-use crate::storage::{
-    Entry, History, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table, new_map, typed_memo,
-};
+use crate::typed::keys::KeyTable;
 use crate::util::{BoxFuture, CatchUnwind, SafeDebug, debug_string, short_type_name, values_equal};
 use facet::Facet;
 

@@ -1,0 +1,9 @@
+//! The public API: kind traits, the builder, `Database`/`Snapshot`/`View`,
+//! `QueryCx`, stats and inspection. Thin wrappers over the typed layers and
+//! the engine.
+
+pub(crate) mod cx;
+pub(crate) mod database;
+pub(crate) mod kinds;
+pub(crate) mod registry;
+pub(crate) mod stats;

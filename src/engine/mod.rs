@@ -1,0 +1,11 @@
+//! The erased engine: memos, states and views, fetching (reuse, revalidate,
+//! execute), the in-flight table. It works on `dyn Ingredient`, key ids and
+//! erased memos only; it imports nothing of the public API (`crate::api`),
+//! the typed layers (`crate::typed`) or persistence (`crate::persist`).
+
+pub(crate) mod fetch;
+pub(crate) mod inflight;
+pub(crate) mod pending;
+pub(crate) mod revalidate;
+pub(crate) mod storage;
+pub(crate) mod view;
