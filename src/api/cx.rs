@@ -2,21 +2,18 @@
 //! read as a dependency of the one execution it belongs to, from any clone,
 //! any `join!` branch, any spawned task.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use crate::api::kinds::{AsyncQuery, Id, Input, Interned};
+use crate::api::registry::TypedLookup;
+use crate::engine::execution::Execution;
 use crate::engine::fetch::{Hint, fetch};
-use crate::engine::storage::{
-    AnyMemo, Dep, Edge, KeyId, MAIN_FORK, Memo, MemoMeta, Reason, UNSEEN, typed_memo,
-};
-use crate::engine::view::Access;
-use crate::error::{Error, ErrorKind, Result};
+use crate::engine::storage::{AnyMemo, Dep, MAIN_FORK, Memo, UNSEEN, typed_memo};
+use crate::error::{ErrorKind, Result};
 use crate::revision::{Durability, Revision};
 use crate::typed::input::InputIngredient;
 use crate::typed::interned::InternedIngredient;
 use crate::typed::query::QueryIngredient;
-use crate::util::lock;
-use std::sync::atomic::AtomicU64;
 
 /// The context of one query execution.
 ///
@@ -72,55 +69,18 @@ use std::sync::atomic::AtomicU64;
 /// ```
 #[derive(Clone)]
 pub struct QueryCx {
-    inner: Arc<CxInner>,
-}
-
-struct CxInner {
-    access: Access,
-    /// The execution this context belongs to.
-    index: u32,
-    key: KeyId,
-    reason: Reason,
-    recorder: Mutex<Recorder>,
-}
-
-struct Recorder {
-    deps: Vec<Edge>,
-    durability: Durability,
-    finished: bool,
+    exec: Execution,
 }
 
 impl QueryCx {
-    pub(crate) fn new(access: Access, index: u32, key: KeyId, reason: Reason) -> QueryCx {
-        QueryCx {
-            inner: Arc::new(CxInner {
-                access,
-                index,
-                key,
-                reason,
-                recorder: Mutex::new(Recorder {
-                    deps: Vec::new(),
-                    durability: Durability::High,
-                    finished: false,
-                }),
-            }),
-        }
+    pub(crate) fn new(exec: Execution) -> QueryCx {
+        QueryCx { exec }
     }
 
     /// The revision this execution reads at. All its reads see exactly the
     /// inputs of this revision, whatever happens to the database meanwhile.
     pub fn revision(&self) -> Revision {
-        self.inner.access.revision()
-    }
-
-    fn finished_error(&self) -> Error {
-        let shared = &self.inner.access.view.shared;
-        let query = shared
-            .registry
-            .get(self.inner.index)
-            .map(|ing| format!("{}({})", ing.name(), ing.debug_key(self.inner.key)))
-            .unwrap_or_default();
-        ErrorKind::ExecutionFinished { query }.into()
+        self.exec.revision()
     }
 
     fn record(
@@ -130,29 +90,15 @@ impl QueryCx {
         durability: Durability,
         memo: Option<Weak<dyn AnyMemo>>,
     ) -> Result<()> {
-        let mut rec = lock(&self.inner.recorder);
-        if rec.finished {
-            drop(rec);
-            return Err(self.finished_error());
-        }
-        rec.deps.push(Edge { dep, seen, memo });
-        rec.durability = rec.durability.min(durability);
-        Ok(())
-    }
-
-    fn check_open(&self) -> Result<()> {
-        if lock(&self.inner.recorder).finished {
-            return Err(self.finished_error());
-        }
-        Ok(())
+        self.exec.record(dep, seen, durability, memo)
     }
 
     /// Reads query `Q` at `key` (a recorded dependency), computing it if needed.
     pub async fn query<Q: AsyncQuery>(&self, key: Q::Key) -> Result<Q::Value> {
-        let access = &self.inner.access;
+        let access = self.exec.access();
         let shared = &access.view.shared;
         let (index, ing) = shared.registry.typed::<Q, QueryIngredient<Q>>(
-            crate::api::registry::IngredientKind::Query,
+            crate::engine::ingredient::IngredientKind::Query,
             QueryIngredient::<Q>::register_with,
         )?;
         let main = access.pinned.fork == MAIN_FORK;
@@ -175,7 +121,7 @@ impl QueryCx {
             }
             hint = Hint::Replace(memo.clone());
         }
-        self.check_open()?;
+        self.exec.check_open()?;
         let key_id = ing.key_id(&key)?;
         let dep = Dep {
             ingredient: index,
@@ -223,9 +169,9 @@ impl QueryCx {
 
     /// Reads input `I` at `key`, `None` if absent (recorded either way).
     pub fn input_opt<I: Input>(&self, key: &I::Key) -> Result<Option<I::Value>> {
-        let access = &self.inner.access;
+        let access = self.exec.access();
         let (index, ing) = access.view.shared.registry.typed::<I, InputIngredient<I>>(
-            crate::api::registry::IngredientKind::Input,
+            crate::engine::ingredient::IngredientKind::Input,
             InputIngredient::<I>::register_with,
         )?;
         let (value, key_id, changed_at) = ing.read(&access.pinned, index, key)?;
@@ -239,65 +185,11 @@ impl QueryCx {
 
     /// Interns `value` (not a dependency: interning never invalidates).
     pub fn intern<T: Interned>(&self, value: T::Value) -> Result<Id<T>> {
-        InternedIngredient::<T>::lookup_in(&self.inner.access.view.shared.registry)?.intern(value)
+        InternedIngredient::<T>::lookup_in(&self.exec.access().view.shared.registry)?.intern(value)
     }
 
     /// The value of an interned id.
     pub fn lookup<T: Interned>(&self, id: Id<T>) -> Result<T::Value> {
-        InternedIngredient::<T>::lookup_in(&self.inner.access.view.shared.registry)?.value(id)
-    }
-
-    /// Closes the recorder and builds the memo's metadata. `equal_to` is the
-    /// old memo when the new value equals its value: the new memo then keeps
-    /// the old `changed_at` (early cutoff, S7) — if it has the old memo's
-    /// durability. A `changed_at` is an identity that dependents compare
-    /// with; dependents record the durability of the memo they read, so two
-    /// memos of one identity must have one durability. Backdating a less
-    /// durable memo would let dependents of the old one keep a durability
-    /// higher than what they now depend on and skip walks they need (S8:
-    /// durability never changes results; salsa refuses the same backdate);
-    /// backdating a more durable one does the same to its own dependents as
-    /// soon as they are checked against the old twin (kept by an older
-    /// snapshot). Either way it counts as a change instead.
-    pub(crate) fn finish(&self, equal_to: Option<&MemoMeta>) -> MemoMeta {
-        let (deps, durability) = {
-            let mut rec = lock(&self.inner.recorder);
-            rec.finished = true;
-            (std::mem::take(&mut rec.deps), rec.durability)
-        };
-        let r = self.revision();
-        let unchanged_since = equal_to
-            .filter(|old| durability == old.durability)
-            .map(|old| old.changed_at);
-        let main = self.inner.access.pinned.fork == MAIN_FORK;
-        let deps = dedup(deps).into_boxed_slice();
-        let changed_at = unchanged_since.unwrap_or(r);
-        MemoMeta {
-            key: self.inner.key,
-            newest_identity: MemoMeta::identity_bound(changed_at, &deps),
-            deps,
-            changed_at,
-            durability,
-            executed_at: r,
-            reason: self.inner.reason,
-            verified_main: AtomicU64::new(if main { r.as_u64() } else { 0 }),
-        }
-    }
-}
-
-/// Removes repeated dependencies, keeping first-read order.
-fn dedup(mut deps: Vec<Edge>) -> Vec<Edge> {
-    if deps.len() <= 16 {
-        let mut out: Vec<Edge> = Vec::with_capacity(deps.len());
-        for e in deps {
-            if !out.iter().any(|o| o.dep == e.dep) {
-                out.push(e);
-            }
-        }
-        out
-    } else {
-        let mut seen: std::collections::HashSet<Dep, ahash::RandomState> = Default::default();
-        deps.retain(|e| seen.insert(e.dep));
-        deps
+        InternedIngredient::<T>::lookup_in(&self.exec.access().view.shared.registry)?.value(id)
     }
 }

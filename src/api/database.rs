@@ -6,10 +6,12 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::api::kinds::{AsyncQuery, Id, Input, Interned};
-use crate::api::registry::{DatabaseBuilder, IngredientKind, Registry};
+use crate::api::registry::DatabaseBuilder;
+use crate::api::registry::TypedLookup;
 use crate::api::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
 use crate::engine::fetch::{Hint, fetch_value};
 use crate::engine::inflight::describe;
+use crate::engine::ingredient::{IngredientKind, Registry};
 use crate::engine::storage::{Dep, MAIN_FORK, MemoRef, Reason};
 use crate::engine::view::{Access, Change, ViewCore};
 use crate::error::{Error, Result};
@@ -123,10 +125,13 @@ impl Database {
         DatabaseBuilder::new()
     }
 
-    pub(crate) fn from_registry(registry: Registry) -> Database {
+    pub(crate) fn from_registry(
+        registry: Registry,
+        attachment: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Database {
         Database {
             view: View {
-                core: ViewCore::new_database(registry),
+                core: ViewCore::new_database(registry, attachment),
             },
         }
     }
@@ -421,9 +426,9 @@ impl View {
             IngredientKind::Query,
             QueryIngredient::<Q>::register_with,
         )?;
-        let c = crate::api::registry::Ingredient::counters(ing);
+        let c = crate::engine::ingredient::Ingredient::counters(ing);
         Ok(QueryStats {
-            name: crate::api::registry::Ingredient::name(ing).to_string(),
+            name: crate::engine::ingredient::Ingredient::name(ing).to_string(),
             executions: c.executions.get(),
             hits: c.hits.get(),
             revalidations: c.revalidations.get(),

@@ -1,156 +1,35 @@
-//! The registry: every ingredient (input, query or interned kind) as a
-//! type-erased trait object, indexed densely and by `TypeId`, frozen at
-//! `build()`. The erased engine talks to ingredients only through
-//! [`Ingredient`]; the typed layers (`input.rs`, `query.rs`, `interned.rs`)
-//! implement it thinly.
+//! The builder: registers kinds into the engine's registry, frozen at
+//! `build()`, and looks typed ingredients up for the public API (with the
+//! error a user sees for a kind that was not registered).
 
-use std::any::{Any, TypeId};
-use std::collections::HashMap;
+use std::any::TypeId;
 use std::sync::Arc;
 
-use crate::api::cx::QueryCx;
-use crate::api::stats::Counters;
-use crate::engine::storage::{History, KeyId, MemoRef, Publish, Table};
+use crate::engine::ingredient::{Ingredient, IngredientKind, Registry, TypeIdMap};
 use crate::error::{ErrorKind, Result};
-use crate::revision::{Durability, Revision};
-use crate::util::BoxFuture;
+use crate::persist::{PersistKind, Persistence};
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(u8)]
-pub(crate) enum IngredientKind {
-    Input = 1,
-    Query = 2,
-    Interned = 3,
+/// Finding a kind's typed ingredient.
+pub(crate) trait TypedLookup {
+    /// The typed ingredient `T` registered for the kind `K`, or an error
+    /// naming the kind and the builder call that registers it.
+    fn typed<K: ?Sized + 'static, T: Ingredient>(
+        &self,
+        expected: IngredientKind,
+        register_with: fn() -> String,
+    ) -> Result<(u32, &T)>;
 }
 
-impl IngredientKind {
-    pub(crate) fn noun(self) -> &'static str {
-        match self {
-            IngredientKind::Input => "input",
-            IngredientKind::Query => "query",
-            IngredientKind::Interned => "interned kind",
-        }
-    }
-}
-
-/// What the erased engine needs from an ingredient. Methods that do not apply
-/// to a kind have inert defaults.
-pub(crate) trait Ingredient: Any + Send + Sync {
-    fn name(&self) -> &str;
-    fn kind(&self) -> IngredientKind;
-    fn counters(&self) -> &Counters;
-    /// A new, empty table for a fresh `State`.
-    fn empty_table(&self) -> Table;
-    /// `Debug` rendering of the key with this id.
-    fn debug_key(&self, key: KeyId) -> String;
-
-    /// The kind's persisted form, if it was registered as persistent.
-    fn persist(&self) -> Option<&dyn crate::persist::PersistKind> {
-        None
-    }
-
-    /// Inputs: the kind's durability.
-    fn durability(&self) -> Durability {
-        Durability::High
-    }
-    /// Inputs: when the slot last changed (`ZERO` if never set).
-    fn input_changed_at(&self, _table: &Table, _key: KeyId) -> Revision {
-        Revision::ZERO
-    }
-
-    /// Queries: the memo stored for `key` and the revision it was verified at.
-    fn memo(&self, _table: &Table, _key: KeyId) -> Option<(MemoRef, Revision)> {
-        None
-    }
-    /// Queries: every memo in the table (for inspection and persistence).
-    fn memos(&self, _table: &Table) -> Vec<(KeyId, MemoRef, Revision)> {
-        Vec::new()
-    }
-    /// Queries: number of memos in the table.
-    fn table_len(&self, _table: &Table) -> usize {
-        0
-    }
-    /// Queries: `table` (of a state in `history`) with `items` inserted where
-    /// they are verified later than what it holds, or `None` if nothing would
-    /// change.
-    fn insert_memos(&self, _table: &Table, _items: &[Publish], _history: History) -> Option<Table> {
-        None
-    }
-    /// Queries: runs the body for `key` under `cx` and builds the memo,
-    /// comparing with `old` for early cutoff.
-    fn execute(
-        self: Arc<Self>,
-        _cx: QueryCx,
-        _key: KeyId,
-        _old: Option<MemoRef>,
-    ) -> BoxFuture<'static, Result<MemoRef>> {
-        Box::pin(async {
-            Err(crate::Error::internal(
-                "execute called on a non-query ingredient",
-            ))
-        })
-    }
-}
-
-/// `TypeId`s are already hashes: use their bits directly.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct TypeIdHasher(u64);
-
-impl std::hash::Hasher for TypeIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8)) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 ^= v;
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
-    }
-}
-
-type TypeIdMap = HashMap<TypeId, u32, std::hash::BuildHasherDefault<TypeIdHasher>>;
-
-/// All ingredients of a database, frozen at `build()`.
-pub(crate) struct Registry {
-    by_type: TypeIdMap,
-    ingredients: Vec<Arc<dyn Ingredient>>,
-    /// The declared application code version (S18b), if any.
-    pub(crate) code_version: Option<String>,
-    /// How long cache I/O waits for another holder of a cache's lock (S18c).
-    pub(crate) cache_lock_timeout: std::time::Duration,
-}
-
-impl Registry {
-    pub(crate) fn get(&self, index: u32) -> Result<&Arc<dyn Ingredient>> {
-        self.ingredients
-            .get(index as usize)
-            .ok_or_else(|| crate::Error::internal(format!("no ingredient {index}")))
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Arc<dyn Ingredient>)> {
-        self.ingredients
-            .iter()
-            .enumerate()
-            .map(|(i, ing)| (i as u32, ing))
-    }
-
-    /// The typed ingredient `T` registered for the kind `K`.
+impl TypedLookup for Registry {
     #[inline]
-    pub(crate) fn typed<K: ?Sized + 'static, T: Ingredient>(
+    fn typed<K: ?Sized + 'static, T: Ingredient>(
         &self,
         expected: IngredientKind,
         register_with: fn() -> String,
     ) -> Result<(u32, &T)> {
-        let found = self.by_type.get(&TypeId::of::<K>()).and_then(|&index| {
-            let ing = self.ingredients.get(index as usize)?;
-            let any: &dyn Any = ing.as_ref();
-            any.downcast_ref::<T>().map(|typed| (index, typed))
-        });
+        let found = self
+            .index_of(TypeId::of::<K>())
+            .and_then(|index| Some((index, self.downcast::<T>(index)?)));
         found.ok_or_else(|| {
             ErrorKind::Unregistered {
                 expected: expected.noun(),
@@ -160,6 +39,14 @@ impl Registry {
             .into()
         })
     }
+}
+
+/// One registered kind.
+struct Entry {
+    type_id: TypeId,
+    type_name: &'static str,
+    ingredient: Arc<dyn Ingredient>,
+    persist: Option<Arc<dyn PersistKind>>,
 }
 
 /// The default of [`DatabaseBuilder::cache_lock_timeout`].
@@ -193,7 +80,7 @@ const DEFAULT_CACHE_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// ```
 #[must_use = "call .build() to get a Database"]
 pub struct DatabaseBuilder {
-    entries: Vec<(TypeId, &'static str, Arc<dyn Ingredient>)>,
+    entries: Vec<Entry>,
     errors: Vec<String>,
     code_version: Option<String>,
     cache_lock_timeout: std::time::Duration,
@@ -256,9 +143,29 @@ impl DatabaseBuilder {
         self
     }
 
+    /// Registers `ingredient` for the kind `K` (in memory only).
     pub(crate) fn push<K: ?Sized + 'static>(mut self, ingredient: Arc<dyn Ingredient>) -> Self {
-        self.entries
-            .push((TypeId::of::<K>(), std::any::type_name::<K>(), ingredient));
+        self.entries.push(Entry {
+            type_id: TypeId::of::<K>(),
+            type_name: std::any::type_name::<K>(),
+            ingredient,
+            persist: None,
+        });
+        self
+    }
+
+    /// Registers `ingredient` for the kind `K`, persisted through its
+    /// `PersistKind` side.
+    pub(crate) fn push_persistent<K: ?Sized + 'static, T: Ingredient + PersistKind>(
+        mut self,
+        ingredient: Arc<T>,
+    ) -> Self {
+        self.entries.push(Entry {
+            type_id: TypeId::of::<K>(),
+            type_name: std::any::type_name::<K>(),
+            ingredient: ingredient.clone(),
+            persist: Some(ingredient),
+        });
         self
     }
 
@@ -270,8 +177,11 @@ impl DatabaseBuilder {
             return Err(ErrorKind::Registration(self.errors.join("; ")).into());
         }
         let mut names = std::collections::HashSet::new();
-        for (_, type_name, ing) in &self.entries {
-            if let Some(p) = ing.persist()
+        for Entry {
+            type_name, persist, ..
+        } in &self.entries
+        {
+            if let Some(p) = persist
                 && !names.insert(p.codec_name().to_string())
             {
                 return Err(ErrorKind::Registration(format!(
@@ -284,7 +194,14 @@ impl DatabaseBuilder {
         }
         let mut by_type = TypeIdMap::default();
         let mut ingredients = Vec::with_capacity(self.entries.len());
-        for (type_id, type_name, ing) in self.entries {
+        let mut persist_kinds = Vec::with_capacity(self.entries.len());
+        for Entry {
+            type_id,
+            type_name,
+            ingredient: ing,
+            persist,
+        } in self.entries
+        {
             if let Some(&prev) = by_type.get(&type_id) {
                 let prev: &Arc<dyn Ingredient> = &ingredients[prev as usize];
                 return Err(ErrorKind::Registration(format!(
@@ -298,12 +215,13 @@ impl DatabaseBuilder {
                 .map_err(|_| ErrorKind::Registration("too many kinds".into()))?;
             by_type.insert(type_id, index);
             ingredients.push(ing);
+            persist_kinds.push(persist);
         }
-        Ok(crate::Database::from_registry(Registry {
-            by_type,
-            ingredients,
-            code_version: self.code_version,
-            cache_lock_timeout: self.cache_lock_timeout,
-        }))
+        let persistence =
+            Persistence::new(persist_kinds, self.code_version, self.cache_lock_timeout);
+        Ok(crate::Database::from_registry(
+            Registry::new(by_type, ingredients),
+            Box::new(persistence),
+        ))
     }
 }

@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-use crate::api::cx::QueryCx;
-use crate::api::registry::Ingredient;
+use crate::engine::execution::Execution;
 use crate::engine::inflight::{Claim, Node, SlotKey};
+use crate::engine::ingredient::Ingredient;
 use crate::engine::revalidate::{Verdict, Walk};
 use crate::engine::storage::{Dep, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo};
 use crate::engine::view::{Access, Shared};
@@ -206,7 +206,7 @@ async fn execute(
     reason: Reason,
 ) -> Result<MemoRef> {
     let depth = sub.depth + 1;
-    let cx = QueryCx::new(
+    let execution = Execution::new(
         Access {
             depth,
             ..sub.clone()
@@ -221,7 +221,7 @@ async fn execute(
         node: sub.requester.clone(),
         depth,
     };
-    let fut = RUNNING.scope(running, ing.clone().execute(cx, key, old));
+    let fut = RUNNING.scope(running, ing.clone().execute(execution, key, old));
     if depth.is_multiple_of(SPAWN_EVERY)
         && let Ok(handle) = tokio::runtime::Handle::try_current()
     {

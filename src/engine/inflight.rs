@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::api::registry::Registry;
+use crate::engine::ingredient::Registry;
 use crate::engine::storage::{Dep, ForkId, KeyId, MemoRef};
 use crate::error::{Error, ErrorKind, Result};
 use crate::revision::Revision;

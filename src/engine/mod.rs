@@ -3,8 +3,12 @@
 //! erased memos only; it imports nothing of the public API (`crate::api`),
 //! the typed layers (`crate::typed`) or persistence (`crate::persist`).
 
+pub(crate) mod counters;
+pub(crate) mod execution;
 pub(crate) mod fetch;
 pub(crate) mod inflight;
+pub(crate) mod ingredient;
+pub(crate) mod journal;
 pub(crate) mod pending;
 pub(crate) mod revalidate;
 pub(crate) mod storage;

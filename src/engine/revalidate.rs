@@ -22,8 +22,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::api::registry::IngredientKind;
 use crate::engine::fetch::{Hint, fetch};
+use crate::engine::ingredient::IngredientKind;
 use crate::engine::storage::{Dep, KeyId, MemoRef, Publish, Reason, UNSEEN};
 use crate::engine::view::Access;
 use crate::revision::Revision;

@@ -4,20 +4,21 @@
 //! in common (registry, in-flight table, counters, key and interned tables
 //! inside the ingredients).
 
+use std::any::Any;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use arc_swap::ArcSwap;
 
-use crate::api::registry::{Ingredient, IngredientKind, Registry};
-use crate::api::stats::Counter;
+use crate::engine::counters::Counter;
 use crate::engine::inflight::{InFlight, Node};
+use crate::engine::ingredient::{Ingredient, IngredientKind, Registry};
+use crate::engine::journal::Journal;
 use crate::engine::pending::Pending;
 use crate::engine::storage::{
     Dep, ForkId, History, KeyId, MAIN_FORK, MemoRef, Publish, State, Table,
 };
 use crate::error::Result;
-use crate::persist::{Journal, Link};
 use crate::revision::{Durability, Revision};
 use crate::util::{catch, lock, read, write};
 
@@ -35,22 +36,23 @@ pub(crate) struct Shared {
     pub inflight: InFlight,
     pub dependency_checks: Counter,
     next_fork: AtomicU64,
-    /// Whether any kind is persistent (so changes are journaled).
-    pub persistent: bool,
-    /// The cache file this database was last saved to or loaded from.
-    pub persist_link: Mutex<Option<Link>>,
-    /// Changes of persistent kinds since then.
+    /// Whether any kind is journaled.
+    journaling: bool,
+    /// Changes of journaled kinds (see `journal.rs`).
     pub journal: Mutex<Journal>,
+    /// What a layer above keeps per database, opaque to the engine
+    /// (persistence: its settings, kinds and cache link).
+    pub attachment: Box<dyn Any + Send + Sync>,
 }
 
 impl Shared {
     /// Notes a change of a persistent kind in the database's history.
     pub(crate) fn journal(&self, revision: Revision, dep: Dep) {
-        if self.persistent
+        if self.journaling
             && self
                 .registry
                 .get(dep.ingredient)
-                .is_ok_and(|ing| ing.persist().is_some())
+                .is_ok_and(|ing| ing.journaled())
         {
             lock(&self.journal).push(revision, dep);
         }
@@ -106,9 +108,12 @@ const DIRECT_MERGE: usize = 64;
 const MERGE_AT: usize = 1024;
 
 impl ViewCore {
-    pub(crate) fn new_database(registry: Registry) -> Arc<ViewCore> {
+    pub(crate) fn new_database(
+        registry: Registry,
+        attachment: Box<dyn Any + Send + Sync>,
+    ) -> Arc<ViewCore> {
         let tables: Box<[Table]> = registry.iter().map(|(_, ing)| ing.empty_table()).collect();
-        let persistent = registry.iter().any(|(_, ing)| ing.persist().is_some());
+        let journaling = registry.iter().any(|(_, ing)| ing.journaled());
         let state = State {
             revision: Revision::FIRST,
             fork: MAIN_FORK,
@@ -122,9 +127,9 @@ impl ViewCore {
                 inflight: InFlight::new(),
                 dependency_checks: Counter::default(),
                 next_fork: AtomicU64::new(MAIN_FORK + 1),
-                persistent,
-                persist_link: Mutex::new(None),
+                journaling,
                 journal: Mutex::new(Journal::default()),
+                attachment,
             }),
             state: ArcSwap::new(state.clone()),
             parent: None,

@@ -2,13 +2,14 @@
 //! image first; only if all of it is sound is the image installed, in one
 //! state swap. Any failure leaves the database exactly as it was.
 
+use super::Persistence;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::format::{self, Dec, FileKind, Record, RecordError, Records};
 use super::{Link, LoadOptions, LoadReport, LoadedMemo, OnError, Stage, tag};
-use crate::api::registry::IngredientKind;
+use crate::engine::ingredient::IngredientKind;
 use crate::engine::storage::{Dep, Edge, MemoMeta, Reason};
 use crate::engine::view::ViewCore;
 use crate::error::{Error, Result};
@@ -109,14 +110,10 @@ fn read_file(path: &Path, kind: FileKind, max: u64, found: &mut bool) -> Result<
 
 /// Loads the cache at `path` into the fresh database `view`.
 pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> Result<LoadReport> {
+    let persistence = Persistence::of(view)?;
     let fresh = {
         let state = view.state.load();
-        state.revision == Revision::FIRST
-            && view
-                .shared
-                .registry
-                .iter()
-                .all(|(_, ing)| ing.persist().is_none_or(|p| p.interned_len() == 0))
+        state.revision == Revision::FIRST && persistence.kinds().all(|(_, p)| p.interned_len() == 0)
     };
     if !fresh {
         return Err(Error::persist(
@@ -129,7 +126,7 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
     let outcome = (|| {
         // Shared: loads may overlap, but not with a save or an append (S18c),
         // so the base and its log are read as one consistent pair.
-        let _lock = format::lock_cache(path, false, view.shared.registry.cache_lock_timeout)?;
+        let _lock = format::lock_cache(path, false, persistence.cache_lock_timeout)?;
         let Some(base) = read_file(path, FileKind::Base, options.max_bytes, &mut report.found)?
         else {
             return Ok(None);
@@ -232,7 +229,7 @@ fn parse_base<'a>(view: &'a ViewCore, bytes: &[u8], report: &mut LoadReport) -> 
                 image.revision = checked_revision(Revision::from_u64(d.var()?))?;
                 declared_sections = d.len(1 << 20)?;
                 let cached = d.str()?;
-                let now = super::code::code_version(view.shared.registry.code_version.as_deref());
+                let now = super::code::code_version(Persistence::of(view)?.code_version.as_deref());
                 if let Some(why) = super::code::mismatch(cached, &now) {
                     tracing::info!(reason = %why, "cached memos dropped");
                     image.code_changed = true;
@@ -292,8 +289,9 @@ fn parse_section<'a>(
     if !d.is_empty() {
         return Err(Error::persist("trailing bytes in a record (corrupt file)"));
     }
-    let found = view.shared.registry.iter().find_map(|(index, ing)| {
-        let p = ing.persist()?;
+    let persistence = Persistence::of(view)?;
+    let found = persistence.kinds().find_map(|(index, p)| {
+        let ing = view.shared.registry.get(index).ok()?;
         (p.codec_name() == name).then_some((index, ing, p))
     });
     let Some((index, ing, p)) = found else {
@@ -731,7 +729,7 @@ fn install(
             _ => None,
         })
         .collect();
-    *lock(&view.shared.persist_link) = Some(Link {
+    *lock(&Persistence::of(view)?.link) = Some(Link {
         path: path.to_path_buf(),
         base_id: image.base_id,
         revision: image.revision,

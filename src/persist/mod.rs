@@ -76,7 +76,7 @@ pub(crate) async fn load(
     off_runtime(move || load::load(&view, &path, &options)).await
 }
 
-use crate::engine::storage::{Dep, KeyId, MemoMeta, MemoRef, Table};
+use crate::engine::storage::{KeyId, MemoMeta, MemoRef, Table};
 use crate::error::{Error, Result};
 use crate::revision::Revision;
 
@@ -312,6 +312,50 @@ impl Stage for NoStage {
     }
 }
 
+/// What persistence keeps per database, attached to the engine's shared
+/// state (opaque to the engine): the persisted side of each ingredient (by
+/// index), the builder's settings, and the cache file last saved or loaded.
+pub(crate) struct Persistence {
+    kinds: Vec<Option<Arc<dyn PersistKind>>>,
+    /// The declared application code version (S18b), if any.
+    pub code_version: Option<String>,
+    /// How long cache I/O waits for another holder of a cache's lock (S18c).
+    pub cache_lock_timeout: std::time::Duration,
+    /// The cache file this database was last saved to or loaded from.
+    pub link: std::sync::Mutex<Option<Link>>,
+}
+
+impl Persistence {
+    pub(crate) fn new(
+        kinds: Vec<Option<Arc<dyn PersistKind>>>,
+        code_version: Option<String>,
+        cache_lock_timeout: std::time::Duration,
+    ) -> Persistence {
+        Persistence {
+            kinds,
+            code_version,
+            cache_lock_timeout,
+            link: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Every persistent ingredient, by index.
+    pub(crate) fn kinds(&self) -> impl Iterator<Item = (u32, &dyn PersistKind)> {
+        self.kinds
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| Some((i as u32, k.as_deref()?)))
+    }
+
+    /// The persistence attached to `view`'s database.
+    pub(crate) fn of(view: &ViewCore) -> Result<&Persistence> {
+        view.shared
+            .attachment
+            .downcast_ref::<Persistence>()
+            .ok_or_else(|| Error::internal("database without its persistence state"))
+    }
+}
+
 /// The file a database is linked to after a save or load, so that later
 /// changes can be appended to its log.
 pub(crate) struct Link {
@@ -334,58 +378,6 @@ pub(crate) struct Link {
     /// record): an append checks them on disk, so it never extends a log
     /// another database wrote (S18c).
     pub log_tail: [u8; 8],
-}
-
-/// Input changes and executions of persistent kinds since the last save or
-/// append, so an append costs what changed, not the database.
-#[derive(Default)]
-pub(crate) struct Journal {
-    /// (sequence number, revision, what changed), in the order pushed.
-    pub entries: Vec<(u64, Revision, Dep)>,
-    next_seq: u64,
-    pub overflowed: bool,
-}
-
-/// Beyond this many entries the journal stops recording and the next
-/// append writes a full save instead.
-pub(crate) const JOURNAL_CAP: usize = 1 << 22;
-
-impl Journal {
-    pub(crate) fn push(&mut self, revision: Revision, dep: Dep) {
-        if self.entries.len() >= JOURNAL_CAP {
-            self.overflowed = true;
-            self.entries = Vec::new();
-        } else if !self.overflowed {
-            self.entries.push((self.next_seq, revision, dep));
-        }
-        self.next_seq += 1;
-    }
-
-    /// Sequence number the next entry will get.
-    pub(crate) fn end(&self) -> u64 {
-        self.next_seq
-    }
-
-    /// After a save of a state at `revision` that began when the journal
-    /// ended at `cut`: forgets what the save covered — entries from before
-    /// `cut` at or before `revision`. Later entries (even at the same
-    /// revision: memos computed after the save began) are kept.
-    pub(crate) fn saved(&mut self, cut: u64, revision: Revision) {
-        self.entries
-            .retain(|(seq, r, _)| *seq >= cut || *r > revision);
-        self.overflowed = false;
-    }
-
-    /// Takes every entry (for an append).
-    pub(crate) fn take(&mut self) -> Vec<(u64, Revision, Dep)> {
-        std::mem::take(&mut self.entries)
-    }
-
-    /// Puts back entries an append could not write.
-    pub(crate) fn restore(&mut self, mut entries: Vec<(u64, Revision, Dep)>) {
-        entries.append(&mut self.entries);
-        self.entries = entries;
-    }
 }
 
 /// Record tags.

@@ -1,13 +1,14 @@
 //! Full saves (a new base file, crash-safe) and incremental appends to the
 //! log beside it.
 
+use super::Persistence;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use super::format::{self, Enc, FileKind};
 use super::{AppendReport, Link, PersistKind, SaveReport, tag};
-use crate::api::registry::{Ingredient, IngredientKind};
+use crate::engine::ingredient::{Ingredient, IngredientKind};
 use crate::engine::storage::{Dep, KeyId, MAIN_FORK, MemoRef, State};
 use crate::engine::view::ViewCore;
 use crate::error::{Error, Result};
@@ -21,12 +22,13 @@ struct Sections<'a> {
 
 impl<'a> Sections<'a> {
     fn of(view: &'a ViewCore) -> Self {
-        let list: Vec<_> = view
-            .shared
-            .registry
-            .iter()
-            .filter_map(|(i, ing)| Some((i, ing, ing.persist()?)))
-            .collect();
+        let list: Vec<_> = match Persistence::of(view) {
+            Ok(p) => p
+                .kinds()
+                .filter_map(|(i, kind)| Some((i, view.shared.registry.get(i).ok()?, kind)))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         let by_ingredient = list
             .iter()
             .enumerate()
@@ -139,7 +141,7 @@ pub(crate) fn save(
     path: &Path,
     snapshot: SaveSnapshot,
 ) -> Result<SaveReport> {
-    let _lock = format::lock_cache(path, true, view.shared.registry.cache_lock_timeout)?;
+    let _lock = format::lock_cache(path, true, Persistence::of(view)?.cache_lock_timeout)?;
     save_locked(view, path, snapshot)
 }
 
@@ -247,7 +249,7 @@ fn save_locked(view: &Arc<ViewCore>, path: &Path, snapshot: SaveSnapshot) -> Res
     }
 
     let mut out = format::header(FileKind::Base, base_id).to_vec();
-    let code = super::code::code_version(view.shared.registry.code_version.as_deref());
+    let code = super::code::code_version(Persistence::of(view)?.code_version.as_deref());
     let mut e = Enc::default();
     e.var(state.revision.as_u64())
         .var(sections.list.len() as u64)
@@ -286,7 +288,7 @@ fn save_locked(view: &Arc<ViewCore>, path: &Path, snapshot: SaveSnapshot) -> Res
             &sections,
             keys,
             interned_counts,
-        );
+        )?;
         lock(&view.shared.journal).saved(cut, state.revision);
     }
     tracing::info!(
@@ -308,13 +310,13 @@ fn link_after_save(
     sections: &Sections<'_>,
     keys: KeyMaps,
     interned: HashMap<u32, u32>,
-) {
+) -> Result<()> {
     let keys = keys
         .maps
         .into_iter()
         .map(|(s, m)| (sections.list[s].0, m))
         .collect();
-    *lock(&view.shared.persist_link) = Some(Link {
+    *lock(&Persistence::of(view)?.link) = Some(Link {
         path: path.to_path_buf(),
         base_id,
         revision: state.revision,
@@ -324,6 +326,7 @@ fn link_after_save(
         log_len: 0,
         log_tail: [0; 8],
     });
+    Ok(())
 }
 
 /// Appends the changes since the last save/append/load to the log beside
@@ -341,7 +344,7 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
             path.display()
         ))
     };
-    if lock(&view.shared.persist_link)
+    if lock(&Persistence::of(view)?.link)
         .as_ref()
         .is_none_or(|l| l.path != path)
     {
@@ -349,8 +352,8 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
     }
     // The file lock before the link's mutex, as in a save (which takes the
     // mutex at its end, holding the file lock): never the other way round.
-    let _lock = format::lock_cache(path, true, view.shared.registry.cache_lock_timeout)?;
-    let mut link_guard = lock(&view.shared.persist_link);
+    let _lock = format::lock_cache(path, true, Persistence::of(view)?.cache_lock_timeout)?;
+    let mut link_guard = lock(&Persistence::of(view)?.link);
     let Some(link) = link_guard.as_mut().filter(|l| l.path == path) else {
         return Err(not_linked());
     };

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::api::kinds::Input;
-use crate::api::registry::{DatabaseBuilder, Ingredient, IngredientKind};
-use crate::api::stats::Counters;
+use crate::api::registry::DatabaseBuilder;
+use crate::engine::counters::Counters;
+use crate::engine::ingredient::{Ingredient, IngredientKind};
 use crate::engine::storage::{InputSlot, InputTable, KeyId, State, Table, new_map};
 use crate::error::{Error, Result};
 use crate::persist::{
@@ -93,8 +94,8 @@ impl<I: Input> Ingredient for InputIngredient<I> {
         I::DURABILITY
     }
 
-    fn persist(&self) -> Option<&dyn PersistKind> {
-        self.codec.as_ref().map(|_| self as &dyn PersistKind)
+    fn journaled(&self) -> bool {
+        self.codec.is_some()
     }
 
     fn input_changed_at(&self, table: &Table, key: KeyId) -> Revision {
@@ -254,7 +255,7 @@ impl DatabaseBuilder {
         I::Value: Facet<'static>,
     {
         match Codec::new(name.to_string(), KIND_INPUT) {
-            Ok(codec) => self.push::<I>(Arc::new(InputIngredient::<I> {
+            Ok(codec) => self.push_persistent::<I, _>(Arc::new(InputIngredient::<I> {
                 name: short_type_name::<I>(),
                 keys: KeyTable::new(),
                 counters: Counters::default(),

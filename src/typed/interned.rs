@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use crate::api::kinds::{Id, Interned};
-use crate::api::registry::{DatabaseBuilder, Ingredient, IngredientKind, Registry};
-use crate::api::stats::Counters;
+use crate::api::registry::DatabaseBuilder;
+use crate::api::registry::TypedLookup;
+use crate::engine::counters::Counters;
+use crate::engine::ingredient::{Ingredient, IngredientKind, Registry};
 use crate::engine::storage::{KeyId, Table};
 use crate::error::{Error, ErrorKind, Result};
 use crate::persist::{
@@ -68,8 +70,8 @@ impl<T: Interned> Ingredient for InternedIngredient<T> {
         Arc::new(())
     }
 
-    fn persist(&self) -> Option<&dyn PersistKind> {
-        self.codec.as_ref().map(|_| self as &dyn PersistKind)
+    fn journaled(&self) -> bool {
+        self.codec.is_some()
     }
 
     fn debug_key(&self, key: KeyId) -> String {
@@ -137,7 +139,7 @@ impl DatabaseBuilder {
         T::Value: Facet<'static>,
     {
         match Codec::new(name.to_string(), KIND_INTERNED) {
-            Ok(codec) => self.push::<T>(Arc::new(InternedIngredient::<T> {
+            Ok(codec) => self.push_persistent::<T, _>(Arc::new(InternedIngredient::<T> {
                 name: short_type_name::<T>(),
                 values: KeyTable::new(),
                 counters: Counters::default(),

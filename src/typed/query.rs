@@ -8,8 +8,10 @@ use tracing::Instrument;
 
 use crate::api::cx::QueryCx;
 use crate::api::kinds::AsyncQuery;
-use crate::api::registry::{DatabaseBuilder, Ingredient, IngredientKind};
-use crate::api::stats::Counters;
+use crate::api::registry::DatabaseBuilder;
+use crate::engine::counters::Counters;
+use crate::engine::execution::Execution;
+use crate::engine::ingredient::{Ingredient, IngredientKind};
 use crate::engine::storage::{
     Entry, History, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table, new_map, typed_memo,
 };
@@ -81,8 +83,8 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
         &self.counters
     }
 
-    fn persist(&self) -> Option<&dyn PersistKind> {
-        self.codec.as_ref().map(|_| self as &dyn PersistKind)
+    fn journaled(&self) -> bool {
+        self.codec.is_some()
     }
 
     fn empty_table(&self) -> Table {
@@ -144,7 +146,7 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
 
     fn execute(
         self: Arc<Self>,
-        cx: QueryCx,
+        execution: Execution,
         key_id: KeyId,
         old: Option<MemoRef>,
     ) -> BoxFuture<'static, Result<MemoRef>> {
@@ -158,8 +160,9 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
                 "picante.execute",
                 query = %self.name,
                 key = %SafeDebug(&key),
-                revision = %cx.revision()
+                revision = %execution.revision()
             );
+            let cx = QueryCx::new(execution.clone());
             let body = self.query.execute(&cx, key.clone());
             let value = match CatchUnwind::new(body).instrument(span).await {
                 Ok(result) => result,
@@ -177,7 +180,7 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
                 },
                 _ => None,
             };
-            let meta = cx.finish(equal_to);
+            let meta = execution.finish(equal_to);
             if equal_to.is_some_and(|old| old.changed_at == meta.changed_at) {
                 self.counters.cutoffs.incr();
             }
@@ -260,7 +263,7 @@ impl DatabaseBuilder {
         Q::Value: Facet<'static>,
     {
         match Codec::new(name.to_string(), KIND_QUERY) {
-            Ok(codec) => self.push::<Q>(Arc::new(QueryIngredient {
+            Ok(codec) => self.push_persistent::<Q, _>(Arc::new(QueryIngredient {
                 query: Arc::new(query),
                 name: short_type_name::<Q>(),
                 keys: KeyTable::new(),

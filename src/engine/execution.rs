@@ -1,0 +1,155 @@
+//! One execution of a query body: its pinned access and the recorder of its
+//! reads. Every read through the execution (or through any clone of it, in
+//! any `join!` branch or spawned task) becomes an edge of the one memo it
+//! builds. The public `QueryCx` is a thin wrapper over it.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::engine::storage::{AnyMemo, Dep, Edge, KeyId, MAIN_FORK, MemoMeta, Reason};
+use crate::engine::view::Access;
+use crate::error::{Error, ErrorKind, Result};
+use crate::revision::{Durability, Revision};
+use crate::util::lock;
+
+/// An execution in progress. Cheap to clone; clones are the same execution.
+#[derive(Clone)]
+pub(crate) struct Execution {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    access: Access,
+    /// What is being executed.
+    index: u32,
+    key: KeyId,
+    reason: Reason,
+    recorder: Mutex<Recorder>,
+}
+
+struct Recorder {
+    deps: Vec<Edge>,
+    durability: Durability,
+    finished: bool,
+}
+
+impl Execution {
+    pub(crate) fn new(access: Access, index: u32, key: KeyId, reason: Reason) -> Execution {
+        Execution {
+            inner: Arc::new(Inner {
+                access,
+                index,
+                key,
+                reason,
+                recorder: Mutex::new(Recorder {
+                    deps: Vec::new(),
+                    durability: Durability::High,
+                    finished: false,
+                }),
+            }),
+        }
+    }
+
+    /// The access the body reads through (pinned state, requester, depth).
+    #[inline]
+    pub(crate) fn access(&self) -> &Access {
+        &self.inner.access
+    }
+
+    /// The revision this execution reads at.
+    #[inline]
+    pub(crate) fn revision(&self) -> Revision {
+        self.inner.access.revision()
+    }
+
+    fn finished_error(&self) -> Error {
+        let shared = &self.inner.access.view.shared;
+        let query = shared
+            .registry
+            .get(self.inner.index)
+            .map(|ing| format!("{}({})", ing.name(), ing.debug_key(self.inner.key)))
+            .unwrap_or_default();
+        ErrorKind::ExecutionFinished { query }.into()
+    }
+
+    /// Records a read of `dep` that saw the identity `seen`; refused once
+    /// the body has returned.
+    pub(crate) fn record(
+        &self,
+        dep: Dep,
+        seen: Revision,
+        durability: Durability,
+        memo: Option<Weak<dyn AnyMemo>>,
+    ) -> Result<()> {
+        let mut rec = lock(&self.inner.recorder);
+        if rec.finished {
+            drop(rec);
+            return Err(self.finished_error());
+        }
+        rec.deps.push(Edge { dep, seen, memo });
+        rec.durability = rec.durability.min(durability);
+        Ok(())
+    }
+
+    /// An error if the body has already returned.
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if lock(&self.inner.recorder).finished {
+            return Err(self.finished_error());
+        }
+        Ok(())
+    }
+
+    /// Closes the recorder and builds the memo's metadata. `equal_to` is the
+    /// old memo when the new value equals its value: the new memo then keeps
+    /// the old `changed_at` (early cutoff, S7) — if it has the old memo's
+    /// durability. A `changed_at` is an identity that dependents compare
+    /// with; dependents record the durability of the memo they read, so two
+    /// memos of one identity must have one durability. Backdating a less
+    /// durable memo would let dependents of the old one keep a durability
+    /// higher than what they now depend on and skip walks they need (S8:
+    /// durability never changes results; salsa refuses the same backdate);
+    /// backdating a more durable one does the same to its own dependents as
+    /// soon as they are checked against the old twin (kept by an older
+    /// snapshot). Either way it counts as a change instead.
+    pub(crate) fn finish(&self, equal_to: Option<&MemoMeta>) -> MemoMeta {
+        let (deps, durability) = {
+            let mut rec = lock(&self.inner.recorder);
+            rec.finished = true;
+            (std::mem::take(&mut rec.deps), rec.durability)
+        };
+        let r = self.revision();
+        let unchanged_since = equal_to
+            .filter(|old| durability == old.durability)
+            .map(|old| old.changed_at);
+        let main = self.inner.access.pinned.fork == MAIN_FORK;
+        let deps = dedup(deps).into_boxed_slice();
+        let changed_at = unchanged_since.unwrap_or(r);
+        MemoMeta {
+            key: self.inner.key,
+            newest_identity: MemoMeta::identity_bound(changed_at, &deps),
+            deps,
+            changed_at,
+            durability,
+            executed_at: r,
+            reason: self.inner.reason,
+            verified_main: AtomicU64::new(if main { r.as_u64() } else { 0 }),
+        }
+    }
+}
+
+/// Removes repeated dependencies, keeping first-read order.
+fn dedup(mut deps: Vec<Edge>) -> Vec<Edge> {
+    if deps.len() <= 16 {
+        let mut out: Vec<Edge> = Vec::with_capacity(deps.len());
+        for e in deps {
+            if !out.iter().any(|o| o.dep == e.dep) {
+                out.push(e);
+            }
+        }
+        out
+    } else {
+        let mut seen: std::collections::HashSet<Dep, ahash::RandomState> = Default::default();
+        deps.retain(|e| seen.insert(e.dep));
+        deps
+    }
+}

@@ -1,0 +1,160 @@
+//! The erased ingredient interface (what the engine needs from an input,
+//! query or interned kind) and the registry of a database's ingredients,
+//! indexed densely and by `TypeId`, frozen at `build()`. The typed layers
+//! implement [`Ingredient`] thinly.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::engine::counters::Counters;
+use crate::engine::execution::Execution;
+use crate::engine::storage::{History, KeyId, MemoRef, Publish, Table};
+use crate::error::Result;
+use crate::revision::{Durability, Revision};
+use crate::util::BoxFuture;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub(crate) enum IngredientKind {
+    Input = 1,
+    Query = 2,
+    Interned = 3,
+}
+
+impl IngredientKind {
+    pub(crate) fn noun(self) -> &'static str {
+        match self {
+            IngredientKind::Input => "input",
+            IngredientKind::Query => "query",
+            IngredientKind::Interned => "interned kind",
+        }
+    }
+}
+
+/// What the erased engine needs from an ingredient. Methods that do not apply
+/// to a kind have inert defaults.
+pub(crate) trait Ingredient: Any + Send + Sync {
+    fn name(&self) -> &str;
+    fn kind(&self) -> IngredientKind;
+    fn counters(&self) -> &Counters;
+    /// A new, empty table for a fresh `State`.
+    fn empty_table(&self) -> Table;
+    /// `Debug` rendering of the key with this id.
+    fn debug_key(&self, key: KeyId) -> String;
+
+    /// Whether changes of this kind (input sets, executions) are recorded
+    /// in the journal (for persistence's incremental appends).
+    fn journaled(&self) -> bool {
+        false
+    }
+
+    /// Inputs: the kind's durability.
+    fn durability(&self) -> Durability {
+        Durability::High
+    }
+    /// Inputs: when the slot last changed (`ZERO` if never set).
+    fn input_changed_at(&self, _table: &Table, _key: KeyId) -> Revision {
+        Revision::ZERO
+    }
+
+    /// Queries: the memo stored for `key` and the revision it was verified at.
+    fn memo(&self, _table: &Table, _key: KeyId) -> Option<(MemoRef, Revision)> {
+        None
+    }
+    /// Queries: every memo in the table (for inspection and persistence).
+    fn memos(&self, _table: &Table) -> Vec<(KeyId, MemoRef, Revision)> {
+        Vec::new()
+    }
+    /// Queries: number of memos in the table.
+    fn table_len(&self, _table: &Table) -> usize {
+        0
+    }
+    /// Queries: `table` (of a state in `history`) with `items` inserted where
+    /// they are verified later than what it holds, or `None` if nothing would
+    /// change.
+    fn insert_memos(&self, _table: &Table, _items: &[Publish], _history: History) -> Option<Table> {
+        None
+    }
+    /// Queries: runs the body for `key` as `execution` (which records its
+    /// reads) and builds the memo, comparing with `old` for early cutoff.
+    fn execute(
+        self: Arc<Self>,
+        _execution: Execution,
+        _key: KeyId,
+        _old: Option<MemoRef>,
+    ) -> BoxFuture<'static, Result<MemoRef>> {
+        Box::pin(async {
+            Err(crate::Error::internal(
+                "execute called on a non-query ingredient",
+            ))
+        })
+    }
+}
+
+/// `TypeId`s are already hashes: use their bits directly.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct TypeIdHasher(u64);
+
+impl std::hash::Hasher for TypeIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8)) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+
+pub(crate) type TypeIdMap = HashMap<TypeId, u32, std::hash::BuildHasherDefault<TypeIdHasher>>;
+
+/// All ingredients of a database, frozen at `build()`.
+pub(crate) struct Registry {
+    by_type: TypeIdMap,
+    ingredients: Vec<Arc<dyn Ingredient>>,
+}
+
+impl Registry {
+    /// A registry of `ingredients` (the index is the position), found by
+    /// kind through `by_type`.
+    pub(crate) fn new(by_type: TypeIdMap, ingredients: Vec<Arc<dyn Ingredient>>) -> Registry {
+        Registry {
+            by_type,
+            ingredients,
+        }
+    }
+
+    pub(crate) fn get(&self, index: u32) -> Result<&Arc<dyn Ingredient>> {
+        self.ingredients
+            .get(index as usize)
+            .ok_or_else(|| crate::Error::internal(format!("no ingredient {index}")))
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Arc<dyn Ingredient>)> {
+        self.ingredients
+            .iter()
+            .enumerate()
+            .map(|(i, ing)| (i as u32, ing))
+    }
+
+    /// The index of the ingredient registered for the kind with `type_id`.
+    #[inline]
+    pub(crate) fn index_of(&self, type_id: TypeId) -> Option<u32> {
+        self.by_type.get(&type_id).copied()
+    }
+
+    /// The ingredient at `index` as its concrete (typed) type.
+    #[inline]
+    pub(crate) fn downcast<T: Ingredient>(&self, index: u32) -> Option<&T> {
+        let ing = self.ingredients.get(index as usize)?;
+        let any: &dyn Any = ing.as_ref();
+        any.downcast_ref::<T>()
+    }
+}
