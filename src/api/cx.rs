@@ -7,9 +7,11 @@ use std::sync::{Arc, Weak};
 use crate::api::kinds::{AsyncQuery, Id, Input, Interned};
 use crate::api::registry::TypedLookup;
 use crate::engine::execution::Execution;
+use crate::engine::fetch::Fault;
 use crate::engine::fetch::{Hint, fetch};
+use crate::engine::ingredient::Registry;
 use crate::engine::storage::{AnyMemo, Dep, MAIN_FORK, Memo, UNSEEN, typed_memo};
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::revision::{Durability, Revision};
 use crate::typed::input::InputIngredient;
 use crate::typed::interned::InternedIngredient;
@@ -130,10 +132,10 @@ impl QueryCx {
         loop {
             let memo = match fetch(access, index, key_id, hint).await {
                 Ok(memo) => memo,
-                Err(e) => {
+                Err(fault) => {
                     // The read still happened: a cycle or cancellation depends on it.
                     self.record(dep, UNSEEN, Durability::Low, None)?;
-                    return Err(e);
+                    return Err(fault_error(fault, &access.view.shared.registry));
                 }
             };
             match typed_memo::<Q::Value>(&memo)?.read() {
@@ -191,5 +193,21 @@ impl QueryCx {
     /// The value of an interned id.
     pub fn lookup<T: Interned>(&self, id: Id<T>) -> Result<T::Value> {
         InternedIngredient::<T>::lookup_in(&self.exec.access().view.shared.registry)?.value(id)
+    }
+}
+
+/// The user-facing error for an engine fault: a cycle gets the names of its
+/// path (`Kind(key)` each, closed by the first again).
+pub(crate) fn fault_error(fault: Fault, registry: &Registry) -> Error {
+    match fault {
+        Fault::Error(e) => e,
+        Fault::Cycle(cycle) => {
+            let mut names: Vec<String> = cycle.0.iter().map(|d| registry.describe(*d)).collect();
+            if let Some(first) = names.first().cloned() {
+                names.push(first);
+            }
+            tracing::debug!(path = %names.join(" → "), "query cycle detected");
+            ErrorKind::Cycle { path: names }.into()
+        }
     }
 }

@@ -5,12 +5,12 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::api::cx::fault_error;
 use crate::api::kinds::{AsyncQuery, Id, Input, Interned};
 use crate::api::registry::DatabaseBuilder;
 use crate::api::registry::TypedLookup;
 use crate::api::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
 use crate::engine::fetch::{Hint, fetch_value};
-use crate::engine::inflight::describe;
 use crate::engine::ingredient::{IngredientKind, Registry};
 use crate::engine::storage::{Dep, MAIN_FORK, MemoRef, Reason};
 use crate::engine::view::{Access, Change, ViewCore};
@@ -294,7 +294,7 @@ impl View {
             // A request that computed much makes its memos lock-free hits for
             // the next one; small leftovers wait for the next merge.
             access.flush_if(FLUSH_AFTER_REQUEST);
-            result
+            result.map_err(|fault| fault_error(fault, self.registry()))
         })
         .await
     }
@@ -510,21 +510,17 @@ impl View {
         let registry = self.registry();
         let meta = memo.meta();
         MemoInfo {
-            name: describe(dep, registry),
+            name: registry.describe(dep),
             verified_at,
             changed_at: meta.changed_at,
             executed_at: meta.executed_at,
             durability: meta.durability,
             is_error: memo.error().is_some(),
-            dependencies: meta
-                .deps
-                .iter()
-                .map(|e| describe(e.dep, registry))
-                .collect(),
+            dependencies: meta.deps.iter().map(|e| registry.describe(e.dep)).collect(),
             reason: match meta.reason {
                 Reason::New => ExecutionReason::New,
                 Reason::DependencyChanged(d) => {
-                    ExecutionReason::DependencyChanged(describe(d, registry))
+                    ExecutionReason::DependencyChanged(registry.describe(d))
                 }
                 Reason::Unverifiable => ExecutionReason::Unverifiable,
             },

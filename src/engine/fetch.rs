@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::engine::execution::Execution;
-use crate::engine::inflight::{Claim, Node, SlotKey};
+use crate::engine::inflight::{Claim, Cycle, Node, SlotKey};
 use crate::engine::ingredient::Ingredient;
 use crate::engine::revalidate::{Verdict, Walk};
 use crate::engine::storage::{Dep, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo};
@@ -46,14 +46,29 @@ impl Hint {
     }
 }
 
+/// Why a fetch produced no memo.
+#[derive(Clone, Debug)]
+pub(crate) enum Fault {
+    /// The request would wait on itself: the cycle, as data.
+    Cycle(Cycle),
+    /// Anything else (a cancelled task, an internal error).
+    Error(Error),
+}
+
+impl From<Error> for Fault {
+    fn from(e: Error) -> Fault {
+        Fault::Error(e)
+    }
+}
+
 /// The memo for (`index`, `key`) valid at `acc`'s revision. The memo may hold
-/// a user error; `Err` here is an engine error (a cycle, a cancellation).
+/// a user error; `Err` here is the engine's (a cycle, a cancellation).
 pub(crate) fn fetch(
     acc: &Access,
     index: u32,
     key: KeyId,
     hint: Hint,
-) -> BoxFuture<'_, Result<MemoRef>> {
+) -> BoxFuture<'_, Result<MemoRef, Fault>> {
     Box::pin(fetch_inner(acc, index, key, hint))
 }
 
@@ -64,12 +79,12 @@ pub(crate) async fn fetch_value<V: Clone + Send + Sync + 'static>(
     index: u32,
     key: KeyId,
     hint: Hint,
-) -> Result<V> {
+) -> Result<V, Fault> {
     let mut hint = hint;
     loop {
         let memo = fetch(acc, index, key, hint).await?;
         match typed_memo::<V>(&memo)?.read() {
-            Some(result) => return result,
+            Some(result) => return Ok(result?),
             None => {
                 tracing::warn!("a cached value does not decode; recomputing it");
                 hint = Hint::Replace(memo);
@@ -78,7 +93,12 @@ pub(crate) async fn fetch_value<V: Clone + Send + Sync + 'static>(
     }
 }
 
-async fn fetch_inner(acc: &Access, index: u32, key: KeyId, mut hint: Hint) -> Result<MemoRef> {
+async fn fetch_inner(
+    acc: &Access,
+    index: u32,
+    key: KeyId,
+    mut hint: Hint,
+) -> Result<MemoRef, Fault> {
     let shared = acc.view.shared.clone();
     let ing: Arc<dyn Ingredient> = shared.registry.get(index)?.clone();
     let r = acc.revision();
@@ -126,7 +146,8 @@ async fn fetch_inner(acc: &Access, index: u32, key: KeyId, mut hint: Hint) -> Re
         };
         let owner = match shared
             .inflight
-            .claim(slot, acc.requester.as_ref(), &shared.registry)?
+            .claim(slot, acc.requester.as_ref())
+            .map_err(Fault::Cycle)?
         {
             Claim::Wait(waiter) => match waiter.wait().await {
                 Some(memo) => {

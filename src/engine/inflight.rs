@@ -24,9 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::engine::ingredient::Registry;
 use crate::engine::storage::{Dep, ForkId, KeyId, MemoRef};
-use crate::error::{Error, ErrorKind, Result};
 use crate::revision::Revision;
 use crate::util::lock;
 
@@ -250,13 +248,14 @@ impl InFlight {
     }
 
     /// Claims `slot` for `requester` (the in-flight fetch making the request,
-    /// if any), or returns a waiter on whoever holds it, or a cycle error.
+    /// if any), or returns a waiter on whoever holds it, or the cycle the
+    /// wait would close (as data: the path of dependencies from the slot
+    /// requested to the requester; the layer above names it for the user).
     pub(crate) fn claim<'a>(
         &'a self,
         slot: SlotKey,
         requester: Option<&Arc<Node>>,
-        registry: &Registry,
-    ) -> Result<Claim<'a>> {
+    ) -> std::result::Result<Claim<'a>, Cycle> {
         let mut inner = lock(&self.inner);
         if let Some(node) = inner.nodes.get(&slot).cloned() {
             node.watched.store(true, Ordering::Release);
@@ -264,7 +263,7 @@ impl InFlight {
                 Some(req) => {
                     if let Some(path) = cycle_path(&inner, req, &node) {
                         drop(inner);
-                        return Err(cycle_error(&path, registry));
+                        return Err(Cycle(path.iter().map(|n| n.slot.dep()).collect()));
                     }
                     inner.waiters.entry(node.id).or_default().push(req.clone());
                     inner.waits_on.entry(req.id).or_default().push(node.clone());
@@ -392,24 +391,7 @@ fn cycle_path(inner: &Inner, requester: &Arc<Node>, target: &Arc<Node>) -> Optio
     Some(head)
 }
 
-/// `path` runs from the slot being requested to the requester; the cycle is
-/// that path closed by the request itself.
-fn cycle_error(path: &[Arc<Node>], registry: &Registry) -> Error {
-    let mut names: Vec<String> = path
-        .iter()
-        .map(|n| describe(n.slot.dep(), registry))
-        .collect();
-    if let Some(first) = names.first().cloned() {
-        names.push(first);
-    }
-    tracing::debug!(path = %names.join(" → "), "query cycle detected");
-    ErrorKind::Cycle { path: names }.into()
-}
-
-/// `Kind(key)`.
-pub(crate) fn describe(dep: Dep, registry: &Registry) -> String {
-    match registry.get(dep.ingredient) {
-        Ok(ing) => format!("{}({})", ing.name(), ing.debug_key(dep.key)),
-        Err(_) => format!("?{}({})", dep.ingredient, dep.key),
-    }
-}
+/// A dependency cycle: the path from the slot being requested to the
+/// requester, which the request itself closes.
+#[derive(Clone, Debug)]
+pub(crate) struct Cycle(pub Vec<Dep>);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::engine::counters::Counters;
 use crate::engine::execution::Execution;
-use crate::engine::storage::{History, KeyId, MemoRef, Publish, Table};
+use crate::engine::storage::{Dep, History, KeyId, MemoRef, Publish, Table};
 use crate::error::Result;
 use crate::revision::{Durability, Revision};
 use crate::util::BoxFuture;
@@ -142,6 +142,14 @@ impl Registry {
             .iter()
             .enumerate()
             .map(|(i, ing)| (i as u32, ing))
+    }
+
+    /// `Kind(key)`, for messages and reports.
+    pub(crate) fn describe(&self, dep: Dep) -> String {
+        match self.get(dep.ingredient) {
+            Ok(ing) => format!("{}({})", ing.name(), ing.debug_key(dep.key)),
+            Err(_) => format!("?{}({})", dep.ingredient, dep.key),
+        }
     }
 
     /// The index of the ingredient registered for the kind with `type_id`.
