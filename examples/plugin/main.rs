@@ -1,27 +1,33 @@
 //! The renderer as a separate process, with tracked callbacks.
 //!
 //! ```text
-//! cargo run --release --example plugin
+//! cargo run --example plugin
 //! ```
 //!
 //! The host (this process) owns a picante database of pages and templates.
 //! Rendering is done by a plugin: this same binary started again with
-//! `--child`, talking over its stdin/stdout (`protocol.rs`). While rendering
-//! a page, the plugin asks the host for the templates and partials it needs
-//! (callbacks); the host answers each callback with a picante query made
-//! inside the `RenderPage` execution that sent the request (`host.rs`), so
+//! `--child`, speaking RPC with [remoc] over its stdin/stdout (`rpc.rs`: a
+//! `Renderer` trait the plugin serves and a `Host` trait the host serves).
+//! Every render call carries a `HostClient`; while rendering a page, the
+//! plugin calls back through it for the templates and partials it needs, and
+//! the host answers each callback with a picante query made through the
+//! `QueryCx` of the `RenderPage` execution that made the call (`host.rs`), so
 //! picante records exactly which partials each page used, even though only
 //! the plugin knew. Editing a partial then re-renders exactly the pages whose
 //! plugin call asked for it.
+//!
+//! Step 6 starts a second plugin that exits in the middle of a call: the
+//! query gets a clear error, memoized for that revision, and nothing hangs.
+//! `cargo run --example plugin -- --crash-test` runs only that step.
 
 mod child;
 mod host;
-mod protocol;
+mod rpc;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use picante::Database;
 
@@ -31,10 +37,35 @@ type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Resu
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let result = if std::env::args().nth(1).as_deref() == Some("--child") {
-        child::run().await
-    } else {
-        host_story().await
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        [] => host_story().await,
+        ["--crash-test"] => crash_story().await,
+        ["--child", rest @ ..] => {
+            let exit_while_rendering = match rest {
+                [] => None,
+                ["--exit-while-rendering", page] => Some(page.to_string()),
+                _ => {
+                    eprintln!("plugin: unexpected arguments {rest:?}");
+                    std::process::exit(2);
+                }
+            };
+            let code = match child::run(exit_while_rendering).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            };
+            // Not a return from main: the runtime would wait for the
+            // blocking read on stdin that tokio's `stdin()` may have pending.
+            std::process::exit(code);
+        }
+        _ => Err("usage: cargo run --example plugin [-- --crash-test]\n  \
+                  (no arguments: the whole story; --crash-test: only step 6, \
+                  the plugin dying mid-call)"
+            .into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,15 +167,8 @@ const TEMPLATES: [(&str, &str); 8] = [
 // The story.
 // ---------------------------------------------------------------------------
 
-async fn host_story() -> Result<()> {
-    let plugin = Arc::new(Plugin::spawn()?);
-    let db = host::database(plugin.clone())?;
-    println!("picante plugin example: pages are rendered by a separate process that calls");
-    println!(
-        "back into the host for templates. Plugin process: pid {}.",
-        plugin.pid().map_or("?".to_string(), |p| p.to_string())
-    );
-
+/// Sets every page and template of the sample site, in one revision.
+fn load_site(db: &Database) -> Result<()> {
     let mut batch = db.batch();
     for (path, template, title, body) in PAGES {
         let source = PageSource {
@@ -158,9 +182,25 @@ async fn host_story() -> Result<()> {
         batch.set::<TemplateFile>(name.into(), text.into());
     }
     batch.commit()?;
+    Ok(())
+}
+
+fn pid(plugin: &Plugin) -> String {
+    plugin.pid().map_or("?".to_string(), |p| p.to_string())
+}
+
+async fn host_story() -> Result<()> {
+    let plugin = Arc::new(Plugin::spawn(&[]).await?);
+    let db = host::database(plugin.clone())?;
+    println!("picante plugin example: pages are rendered by a separate process that calls");
+    println!(
+        "back into the host for templates, over remoc RPC. Plugin process: pid {}.",
+        pid(&plugin)
+    );
+    load_site(&db)?;
 
     // 1. Cold render.
-    heading("1. Render every page (all requests at once, over one pipe)");
+    heading("1. Render every page (all calls at once, over one remoc connection)");
     let step = render_all(&db, &plugin).await?;
     check("RenderPage executions", step.rendered.len(), PAGES.len())?;
     println!(
@@ -265,8 +305,113 @@ async fn host_story() -> Result<()> {
     check_list("re-rendered pages", &step.rendered, &expected)?;
 
     plugin.shutdown().await?;
+    println!("  The plugin exited cleanly when the host dropped its client.");
+
+    // 6. The plugin dies mid-call.
+    crash_story().await?;
+
     println!();
-    println!("Every count above was checked by the example itself. The plugin exited cleanly.");
+    println!("Every count above was checked by the example itself.");
+    Ok(())
+}
+
+/// How long a query may take before the example calls it a hang.
+const HANG: Duration = Duration::from_secs(15);
+
+/// Step 6: a second plugin process, on a database of its own, that exits in
+/// the middle of rendering `contact`.
+async fn crash_story() -> Result<()> {
+    heading("6. The plugin process dies in the middle of a call");
+    let plugin = Arc::new(Plugin::spawn(&["--exit-while-rendering", "contact"]).await?);
+    let db = host::database(plugin.clone())?;
+    load_site(&db)?;
+    println!(
+        "  A second plugin (pid {}), told to exit while rendering `contact`.",
+        pid(&plugin)
+    );
+    let render = |page: &str| {
+        let (db, page) = (db.clone(), page.to_string());
+        async move {
+            let start = Instant::now();
+            let result = tokio::time::timeout(HANG, db.query::<RenderPage>(page.clone()))
+                .await
+                .map_err(|_| format!("check failed: RenderPage({page:?}) hung for {HANG:?}"))?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((result, start.elapsed()))
+        }
+    };
+    let executions = |db: &Database| db.query_stats::<RenderPage>().map(|s| s.executions);
+
+    let (about, _) = render("about").await?;
+    about.map_err(|e| format!("check failed: RenderPage(\"about\") should render: {e}"))?;
+    println!("  RenderPage(\"about\") → rendered.");
+
+    let before = executions(&db)?;
+    let requests = plugin.traffic().requests;
+    let (contact, took) = render("contact").await?;
+    let Err(error) = contact else {
+        return Err(
+            "check failed: RenderPage(\"contact\") succeeded although the plugin died".into(),
+        );
+    };
+    println!(
+        "  RenderPage(\"contact\") → error after {:.1} ms:\n    {error}",
+        took.as_secs_f64() * 1e3
+    );
+    let status = plugin.exit_status().unwrap_or_default();
+    let want_status = format!("exit status: {}", child::CRASH_EXIT_CODE);
+    if status != want_status || !error.to_string().contains(&want_status) {
+        return Err(format!(
+            "check failed: expected the error to report the plugin's {want_status}, \
+             got {error} (process: {status:?})"
+        )
+        .into());
+    }
+
+    let (again, _) = render("contact").await?;
+    let same = again.as_ref().err().map(ToString::to_string) == Some(error.to_string());
+    check("same error again at this revision", usize::from(same), 1)?;
+    check(
+        "RenderPage executions for contact (memoized error)",
+        (executions(&db)? - before) as usize,
+        1,
+    )?;
+    check(
+        "render calls for contact",
+        (plugin.traffic().requests - requests) as usize,
+        1,
+    )?;
+    println!("  Asked again at the same revision: the same error, memoized (no new execution).");
+
+    let before = executions(&db)?;
+    let (about, _) = render("about").await?;
+    about.map_err(|e| format!("check failed: RenderPage(\"about\") should be reused: {e}"))?;
+    check(
+        "RenderPage executions for about",
+        (executions(&db)? - before) as usize,
+        0,
+    )?;
+    println!("  RenderPage(\"about\") → still its memo: nothing to ask a dead plugin.");
+
+    let contact = PageSource {
+        template: "page".into(),
+        title: "Contact".into(),
+        body: "<p>Write to us, or call.</p>".into(),
+    };
+    db.set::<Page>("contact".into(), Arc::new(contact))?;
+    let before = executions(&db)?;
+    let (retry, took) = render("contact").await?;
+    let Err(error) = retry else {
+        return Err("check failed: a dead plugin rendered `contact`".into());
+    };
+    check(
+        "RenderPage executions after an edit (a retry)",
+        (executions(&db)? - before) as usize,
+        1,
+    )?;
+    println!(
+        "  After editing `contact` (a new revision) the query retries and fails at once ({:.1} ms):\n    {error}",
+        took.as_secs_f64() * 1e3
+    );
     Ok(())
 }
 
