@@ -319,7 +319,8 @@ async fn host_story() -> Result<()> {
 const HANG: Duration = Duration::from_secs(15);
 
 /// Step 6: a second plugin process, on a database of its own, that exits in
-/// the middle of rendering `contact`.
+/// the middle of rendering `contact` while the other pages' calls are in
+/// flight on the same connection.
 async fn crash_story() -> Result<()> {
     heading("6. The plugin process dies in the middle of a call");
     let plugin = Arc::new(Plugin::spawn(&["--exit-while-rendering", "contact"]).await?);
@@ -329,69 +330,91 @@ async fn crash_story() -> Result<()> {
         "  A second plugin (pid {}), told to exit while rendering `contact`.",
         pid(&plugin)
     );
-    let render = |page: &str| {
-        let (db, page) = (db.clone(), page.to_string());
-        async move {
-            let start = Instant::now();
-            let result = tokio::time::timeout(HANG, db.query::<RenderPage>(page.clone()))
-                .await
-                .map_err(|_| format!("check failed: RenderPage({page:?}) hung for {HANG:?}"))?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((result, start.elapsed()))
-        }
-    };
     let executions = |db: &Database| db.query_stats::<RenderPage>().map(|s| s.executions);
+    let want_status = format!("exit status: {}", child::CRASH_EXIT_CODE);
 
-    let (about, _) = render("about").await?;
+    let about = query_in_time(&db, "about").await?;
     about.map_err(|e| format!("check failed: RenderPage(\"about\") should render: {e}"))?;
     println!("  RenderPage(\"about\") → rendered.");
 
-    let before = executions(&db)?;
-    let requests = plugin.traffic().requests;
-    let (contact, took) = render("contact").await?;
-    let Err(error) = contact else {
+    // Every page at once: `contact`'s call kills the plugin with the others
+    // in flight beside it.
+    let (before, requests) = (executions(&db)?, plugin.traffic().requests);
+    let start = Instant::now();
+    let first = query_every_page(&db).await?;
+    let millis = start.elapsed().as_secs_f64() * 1e3;
+    let failed: Vec<&str> = first
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(page, _)| *page)
+        .collect();
+    println!(
+        "  Every page at once: {} failed, {} rendered or reused, in {millis:.1} ms (no hang).",
+        failed.len(),
+        first.len() - failed.len()
+    );
+    if let Some((_, Err(error))) = first.iter().find(|(page, _)| *page == "contact") {
+        println!("  RenderPage(\"contact\") →\n    {error}");
+    } else {
         return Err(
             "check failed: RenderPage(\"contact\") succeeded although the plugin died".into(),
         );
-    };
+    }
+    check(
+        "plugin exit status",
+        usize::from(plugin.exit_status().as_deref() == Some(want_status.as_str())),
+        1,
+    )?;
+    for (page, result) in &first {
+        match result {
+            Err(e) if !e.to_string().contains(&want_status) => {
+                return Err(format!(
+                    "check failed: the error for {page} should name the plugin's {want_status}: {e}"
+                )
+                .into());
+            }
+            Ok(_) if *page == "about" => {}
+            Ok(_) => println!("  ({page} finished before the plugin died.)"),
+            Err(_) if *page == "about" => {
+                return Err("check failed: RenderPage(\"about\") should be its memo".into());
+            }
+            Err(_) => {}
+        }
+    }
+    let ran = executions(&db)? - before;
+    check("RenderPage executions", ran as usize, PAGES.len() - 1)?;
+    let calls = plugin.traffic().requests - requests;
     println!(
-        "  RenderPage(\"contact\") → error after {:.1} ms:\n    {error}",
-        took.as_secs_f64() * 1e3
+        "  {ran} executions (`about` reused its memo), {calls} render calls sent; every \
+         failure names the plugin's {want_status}."
     );
-    let status = plugin.exit_status().unwrap_or_default();
-    let want_status = format!("exit status: {}", child::CRASH_EXIT_CODE);
-    if status != want_status || !error.to_string().contains(&want_status) {
-        return Err(format!(
-            "check failed: expected the error to report the plugin's {want_status}, \
-             got {error} (process: {status:?})"
-        )
-        .into());
+    if let Some((page, Err(error))) = first
+        .iter()
+        .find(|(page, r)| *page != "contact" && r.is_err())
+    {
+        println!("  A call in flight beside it, RenderPage({page:?}) →\n    {error}");
     }
 
-    let (again, _) = render("contact").await?;
-    let same = again.as_ref().err().map(ToString::to_string) == Some(error.to_string());
-    check("same error again at this revision", usize::from(same), 1)?;
-    check(
-        "RenderPage executions for contact (memoized error)",
-        (executions(&db)? - before) as usize,
-        1,
-    )?;
-    check(
-        "render calls for contact",
-        (plugin.traffic().requests - requests) as usize,
-        1,
-    )?;
-    println!("  Asked again at the same revision: the same error, memoized (no new execution).");
-
+    // The same revision again: the same results, nothing re-runs.
     let before = executions(&db)?;
-    let (about, _) = render("about").await?;
-    about.map_err(|e| format!("check failed: RenderPage(\"about\") should be reused: {e}"))?;
+    let again = query_every_page(&db).await?;
+    let same = first
+        .iter()
+        .zip(&again)
+        .all(|((_, a), (_, b))| match (a, b) {
+            (Ok(a), Ok(b)) => a == b,
+            (Err(a), Err(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        });
+    check("same results again at this revision", usize::from(same), 1)?;
     check(
-        "RenderPage executions for about",
+        "RenderPage executions at the same revision",
         (executions(&db)? - before) as usize,
         0,
     )?;
-    println!("  RenderPage(\"about\") → still its memo: nothing to ask a dead plugin.");
+    println!("  Asked again at the same revision: the same errors, memoized (0 executions).");
 
+    // A new revision may retry.
     let contact = PageSource {
         template: "page".into(),
         title: "Contact".into(),
@@ -399,8 +422,8 @@ async fn crash_story() -> Result<()> {
     };
     db.set::<Page>("contact".into(), Arc::new(contact))?;
     let before = executions(&db)?;
-    let (retry, took) = render("contact").await?;
-    let Err(error) = retry else {
+    let start = Instant::now();
+    let Err(error) = query_in_time(&db, "contact").await? else {
         return Err("check failed: a dead plugin rendered `contact`".into());
     };
     check(
@@ -409,10 +432,38 @@ async fn crash_story() -> Result<()> {
         1,
     )?;
     println!(
-        "  After editing `contact` (a new revision) the query retries and fails at once ({:.1} ms):\n    {error}",
-        took.as_secs_f64() * 1e3
+        "  After editing `contact` (a new revision) the query retries, and fails at once \
+         ({:.1} ms):\n    {error}",
+        start.elapsed().as_secs_f64() * 1e3
     );
     Ok(())
+}
+
+/// `RenderPage(page)`, or a failed check if it takes longer than [`HANG`].
+async fn query_in_time(db: &Database, page: &str) -> Result<picante::Result<Arc<str>>> {
+    tokio::time::timeout(HANG, db.query::<RenderPage>(page.to_string()))
+        .await
+        .map_err(|_| format!("check failed: RenderPage({page:?}) hung for {HANG:?}").into())
+}
+
+/// Every page's `RenderPage` result, queried concurrently on a snapshot.
+async fn query_every_page(db: &Database) -> Result<Vec<(&'static str, picante::Result<Arc<str>>)>> {
+    let snapshot = db.snapshot();
+    let tasks: Vec<_> = PAGES
+        .iter()
+        .map(|(path, ..)| {
+            let snapshot = snapshot.clone();
+            tokio::spawn(async move { snapshot.query::<RenderPage>(path.to_string()).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for ((path, ..), task) in PAGES.iter().zip(tasks) {
+        let result = tokio::time::timeout(HANG, task)
+            .await
+            .map_err(|_| format!("check failed: RenderPage({path:?}) hung for {HANG:?}"))??;
+        out.push((*path, result));
+    }
+    Ok(out)
 }
 
 /// What one step did.
