@@ -20,6 +20,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// How long the host waits for the plugin to connect, or to exit when asked.
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// How long one render call (with its callbacks) may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 // ---------------------------------------------------------------------------
 // The plugin process.
 // ---------------------------------------------------------------------------
@@ -156,7 +159,16 @@ impl Plugin {
         counters.peak_in_flight.fetch_max(now, Ordering::Relaxed);
         let _in_flight = InFlight(counters);
 
-        match renderer.render(request, host).await {
+        // A dead plugin fails the call at once (the pipes close); a live
+        // one that stops answering would not, so each call has a deadline.
+        let call = tokio::time::timeout(CALL_TIMEOUT, renderer.render(request, host));
+        let Ok(result) = call.await else {
+            return Err(format!(
+                "{} did not answer within {CALL_TIMEOUT:?} while rendering {page}",
+                self.name()
+            ));
+        };
+        match result {
             Ok(html) => Ok(html),
             Err(RpcError::Failed(message)) => {
                 Err(format!("the plugin failed on {page}: {message}"))
