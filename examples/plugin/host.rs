@@ -1,52 +1,50 @@
-//! The host side: a client for the plugin process that multiplexes many
-//! concurrent render requests over one pipe, and the picante queries that
-//! use it.
+//! The host side: the plugin process and its remoc client, and the picante
+//! queries that use it. Each render call carries a [`HostClient`] whose
+//! server answers the plugin's callbacks through the calling execution's
+//! [`QueryCx`], so they are recorded as that page's dependencies.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use picante::{AsyncQuery, Database, Error, Input, QueryCx, async_trait};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
+use remoc::rch;
+use remoc::rtc::ServerShared;
+use tokio::process::Command;
+use tokio::sync::{oneshot, watch};
 
-use crate::protocol::Msg;
+use crate::rpc::{Host, HostServerShared, RenderRequest, Renderer, RendererClient, RpcError};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long the host waits for the plugin to connect, or to exit when asked.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// How long one render call (with its callbacks) may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
-// The plugin client.
+// The plugin process.
 // ---------------------------------------------------------------------------
 
-/// A callback from the plugin: "send me template `name`".
-pub struct Callback {
-    pub cb: u64,
-    pub name: String,
+/// A running plugin process and the remoc client of its [`Renderer`].
+pub struct Plugin {
+    /// Taken on shutdown: dropping the last client ends the plugin's server.
+    renderer: Mutex<Option<RendererClient>>,
+    pid: Option<u32>,
+    /// `Some(status)` once the process has exited, set by a watcher task.
+    exited: watch::Receiver<Option<String>>,
+    /// Asks the watcher task to kill the process (also when dropped).
+    kill: Mutex<Option<oneshot::Sender<()>>>,
+    counters: Arc<Counters>,
 }
 
-/// Where the reader task delivers what the plugin says about one request.
-struct Pending {
-    callbacks: mpsc::UnboundedSender<Callback>,
-    done: oneshot::Sender<Result<String, String>>,
-}
-
-struct Shared {
-    /// Lines to the plugin's stdin (taken on shutdown, which closes stdin).
-    to_plugin: Mutex<Option<mpsc::UnboundedSender<String>>>,
-    /// Requests in flight, by id.
-    pending: Mutex<HashMap<u64, Pending>>,
-    next_req: AtomicU64,
+#[derive(Default)]
+struct Counters {
     requests: AtomicU64,
     callbacks: AtomicU64,
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
-}
-
-/// A running plugin process.
-pub struct Plugin {
-    shared: Arc<Shared>,
-    child: tokio::sync::Mutex<Option<Child>>,
-    pid: Option<u32>,
 }
 
 /// Counters of the plugin traffic.
@@ -62,58 +60,69 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Plugin {
-    /// Starts this same example binary in plugin mode (`--child`), with
-    /// piped stdin/stdout, plus one task writing to it and one reading from
-    /// it and dispatching replies to the requests waiting for them.
-    pub fn spawn() -> Result<Plugin, Box<dyn std::error::Error + Send + Sync>> {
+    /// Starts this same example binary in plugin mode (`--child`, then
+    /// `args`) with piped stdin/stdout, opens a remoc connection over them
+    /// and receives the plugin's [`RendererClient`].
+    pub async fn spawn(args: &[&str]) -> Result<Plugin, BoxError> {
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find this program to start the plugin: {e}"))?;
         let mut child = Command::new(&exe)
             .arg("--child")
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start the plugin {}: {e}", exe.display()))?;
-        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err("the plugin's stdin/stdout are not piped".into());
         };
-
-        let (to_plugin, mut lines_out) = mpsc::unbounded_channel::<String>();
-        tokio::spawn(async move {
-            while let Some(mut line) = lines_out.recv().await {
-                line.push('\n');
-                if stdin.write_all(line.as_bytes()).await.is_err() {
-                    break;
-                }
-            }
-            // Dropping stdin closes the pipe: the plugin sees EOF and exits.
-        });
-
-        let shared = Arc::new(Shared {
-            to_plugin: Mutex::new(Some(to_plugin)),
-            pending: Mutex::new(HashMap::new()),
-            next_req: AtomicU64::new(1),
-            requests: AtomicU64::new(0),
-            callbacks: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-            peak_in_flight: AtomicUsize::new(0),
-        });
-        let reader = shared.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                reader.dispatch(&line);
-            }
-            // The plugin exited: every request still waiting fails (dropping
-            // its `done` sender wakes it up with an error).
-            lock(&reader.pending).clear();
-        });
         let pid = child.id();
+
+        // The watcher owns the process: it reaps it and publishes its exit
+        // status, or kills it when asked (or when the `Plugin` is dropped).
+        let (exited_tx, exited) = watch::channel(None);
+        let (kill, killed) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status,
+                _ = killed => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            let status =
+                status.map_or_else(|e| format!("an unknown status ({e})"), |s| s.to_string());
+            let _ = exited_tx.send(Some(status));
+        });
+
+        let connect = async {
+            let (conn, _to_plugin, mut from_plugin): (
+                _,
+                rch::base::Sender<()>,
+                rch::base::Receiver<RendererClient>,
+            ) = remoc::Connect::io_buffered(crate::rpc::connection_cfg(), stdout, stdin, 8192)
+                .await
+                .map_err(|e| format!("cannot connect to the plugin: {e}"))?;
+            // The connection's dispatcher. It ends when the plugin's end of
+            // the pipes closes; every call in flight then fails.
+            tokio::spawn(conn);
+            let renderer = from_plugin
+                .recv()
+                .await
+                .map_err(|e| format!("the plugin did not send its renderer: {e}"))?
+                .ok_or("the plugin closed the connection before sending its renderer")?;
+            Ok::<_, BoxError>(renderer)
+        };
+        let renderer = tokio::time::timeout(PATIENCE, connect)
+            .await
+            .map_err(|_| format!("the plugin did not connect within {PATIENCE:?}"))??;
         Ok(Plugin {
-            shared,
-            child: tokio::sync::Mutex::new(Some(child)),
+            renderer: Mutex::new(Some(renderer)),
             pid,
+            exited,
+            kill: Mutex::new(Some(kill)),
+            counters: Arc::default(),
         })
     }
 
@@ -121,148 +130,134 @@ impl Plugin {
         self.pid
     }
 
-    /// Sends a render request. Callbacks and the result arrive on the
-    /// returned [`RenderCall`].
-    pub fn start_render(
+    fn name(&self) -> String {
+        match self.pid {
+            Some(pid) => format!("the plugin process (pid {pid})"),
+            None => "the plugin process".to_string(),
+        }
+    }
+
+    /// Calls [`Renderer::render`], with `host` answering its callbacks.
+    async fn render(
         &self,
-        page: &str,
-        template: &str,
-        title: &str,
-        body: &str,
-    ) -> Result<RenderCall, String> {
-        let shared = &self.shared;
-        let req = shared.next_req.fetch_add(1, Ordering::Relaxed);
-        let (callbacks_tx, callbacks) = mpsc::unbounded_channel();
-        let (done_tx, done) = oneshot::channel();
-        lock(&shared.pending).insert(
-            req,
-            Pending {
-                callbacks: callbacks_tx,
-                done: done_tx,
-            },
-        );
-        let call = RenderCall {
-            shared: shared.clone(),
-            req,
-            callbacks,
-            done,
+        request: RenderRequest,
+        host: crate::rpc::HostClient,
+    ) -> Result<String, String> {
+        let page = request.page.clone();
+        if let Some(status) = self.exited.borrow().clone() {
+            return Err(format!(
+                "{} has exited ({status}); cannot render {page}",
+                self.name()
+            ));
+        }
+        let Some(renderer) = lock(&self.renderer).clone() else {
+            return Err(format!("the plugin was shut down; cannot render {page}"));
         };
-        let msg = Msg::Render {
-            req,
-            page: page.to_string(),
-            template: template.to_string(),
-            title: title.to_string(),
-            body: body.to_string(),
+        let counters = &self.counters;
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let now = counters.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        counters.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        let _in_flight = InFlight(counters);
+
+        // A dead plugin fails the call at once (the pipes close); a live
+        // one that stops answering would not, so each call has a deadline.
+        let call = tokio::time::timeout(CALL_TIMEOUT, renderer.render(request, host));
+        let Ok(result) = call.await else {
+            return Err(format!(
+                "{} did not answer within {CALL_TIMEOUT:?} while rendering {page}",
+                self.name()
+            ));
         };
-        shared.send(msg)?;
-        shared.requests.fetch_add(1, Ordering::Relaxed);
-        let now = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        shared.peak_in_flight.fetch_max(now, Ordering::Relaxed);
-        Ok(call)
+        match result {
+            Ok(html) => Ok(html),
+            Err(RpcError::Failed(message)) => {
+                Err(format!("the plugin failed on {page}: {message}"))
+            }
+            Err(RpcError::Call(e)) => Err(self.lost(&page, e).await),
+        }
+    }
+
+    /// Explains a failed call: did the process die, or only the connection?
+    async fn lost(&self, page: &str, e: remoc::rtc::CallError) -> String {
+        let mut exited = self.exited.clone();
+        // The pipes close as the process exits; the watcher reaps it a moment later.
+        let status =
+            tokio::time::timeout(Duration::from_secs(2), exited.wait_for(Option::is_some)).await;
+        match status {
+            Ok(Ok(status)) => format!(
+                "{} exited ({}) while rendering {page} (RPC: {e})",
+                self.name(),
+                status.as_deref().unwrap_or("?")
+            ),
+            _ => format!(
+                "lost the connection to {} while rendering {page}: {e}",
+                self.name()
+            ),
+        }
     }
 
     pub fn traffic(&self) -> Traffic {
+        let c = &self.counters;
         Traffic {
-            requests: self.shared.requests.load(Ordering::Relaxed),
-            callbacks: self.shared.callbacks.load(Ordering::Relaxed),
-            peak_in_flight: self.shared.peak_in_flight.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
+            callbacks: c.callbacks.load(Ordering::Relaxed),
+            peak_in_flight: c.peak_in_flight.load(Ordering::Relaxed),
         }
     }
 
     /// Starts measuring the peak of concurrent requests afresh.
     pub fn reset_peak(&self) {
-        self.shared.peak_in_flight.store(0, Ordering::Relaxed);
+        self.counters.peak_in_flight.store(0, Ordering::Relaxed);
     }
 
-    /// Closes the plugin's stdin and waits for it to exit.
+    /// The exit status, once the process has exited.
+    pub fn exit_status(&self) -> Option<String> {
+        self.exited.borrow().clone()
+    }
+
+    /// Drops the renderer client (the plugin's server then returns and the
+    /// process exits) and waits for the exit; kills it if it takes too long.
     pub async fn shutdown(&self) -> Result<(), String> {
-        lock(&self.shared.to_plugin).take();
-        if let Some(mut child) = self.child.lock().await.take() {
-            let status = child.wait().await.map_err(|e| e.to_string())?;
-            if !status.success() {
-                return Err(format!("the plugin exited with {status}"));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Shared {
-    fn send(&self, msg: Msg) -> Result<(), String> {
-        let guard = lock(&self.to_plugin);
-        let tx = guard.as_ref().ok_or("the plugin was shut down")?;
-        tx.send(msg.encode())
-            .map_err(|_| "the plugin's stdin is closed".to_string())
-    }
-
-    /// Routes one line from the plugin to the request it belongs to.
-    fn dispatch(&self, line: &str) {
-        match Msg::decode(line) {
-            Ok(Msg::Fetch { req, cb, name }) => {
-                self.callbacks.fetch_add(1, Ordering::Relaxed);
-                let delivered = lock(&self.pending)
-                    .get(&req)
-                    .is_some_and(|p| p.callbacks.send(Callback { cb, name }).is_ok());
-                if !delivered {
-                    // The request was abandoned (its query was cancelled).
-                    let _ = self.send(Msg::Fetched {
-                        req,
-                        cb,
-                        result: Err("request cancelled".to_string()),
-                    });
+        lock(&self.renderer).take();
+        let mut exited = self.exited.clone();
+        let waited = tokio::time::timeout(PATIENCE, exited.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(status)) => match status.as_deref() {
+                Some("exit status: 0") => Ok(()),
+                other => Err(format!(
+                    "{} exited with {}",
+                    self.name(),
+                    other.unwrap_or("?")
+                )),
+            },
+            _ => {
+                if let Some(kill) = lock(&self.kill).take() {
+                    let _ = kill.send(());
                 }
+                Err(format!(
+                    "{} did not exit within {PATIENCE:?}; killed it",
+                    self.name()
+                ))
             }
-            Ok(Msg::Done { req, result }) => {
-                if let Some(p) = lock(&self.pending).remove(&req) {
-                    let _ = p.done.send(result);
-                }
-            }
-            Ok(other) => eprintln!("host: unexpected message from the plugin: {other:?}"),
-            Err(e) => eprintln!("host: bad line from the plugin: {e}"),
         }
     }
 }
 
-/// One render request in flight.
-pub struct RenderCall {
-    shared: Arc<Shared>,
-    req: u64,
-    /// Callbacks the plugin makes while rendering this request.
-    pub callbacks: mpsc::UnboundedReceiver<Callback>,
-    /// The rendered page, or the plugin's error.
-    pub done: oneshot::Receiver<Result<String, String>>,
-}
+/// Counts a render call out of flight, however it ends (also if dropped).
+struct InFlight<'a>(&'a Counters);
 
-impl RenderCall {
-    /// A handle that answers this request's callbacks, movable into a task.
-    pub fn replier(&self) -> Replier {
-        Replier {
-            shared: self.shared.clone(),
-            req: self.req,
-        }
-    }
-}
-
-impl Drop for RenderCall {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        // Finished or abandoned: either way, forget it.
-        lock(&self.shared.pending).remove(&self.req);
-        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-pub struct Replier {
-    shared: Arc<Shared>,
-    req: u64,
-}
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
-impl Replier {
-    pub fn reply(&self, cb: u64, result: Result<String, String>) {
-        let _ = self.shared.send(Msg::Fetched {
-            req: self.req,
-            cb,
-            result,
-        });
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -318,6 +313,23 @@ impl AsyncQuery for ResolvedPartial {
     }
 }
 
+/// The host's side of one render call: the plugin's callbacks, answered by
+/// queries through a clone of the calling execution's `cx`.
+struct Callbacks {
+    cx: QueryCx,
+    counters: Arc<Counters>,
+}
+
+impl Host for Callbacks {
+    async fn partial(&self, name: String) -> Result<String, RpcError> {
+        self.counters.callbacks.fetch_add(1, Ordering::Relaxed);
+        // Recorded as a dependency of the RenderPage execution that owns `cx`.
+        let text = self.cx.query::<ResolvedPartial>(name).await;
+        text.map(|t| t.to_string())
+            .map_err(|e| RpcError::Failed(e.to_string()))
+    }
+}
+
 /// Renders one page by calling the plugin. The query holds the plugin
 /// client: queries are registered as instances and may carry state.
 pub struct RenderPage {
@@ -330,39 +342,36 @@ impl AsyncQuery for RenderPage {
     type Value = Arc<str>;
     async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Arc<str>> {
         let page = cx.input::<Page>(&path)?;
-        let mut call = self
-            .plugin
-            .start_render(&path, &page.template, &page.title, &page.body)
-            .map_err(Error::msg)?;
 
-        // While the plugin renders, it calls back for templates. Each
-        // callback is answered with `cx.query` made by *this* execution, so
-        // picante records ResolvedPartial(name) as a dependency of
-        // RenderPage(path) — exactly the partials this page used, as only the
-        // plugin knew. Callbacks are answered concurrently, on tasks holding
-        // clones of `cx`; every read through a clone is recorded too.
-        let mut answers = JoinSet::new();
-        let result = loop {
-            tokio::select! {
-                Some(callback) = call.callbacks.recv() => {
-                    let (cx, replier) = (cx.clone(), call.replier());
-                    answers.spawn(async move {
-                        let text = cx.query::<ResolvedPartial>(callback.name).await;
-                        let text = text.map(|t| t.to_string()).map_err(|e| e.to_string());
-                        replier.reply(callback.cb, text);
-                    });
-                }
-                done = &mut call.done => break done,
-            }
+        // A callback server for this call only, answering through *this*
+        // execution's `cx`: picante records ResolvedPartial(name) as a
+        // dependency of RenderPage(path) — exactly the partials this page
+        // used, as only the plugin knew. `serve(true)` answers callbacks
+        // concurrently, each on its own task with the shared `cx` clone.
+        let callbacks = Callbacks {
+            cx: cx.clone(),
+            counters: self.plugin.counters.clone(),
         };
-        // Every callback has been answered (the plugin could not finish
-        // without them); wait for the tasks so no read outlives the execution.
-        while answers.join_next().await.is_some() {}
-        match result {
-            Ok(Ok(html)) => Ok(html.into()),
-            Ok(Err(message)) => Err(Error::msg(format!("plugin failed on {path}: {message}"))),
-            Err(_) => Err(Error::msg("the plugin process exited")),
-        }
+        let (server, host) = HostServerShared::new(Arc::new(callbacks), 16);
+        let _serving = AbortOnDrop(tokio::spawn(async move {
+            let _ = server.serve(true).await;
+        }));
+
+        let request = RenderRequest {
+            page: path.clone(),
+            template: page.template.clone(),
+            title: page.title.clone(),
+            body: page.body.clone(),
+        };
+        // When the call returns, `_serving` stops the callback server: a
+        // callback arriving after the call is over is refused, never recorded
+        // (picante would refuse the read anyway: the execution is finished).
+        let html = self
+            .plugin
+            .render(request, host)
+            .await
+            .map_err(Error::msg)?;
+        Ok(html.into())
     }
 }
 

@@ -1,27 +1,33 @@
 //! The renderer as a separate process, with tracked callbacks.
 //!
 //! ```text
-//! cargo run --release --example plugin
+//! cargo run --example plugin
 //! ```
 //!
 //! The host (this process) owns a picante database of pages and templates.
 //! Rendering is done by a plugin: this same binary started again with
-//! `--child`, talking over its stdin/stdout (`protocol.rs`). While rendering
-//! a page, the plugin asks the host for the templates and partials it needs
-//! (callbacks); the host answers each callback with a picante query made
-//! inside the `RenderPage` execution that sent the request (`host.rs`), so
+//! `--child`, speaking RPC with [remoc] over its stdin/stdout (`rpc.rs`: a
+//! `Renderer` trait the plugin serves and a `Host` trait the host serves).
+//! Every render call carries a `HostClient`; while rendering a page, the
+//! plugin calls back through it for the templates and partials it needs, and
+//! the host answers each callback with a picante query made through the
+//! `QueryCx` of the `RenderPage` execution that made the call (`host.rs`), so
 //! picante records exactly which partials each page used, even though only
 //! the plugin knew. Editing a partial then re-renders exactly the pages whose
 //! plugin call asked for it.
+//!
+//! Step 6 starts a second plugin that exits in the middle of a call: the
+//! query gets a clear error, memoized for that revision, and nothing hangs.
+//! `cargo run --example plugin -- --crash-test` runs only that step.
 
 mod child;
 mod host;
-mod protocol;
+mod rpc;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use picante::Database;
 
@@ -31,10 +37,35 @@ type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Resu
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let result = if std::env::args().nth(1).as_deref() == Some("--child") {
-        child::run().await
-    } else {
-        host_story().await
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        [] => host_story().await,
+        ["--crash-test"] => crash_story().await,
+        ["--child", rest @ ..] => {
+            let exit_while_rendering = match rest {
+                [] => None,
+                ["--exit-while-rendering", page] => Some(page.to_string()),
+                _ => {
+                    eprintln!("plugin: unexpected arguments {rest:?}");
+                    std::process::exit(2);
+                }
+            };
+            let code = match child::run(exit_while_rendering).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            };
+            // Not a return from main: the runtime would wait for the
+            // blocking read on stdin that tokio's `stdin()` may have pending.
+            std::process::exit(code);
+        }
+        _ => Err("usage: cargo run --example plugin [-- --crash-test]\n  \
+                  (no arguments: the whole story; --crash-test: only step 6, \
+                  the plugin dying mid-call)"
+            .into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,15 +167,8 @@ const TEMPLATES: [(&str, &str); 8] = [
 // The story.
 // ---------------------------------------------------------------------------
 
-async fn host_story() -> Result<()> {
-    let plugin = Arc::new(Plugin::spawn()?);
-    let db = host::database(plugin.clone())?;
-    println!("picante plugin example: pages are rendered by a separate process that calls");
-    println!(
-        "back into the host for templates. Plugin process: pid {}.",
-        plugin.pid().map_or("?".to_string(), |p| p.to_string())
-    );
-
+/// Sets every page and template of the sample site, in one revision.
+fn load_site(db: &Database) -> Result<()> {
     let mut batch = db.batch();
     for (path, template, title, body) in PAGES {
         let source = PageSource {
@@ -158,9 +182,25 @@ async fn host_story() -> Result<()> {
         batch.set::<TemplateFile>(name.into(), text.into());
     }
     batch.commit()?;
+    Ok(())
+}
+
+fn pid(plugin: &Plugin) -> String {
+    plugin.pid().map_or("?".to_string(), |p| p.to_string())
+}
+
+async fn host_story() -> Result<()> {
+    let plugin = Arc::new(Plugin::spawn(&[]).await?);
+    let db = host::database(plugin.clone())?;
+    println!("picante plugin example: pages are rendered by a separate process that calls");
+    println!(
+        "back into the host for templates, over remoc RPC. Plugin process: pid {}.",
+        pid(&plugin)
+    );
+    load_site(&db)?;
 
     // 1. Cold render.
-    heading("1. Render every page (all requests at once, over one pipe)");
+    heading("1. Render every page (all calls at once, over one remoc connection)");
     let step = render_all(&db, &plugin).await?;
     check("RenderPage executions", step.rendered.len(), PAGES.len())?;
     println!(
@@ -265,9 +305,165 @@ async fn host_story() -> Result<()> {
     check_list("re-rendered pages", &step.rendered, &expected)?;
 
     plugin.shutdown().await?;
+    println!("  The plugin exited cleanly when the host dropped its client.");
+
+    // 6. The plugin dies mid-call.
+    crash_story().await?;
+
     println!();
-    println!("Every count above was checked by the example itself. The plugin exited cleanly.");
+    println!("Every count above was checked by the example itself.");
     Ok(())
+}
+
+/// How long a query may take before the example calls it a hang.
+const HANG: Duration = Duration::from_secs(15);
+
+/// Step 6: a second plugin process, on a database of its own, that exits in
+/// the middle of rendering `contact` while the other pages' calls are in
+/// flight on the same connection.
+async fn crash_story() -> Result<()> {
+    heading("6. The plugin process dies in the middle of a call");
+    let plugin = Arc::new(Plugin::spawn(&["--exit-while-rendering", "contact"]).await?);
+    let db = host::database(plugin.clone())?;
+    load_site(&db)?;
+    println!(
+        "  A second plugin (pid {}), told to exit while rendering `contact`.",
+        pid(&plugin)
+    );
+    let executions = |db: &Database| db.query_stats::<RenderPage>().map(|s| s.executions);
+    let want_status = format!("exit status: {}", child::CRASH_EXIT_CODE);
+
+    let about = query_in_time(&db, "about").await?;
+    about.map_err(|e| format!("check failed: RenderPage(\"about\") should render: {e}"))?;
+    println!("  RenderPage(\"about\") → rendered.");
+
+    // Every page at once: `contact`'s call kills the plugin with the others
+    // in flight beside it.
+    let (before, requests) = (executions(&db)?, plugin.traffic().requests);
+    let start = Instant::now();
+    let first = query_every_page(&db).await?;
+    let millis = start.elapsed().as_secs_f64() * 1e3;
+    let failed: Vec<&str> = first
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(page, _)| *page)
+        .collect();
+    println!(
+        "  Every page at once: {} failed, {} rendered or reused, in {millis:.1} ms (no hang).",
+        failed.len(),
+        first.len() - failed.len()
+    );
+    if let Some((_, Err(error))) = first.iter().find(|(page, _)| *page == "contact") {
+        println!("  RenderPage(\"contact\") →\n    {error}");
+    } else {
+        return Err(
+            "check failed: RenderPage(\"contact\") succeeded although the plugin died".into(),
+        );
+    }
+    check(
+        "plugin exit status",
+        usize::from(plugin.exit_status().as_deref() == Some(want_status.as_str())),
+        1,
+    )?;
+    for (page, result) in &first {
+        match result {
+            Err(e) if !e.to_string().contains(&want_status) => {
+                return Err(format!(
+                    "check failed: the error for {page} should name the plugin's {want_status}: {e}"
+                )
+                .into());
+            }
+            Ok(_) if *page == "about" => {}
+            Ok(_) => println!("  ({page} finished before the plugin died.)"),
+            Err(_) if *page == "about" => {
+                return Err("check failed: RenderPage(\"about\") should be its memo".into());
+            }
+            Err(_) => {}
+        }
+    }
+    let ran = executions(&db)? - before;
+    check("RenderPage executions", ran as usize, PAGES.len() - 1)?;
+    let calls = plugin.traffic().requests - requests;
+    println!(
+        "  {ran} executions (`about` reused its memo), {calls} render calls sent; every \
+         failure names the plugin's {want_status}."
+    );
+    if let Some((page, Err(error))) = first
+        .iter()
+        .find(|(page, r)| *page != "contact" && r.is_err())
+    {
+        println!("  A call in flight beside it, RenderPage({page:?}) →\n    {error}");
+    }
+
+    // The same revision again: the same results, nothing re-runs.
+    let before = executions(&db)?;
+    let again = query_every_page(&db).await?;
+    let same = first
+        .iter()
+        .zip(&again)
+        .all(|((_, a), (_, b))| match (a, b) {
+            (Ok(a), Ok(b)) => a == b,
+            (Err(a), Err(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        });
+    check("same results again at this revision", usize::from(same), 1)?;
+    check(
+        "RenderPage executions at the same revision",
+        (executions(&db)? - before) as usize,
+        0,
+    )?;
+    println!("  Asked again at the same revision: the same errors, memoized (0 executions).");
+
+    // A new revision may retry.
+    let contact = PageSource {
+        template: "page".into(),
+        title: "Contact".into(),
+        body: "<p>Write to us, or call.</p>".into(),
+    };
+    db.set::<Page>("contact".into(), Arc::new(contact))?;
+    let before = executions(&db)?;
+    let start = Instant::now();
+    let Err(error) = query_in_time(&db, "contact").await? else {
+        return Err("check failed: a dead plugin rendered `contact`".into());
+    };
+    check(
+        "RenderPage executions after an edit (a retry)",
+        (executions(&db)? - before) as usize,
+        1,
+    )?;
+    println!(
+        "  After editing `contact` (a new revision) the query retries, and fails at once \
+         ({:.1} ms):\n    {error}",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// `RenderPage(page)`, or a failed check if it takes longer than [`HANG`].
+async fn query_in_time(db: &Database, page: &str) -> Result<picante::Result<Arc<str>>> {
+    tokio::time::timeout(HANG, db.query::<RenderPage>(page.to_string()))
+        .await
+        .map_err(|_| format!("check failed: RenderPage({page:?}) hung for {HANG:?}").into())
+}
+
+/// Every page's `RenderPage` result, queried concurrently on a snapshot.
+async fn query_every_page(db: &Database) -> Result<Vec<(&'static str, picante::Result<Arc<str>>)>> {
+    let snapshot = db.snapshot();
+    let tasks: Vec<_> = PAGES
+        .iter()
+        .map(|(path, ..)| {
+            let snapshot = snapshot.clone();
+            tokio::spawn(async move { snapshot.query::<RenderPage>(path.to_string()).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for ((path, ..), task) in PAGES.iter().zip(tasks) {
+        let result = tokio::time::timeout(HANG, task)
+            .await
+            .map_err(|_| format!("check failed: RenderPage({path:?}) hung for {HANG:?}"))??;
+        out.push((*path, result));
+    }
+    Ok(out)
 }
 
 /// What one step did.
