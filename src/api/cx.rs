@@ -5,17 +5,16 @@
 use std::sync::{Arc, Weak};
 
 use crate::api::kinds::{AsyncQuery, Id, Input, Interned};
-use crate::api::registry::TypedLookup;
 use crate::engine::execution::Execution;
 use crate::engine::fetch::Fault;
 use crate::engine::fetch::{Hint, fetch};
 use crate::engine::ingredient::Registry;
-use crate::engine::storage::{AnyMemo, Dep, MAIN_FORK, Memo, UNSEEN, typed_memo};
+use crate::engine::storage::{AnyMemo, Dep, History, Memo, UNSEEN, typed_memo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::revision::{Durability, Revision};
 use crate::typed::input::InputIngredient;
 use crate::typed::interned::InternedIngredient;
-use crate::typed::query::QueryIngredient;
+use crate::typed::query::{QueryIngredient, Warm};
 
 /// The context of one query execution.
 ///
@@ -98,21 +97,11 @@ impl QueryCx {
     /// Reads query `Q` at `key` (a recorded dependency), computing it if needed.
     pub async fn query<Q: AsyncQuery>(&self, key: Q::Key) -> Result<Q::Value> {
         let access = self.exec.access();
-        let shared = &access.view.shared;
-        let (index, ing) = shared.registry.typed::<Q, QueryIngredient<Q>>(
-            crate::engine::ingredient::IngredientKind::Query,
-            QueryIngredient::<Q>::register_with,
-        )?;
-        let main = access.pinned.fork == MAIN_FORK;
-        let mut hint = Hint::None;
-        if let Some(memo) = ing.verified_hit(
-            &access.view.state.load(),
-            index,
-            &key,
-            access.revision(),
-            main,
-        )? {
-            if let Some(result) = memo.read() {
+        let (index, ing) = QueryIngredient::<Q>::lookup_in(&access.view.shared.registry)?;
+        let state = access.view.state.load();
+        let history = History::of(access.pinned.fork);
+        let hint = match ing.warm(&state, index, &key, access.revision(), history)? {
+            Warm::Hit(memo, result) => {
                 let dep = Dep {
                     ingredient: index,
                     key: memo.meta.key,
@@ -121,8 +110,9 @@ impl QueryCx {
                 self.record(dep, memo.meta.changed_at, memo.meta.durability, Some(weak))?;
                 return result;
             }
-            hint = Hint::Replace(memo.clone());
-        }
+            Warm::Miss(hint) => hint,
+        };
+        let mut hint = hint;
         self.exec.check_open()?;
         let key_id = ing.key_id(&key)?;
         let dep = Dep {
@@ -172,10 +162,7 @@ impl QueryCx {
     /// Reads input `I` at `key`, `None` if absent (recorded either way).
     pub fn input_opt<I: Input>(&self, key: &I::Key) -> Result<Option<I::Value>> {
         let access = self.exec.access();
-        let (index, ing) = access.view.shared.registry.typed::<I, InputIngredient<I>>(
-            crate::engine::ingredient::IngredientKind::Input,
-            InputIngredient::<I>::register_with,
-        )?;
+        let (index, ing) = InputIngredient::<I>::lookup_in(&access.view.shared.registry)?;
         let (value, key_id, changed_at) = ing.read(&access.pinned, index, key)?;
         let dep = Dep {
             ingredient: index,

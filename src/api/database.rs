@@ -8,17 +8,16 @@ use std::sync::Arc;
 use crate::api::cx::fault_error;
 use crate::api::kinds::{AsyncQuery, Id, Input, Interned};
 use crate::api::registry::DatabaseBuilder;
-use crate::api::registry::TypedLookup;
 use crate::api::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
-use crate::engine::fetch::{Hint, fetch_value};
+use crate::engine::fetch::fetch_value;
 use crate::engine::ingredient::{IngredientKind, Registry};
-use crate::engine::storage::{Dep, MAIN_FORK, MemoRef, Reason};
+use crate::engine::storage::{Dep, History, MAIN_FORK, MemoRef, Reason};
 use crate::engine::view::{Access, Change, ViewCore};
 use crate::error::{Error, Result};
 use crate::revision::Revision;
 use crate::typed::input::{InputIngredient, InputWrites, PendingWrites};
 use crate::typed::interned::InternedIngredient;
-use crate::typed::query::QueryIngredient;
+use crate::typed::query::{QueryIngredient, Warm};
 
 /// A top-level request that left at least this many pending memos merges them.
 const FLUSH_AFTER_REQUEST: usize = 64;
@@ -270,22 +269,12 @@ impl View {
     /// task or snapshot, execute it once. Dropping the returned future is not
     /// an error; other waiters still get the result.
     pub async fn query<Q: AsyncQuery>(&self, key: Q::Key) -> Result<Q::Value> {
-        let (index, ing) = self.registry().typed::<Q, QueryIngredient<Q>>(
-            IngredientKind::Query,
-            QueryIngredient::<Q>::register_with,
-        )?;
-        // Warm hit: a memo verified at the current revision.
+        let (index, ing) = QueryIngredient::<Q>::lookup_in(self.registry())?;
         let state = self.core.state.load();
-        let mut hint = Hint::None;
-        if let Some(memo) =
-            ing.verified_hit(&state, index, &key, state.revision, state.fork == MAIN_FORK)?
-        {
-            match memo.read() {
-                Some(result) => return result,
-                // Loaded from disk and undecodable: recompute it.
-                None => hint = Hint::Replace(memo.clone()),
-            }
-        }
+        let hint = match ing.warm(&state, index, &key, state.revision, History::of(state.fork))? {
+            Warm::Hit(_, result) => return result,
+            Warm::Miss(hint) => hint,
+        };
         let pinned = arc_swap::Guard::into_inner(state);
         Box::pin(async {
             let key_id = ing.key_id(&key)?;
@@ -313,19 +302,13 @@ impl View {
 
     /// Reads input `I` at `key`, `None` if absent.
     pub fn input_opt<I: Input>(&self, key: &I::Key) -> Result<Option<I::Value>> {
-        let (index, ing) = self.registry().typed::<I, InputIngredient<I>>(
-            IngredientKind::Input,
-            InputIngredient::<I>::register_with,
-        )?;
+        let (index, ing) = InputIngredient::<I>::lookup_in(self.registry())?;
         Ok(ing.read(&self.core.state.load(), index, key)?.0)
     }
 
     /// Every present key and value of input kind `I`, in no particular order.
     pub fn inputs<I: Input>(&self) -> Result<Vec<(I::Key, I::Value)>> {
-        let (index, ing) = self.registry().typed::<I, InputIngredient<I>>(
-            IngredientKind::Input,
-            InputIngredient::<I>::register_with,
-        )?;
+        let (index, ing) = InputIngredient::<I>::lookup_in(self.registry())?;
         ing.entries(&self.core.state.load(), index)
     }
 
@@ -422,10 +405,7 @@ impl View {
 
     /// Counters of query kind `Q` (summed over all views of the database).
     pub fn query_stats<Q: AsyncQuery>(&self) -> Result<QueryStats> {
-        let (_, ing) = self.registry().typed::<Q, QueryIngredient<Q>>(
-            IngredientKind::Query,
-            QueryIngredient::<Q>::register_with,
-        )?;
+        let (_, ing) = QueryIngredient::<Q>::lookup_in(self.registry())?;
         let c = crate::engine::ingredient::Ingredient::counters(ing);
         Ok(QueryStats {
             name: crate::engine::ingredient::Ingredient::name(ing).to_string(),
@@ -482,10 +462,7 @@ impl View {
     /// # Ok(()) }
     /// ```
     pub fn inspect<Q: AsyncQuery>(&self, key: &Q::Key) -> Result<Option<MemoInfo>> {
-        let (index, _) = self.registry().typed::<Q, QueryIngredient<Q>>(
-            IngredientKind::Query,
-            QueryIngredient::<Q>::register_with,
-        )?;
+        let (index, _) = QueryIngredient::<Q>::lookup_in(self.registry())?;
         self.core.merge_pending();
         let state = self.core.state.load();
         let table: &crate::engine::storage::MemoTable<Q::Key, Q::Value> = state.table(index)?;
@@ -584,10 +561,7 @@ pub struct Batch<'v> {
 
 impl Batch<'_> {
     fn push<I: Input>(&mut self, key: I::Key, value: Option<I::Value>) -> &mut Self {
-        let found = self.view.registry().typed::<I, InputIngredient<I>>(
-            IngredientKind::Input,
-            InputIngredient::<I>::register_with,
-        );
+        let found = InputIngredient::<I>::lookup_in(self.view.registry());
         let index = match found {
             Ok((index, _)) => index,
             Err(e) => {

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::api::kinds::Input;
-use crate::api::registry::DatabaseBuilder;
+use crate::api::registry::{DatabaseBuilder, TypedLookup};
 use crate::engine::counters::Counters;
-use crate::engine::ingredient::{Ingredient, IngredientKind};
+use crate::engine::ingredient::{Ingredient, IngredientKind, Registry};
 use crate::engine::storage::{InputSlot, InputTable, KeyId, State, Table, new_map};
 use crate::error::{Error, Result};
 use crate::persist::{
@@ -30,6 +30,12 @@ pub(crate) struct InputIngredient<I: Input> {
 }
 
 impl<I: Input> InputIngredient<I> {
+    /// I's index and typed ingredient in `registry`.
+    #[inline]
+    pub(crate) fn lookup_in(registry: &Registry) -> Result<(u32, &Self)> {
+        registry.typed::<I, Self>(IngredientKind::Input, Self::register_with)
+    }
+
     pub(crate) fn name_of() -> String {
         short_type_name::<I>()
     }

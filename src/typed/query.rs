@@ -8,10 +8,11 @@ use tracing::Instrument;
 
 use crate::api::cx::QueryCx;
 use crate::api::kinds::AsyncQuery;
-use crate::api::registry::DatabaseBuilder;
+use crate::api::registry::{DatabaseBuilder, TypedLookup};
 use crate::engine::counters::Counters;
 use crate::engine::execution::Execution;
-use crate::engine::ingredient::{Ingredient, IngredientKind};
+use crate::engine::fetch::Hint;
+use crate::engine::ingredient::{Ingredient, IngredientKind, Registry};
 use crate::engine::storage::{
     Entry, History, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table, new_map, typed_memo,
 };
@@ -46,28 +47,49 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
             .ok_or_else(|| Error::internal(format!("{}: more than 2^32 keys", self.name)))
     }
 
-    /// The memo for `key` if this state holds one verified at `at` (a hit);
-    /// `main`: the reader is in the database's main history.
+    /// Q's index and typed ingredient in `registry`.
     #[inline]
-    pub(crate) fn verified_hit<'s>(
+    pub(crate) fn lookup_in(registry: &Registry) -> Result<(u32, &Self)> {
+        registry.typed::<Q, Self>(IngredientKind::Query, Self::register_with)
+    }
+
+    /// The warm-hit path, written once for `View::query` and
+    /// `QueryCx::query`: the memo for `key` if `state` holds one verified at
+    /// `at` (no lock, no allocation), with its value; else how to fetch it.
+    #[inline]
+    pub(crate) fn warm<'s>(
         &self,
         state: &'s State,
         index: u32,
         key: &Q::Key,
         at: Revision,
-        main: bool,
-    ) -> Result<Option<&'s Arc<Memo<Q::Value>>>> {
+        history: History,
+    ) -> Result<Warm<'s, Q::Value>> {
         let table: &TableOf<Q> = state.table(index)?;
-        match table.get(key) {
+        let entry = match table.get(key) {
             Some(entry)
-                if entry.verified_at == at || (main && entry.memo.meta.verified_main() == at) =>
+                if entry.verified_at == at
+                    || (history == History::Main && entry.memo.meta.verified_main() == at) =>
             {
-                self.counters.hits.incr();
-                Ok(Some(&entry.memo))
+                entry
             }
-            _ => Ok(None),
-        }
+            _ => return Ok(Warm::Miss(Hint::None)),
+        };
+        self.counters.hits.incr();
+        Ok(match entry.memo.read() {
+            Some(result) => Warm::Hit(&entry.memo, result),
+            // Loaded from disk and undecodable: recompute it.
+            None => Warm::Miss(Hint::Replace(entry.memo.clone())),
+        })
     }
+}
+
+/// The outcome of [`QueryIngredient::warm`].
+pub(crate) enum Warm<'s, V> {
+    /// A memo verified at the revision asked, and its value.
+    Hit(&'s Arc<Memo<V>>, Result<V>),
+    /// No usable memo here: fetch with this hint.
+    Miss(Hint),
 }
 
 impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
