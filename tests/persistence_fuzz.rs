@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::Count;
+use common::{Count, TempDir};
 use picante::*;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -206,31 +206,6 @@ fn untouched(db: &Database, revision: Revision) -> std::result::Result<(), Strin
 
 // ---------------------------------------------------------------------------
 // Files
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "picante-persistence-fuzz-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn log_of(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
