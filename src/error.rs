@@ -266,7 +266,7 @@ impl fmt::Display for ErrorKind {
                 register_with,
             } => write!(
                 f,
-                "{type_name} is not registered as an {expected} in this database; \
+                "{type_name} is not registered as {expected} in this database; \
                  register it with `{register_with}` before `build()`"
             ),
             ErrorKind::Registration(m) => write!(f, "invalid database registration: {m}"),

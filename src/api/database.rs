@@ -596,14 +596,27 @@ impl Batch<'_> {
         self.push::<I>(key.clone(), None)
     }
 
-    /// Applies the batch. Returns the new revision, or the current one if
-    /// nothing changed.
-    pub fn commit(self) -> Result<Revision> {
-        if let Some(e) = self.error {
+    /// Applies the batch (and empties it). Returns the new revision, or the
+    /// current one if nothing changed. Takes `&mut self` so that a batch
+    /// chains: `db.batch().set::<I>(k, v).remove::<I>(&j).commit()`.
+    ///
+    /// ```
+    /// # use picante::{Database, Input};
+    /// # struct File;
+    /// # impl Input for File { type Key = &'static str; type Value = u32; }
+    /// # fn main() -> picante::Result<()> {
+    /// let db = Database::builder().input::<File>().build()?;
+    /// db.batch().set::<File>("a", 1).set::<File>("b", 2).commit()?;
+    /// assert_eq!(db.input::<File>(&"b")?, 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn commit(&mut self) -> Result<Revision> {
+        if let Some(e) = self.error.take() {
+            self.writes.clear();
             return Err(e);
         }
         let registry = self.view.registry();
-        let writes = self.writes;
+        let writes = std::mem::take(&mut self.writes);
         self.view.core.commit(|state, revision| {
             let mut changes = Vec::new();
             for (index, w) in writes {

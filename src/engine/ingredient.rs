@@ -25,9 +25,9 @@ pub(crate) enum IngredientKind {
 impl IngredientKind {
     pub(crate) fn noun(self) -> &'static str {
         match self {
-            IngredientKind::Input => "input",
-            IngredientKind::Query => "query",
-            IngredientKind::Interned => "interned kind",
+            IngredientKind::Input => "an input",
+            IngredientKind::Query => "a query",
+            IngredientKind::Interned => "an interned kind",
         }
     }
 }

@@ -431,7 +431,7 @@ fn apply_record(record: &Record<'_>, image: &mut Image<'_>, in_log: bool) -> Res
         }
         (t, k) => {
             return Err(Error::persist(format!(
-                "record tag {t} does not fit a {} section (corrupt file)",
+                "record tag {t} does not fit {} section (corrupt file)",
                 k.noun()
             )));
         }
