@@ -159,7 +159,8 @@ async fn fetch_inner(
             },
             Claim::Owner(owner) => owner,
         };
-        // Someone may have finished between our lookup and our claim.
+        // Look again after the claim: someone may have finished between our
+        // lookup and our claim (they published before completing).
         let found = if shared.inflight.completions() == completions {
             found
         } else {
@@ -204,6 +205,9 @@ async fn fetch_inner(
         };
         let old = found.map(|(memo, _)| memo);
         let memo = execute(&sub, index, &ing, key, old, reason).await?;
+        debug_assert_eq!(memo.meta().executed_at, r, "executed at the access's revision");
+        // Publish before complete: a waiter woken by `complete` (or a reader
+        // that finds the slot free) must find the memo in the view.
         acc.publish(index, &*ing, &[(key, memo.clone(), r)]);
         if acc.pinned.fork == MAIN_FORK {
             let dep = Dep {

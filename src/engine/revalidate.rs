@@ -109,6 +109,7 @@ impl Walk {
         loop {
             if self.changed.is_none() {
                 let Some(top) = self.stack.last_mut() else {
+                    debug_assert!(false, "a walk always has its root frame until it ends");
                     return Verdict::Changed(Reason::Unverifiable);
                 };
                 if let Some(edge) = top.memo.meta().deps.get(top.next) {
@@ -121,6 +122,7 @@ impl Walk {
                         _ => None,
                     };
                     let Ok(dep_ing) = registry.get(dep.ingredient) else {
+                        debug_assert!(false, "an edge names an unregistered ingredient");
                         return Verdict::Changed(Reason::Unverifiable);
                     };
                     let dep_changed_at: Option<Revision> = match dep_ing.kind() {
@@ -188,6 +190,7 @@ impl Walk {
                 } else {
                     // Every dependency of the top frame is unchanged: it is valid.
                     let Some(done) = self.stack.pop() else {
+                        debug_assert!(false, "the top frame was just examined");
                         return Verdict::Changed(Reason::Unverifiable);
                     };
                     self.on_stack.pop(done.dep);
@@ -221,6 +224,7 @@ impl Walk {
                     return Verdict::Blocked;
                 }
                 let Some(frame) = self.stack.pop() else {
+                    debug_assert!(false, "a non-root frame is on the stack");
                     return Verdict::Changed(Reason::Unverifiable);
                 };
                 self.on_stack.pop(frame.dep);
@@ -240,6 +244,7 @@ impl Walk {
                 };
                 let result = fetch(acc, frame.dep.ingredient, frame.dep.key, hint).await;
                 let Some(parent) = self.stack.last_mut() else {
+                    debug_assert!(false, "a popped non-root frame has a parent");
                     return Verdict::Changed(Reason::Unverifiable);
                 };
                 match result {
