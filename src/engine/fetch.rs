@@ -205,7 +205,11 @@ async fn fetch_inner(
         };
         let old = found.map(|(memo, _)| memo);
         let memo = execute(&sub, index, &ing, key, old, reason).await?;
-        debug_assert_eq!(memo.meta().executed_at, r, "executed at the access's revision");
+        debug_assert_eq!(
+            memo.meta().executed_at,
+            r,
+            "executed at the access's revision"
+        );
         // Publish before complete: a waiter woken by `complete` (or a reader
         // that finds the slot free) must find the memo in the view.
         acc.publish(index, &*ing, &[(key, memo.clone(), r)]);

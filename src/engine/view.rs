@@ -22,14 +22,6 @@ use crate::error::Result;
 use crate::revision::{Durability, Revision};
 use crate::util::{catch, lock, read, write};
 
-/// Where `ViewCore::find` looks on behalf of an access: the access's own
-/// view, or the parent view a snapshot reads from and offers to.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Own,
-    Parent,
-}
-
 /// Everything the views of one database share.
 pub(crate) struct Shared {
     pub registry: Registry,
@@ -294,36 +286,26 @@ impl ViewCore {
 
     /// The best memo for `dep` in this view for a read at `pinned`'s
     /// revision `r`, with the revision it is known valid at: `r` itself (a
-    /// hit), else the latest one verified at or before `r` — or, when this
-    /// view is the parent a snapshot reads from, possibly one verified
-    /// *after* `r`.
+    /// hit), else the latest one — possibly one verified *after* `r` (an
+    /// older snapshot reading its database, an access pinned to an older
+    /// revision).
     ///
-    /// That last case is S16's "work flowing back never costs work": an older
-    /// snapshot reading its database revalidates the database's newer memo
-    /// at its own revision (validity is identity, and inputs come from the
-    /// pinned state) instead of computing an equal twin with another
-    /// `changed_at` — a twin that, once offered back, would make dependents
-    /// of either look changed to the other
-    /// (`s16_adopted_memo_stays_valid_after_its_snapshot_is_dropped`).
-    /// Only within one history: revision numbers of a fork alias those of
-    /// the main history, so a parent that left `pinned`'s history offers
-    /// only memos verified at or before `r`.
-    ///
-    /// A view's own table is searched strictly (at or before `r`). Allowing
-    /// newer memos there too (for accesses of the database pinned to an
-    /// older revision) made `differential_concurrent_small_values` fail
-    /// intermittently with wrong values; the cause is not understood yet,
-    /// so it stays off (see ARCHITECTURE.md).
+    /// Such a memo is revalidated at `r` like any other (validity is
+    /// identity, and inputs come from the pinned state), instead of computing
+    /// an equal twin with another `changed_at` — a twin that, once offered
+    /// back, would make dependents of either look changed to the other
+    /// (`s16_adopted_memo_stays_valid_after_its_snapshot_is_dropped`; S16:
+    /// work flowing back never costs work). Only within one history: fork
+    /// revision numbers alias the main history's, so a view that left
+    /// `pinned`'s history offers only memos verified at or before `r` (all
+    /// from before the fork), and a snapshot holding identities newer than
+    /// its revision drops them when it forks (see `newest_identity`).
     ///
     /// Checks the pending buffer before the state (see `pending.rs` for why
-    /// this order).
-    fn find(
-        &self,
-        dep: Dep,
-        ing: &dyn Ingredient,
-        pinned: &State,
-        source: Source,
-    ) -> Option<(MemoRef, Revision)> {
+    /// this order); the state is loaded after the buffer, and a view only
+    /// ever leaves the main history, so a state still in `pinned`'s history
+    /// proves the buffer held nothing from after a fork.
+    fn find(&self, dep: Dep, ing: &dyn Ingredient, pinned: &State) -> Option<(MemoRef, Revision)> {
         let r = pinned.revision;
         let main = pinned.fork == MAIN_FORK;
         let pending = self.pending.get(dep);
@@ -336,7 +318,7 @@ impl ViewCore {
             return Some((m.clone(), r));
         }
         let state = self.state.load();
-        let newer_ok = source == Source::Parent && state.fork == pinned.fork;
+        let newer_ok = state.fork == pinned.fork;
         let effective = |(m, v): (MemoRef, Revision)| {
             let v = m.meta().effective_verified(v, r, main);
             (v <= r || newer_ok).then_some((m, v))
@@ -563,12 +545,12 @@ impl Access {
             ingredient: index,
             key,
         };
-        let own = self.view.find(dep, ing, &self.pinned, Source::Own);
+        let own = self.view.find(dep, ing, &self.pinned);
         if matches!(&own, Some((_, v)) if *v == r) {
             return own;
         }
         match self.offers_to_parent() {
-            Some(parent) => newest(own, parent.find(dep, ing, &self.pinned, Source::Parent)),
+            Some(parent) => newest(own, parent.find(dep, ing, &self.pinned)),
             None => own,
         }
     }
