@@ -80,12 +80,16 @@ impl Walk {
         };
         let mut on_stack = OnStack::default();
         on_stack.push(root);
+        // Most walks go a few frames deep (a page, its parse, its template):
+        // start with room for them instead of growing from one.
+        let mut stack = Vec::with_capacity(8);
+        stack.push(Frame {
+            dep: root,
+            memo,
+            next: 0,
+        });
         Walk {
-            stack: vec![Frame {
-                dep: root,
-                memo,
-                next: 0,
-            }],
+            stack,
             on_stack,
             verified: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
             unpublished: Vec::new(),
