@@ -20,9 +20,7 @@ use picante::*;
 
 /// Fails the test if `f` takes longer than a minute.
 async fn timeout<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), f)
-        .await
-        .expect("test timed out")
+    common::within("the test", Duration::from_secs(60), f).await
 }
 
 /// A persistent input: text by name.

@@ -22,10 +22,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 const OVERLAP: Duration = Duration::from_millis(50);
 
 async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(LIMIT, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out ({LIMIT:?}) waiting for {what}: deadlock or lost wake-up"),
-    }
+    common::within(what, LIMIT, f).await
 }
 
 // ---------------------------------------------------------------------------
@@ -1000,12 +997,7 @@ impl AsyncQuery for CycB {
     }
 }
 
-fn cycle_path(err: &Error) -> Vec<String> {
-    match err.kind() {
-        ErrorKind::Cycle { path } => path.clone(),
-        other => panic!("expected a cycle error, got {other:?}"),
-    }
-}
+use common::cycle_path;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s12_cross_task_cycle() -> Result<()> {

@@ -7,21 +7,12 @@ mod common;
 use std::future::Future;
 use std::time::Duration;
 
-use common::Count;
+use common::{Count, cycle_path};
 use picante::*;
 
 /// Fails the test instead of hanging.
 async fn bounded<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("timed out: a cycle hung instead of failing")
-}
-
-fn path_of(err: &Error) -> Vec<String> {
-    match err.kind() {
-        ErrorKind::Cycle { path } => path.clone(),
-        other => panic!("expected a cycle error, got {other:?}"),
-    }
+    common::within("a cycle to fail", Duration::from_secs(10), f).await
 }
 
 /// Whether the cycle is closed on a toggle.
@@ -93,7 +84,7 @@ async fn s12_self_cycle_reports_path() -> Result<()> {
         .build()?;
     let err = bounded(db.query::<SelfCycle>(7)).await.unwrap_err();
     assert!(err.is_cycle(), "{err:?}");
-    assert_eq!(path_of(&err), ["SelfCycle(7)", "SelfCycle(7)"]);
+    assert_eq!(cycle_path(&err), ["SelfCycle(7)", "SelfCycle(7)"]);
     assert!(
         err.to_string().contains("SelfCycle(7) → SelfCycle(7)"),
         "{err}"
@@ -117,7 +108,7 @@ async fn s12_two_query_cycle_reports_path() -> Result<()> {
 
     let err = bounded(db.query::<A>(1)).await.unwrap_err();
     assert!(err.is_cycle(), "{err:?}");
-    assert_eq!(path_of(&err), ["A(1)", "B(1)", "A(1)"]);
+    assert_eq!(cycle_path(&err), ["A(1)", "B(1)", "A(1)"]);
     let shown = err.to_string();
     assert!(shown.contains("A(1) → B(1) → A(1)"), "{shown}");
     assert_eq!((a.get(), b.get()), (1, 1));
@@ -136,7 +127,7 @@ async fn s12_cycle_entered_from_the_other_member() -> Result<()> {
     let db = ab_db(&a, &b)?;
     db.set::<Toggle>(2, true)?;
     let err = bounded(db.query::<B>(2)).await.unwrap_err();
-    assert_eq!(path_of(&err), ["B(2)", "A(2)", "B(2)"]);
+    assert_eq!(cycle_path(&err), ["B(2)", "A(2)", "B(2)"]);
     assert!(bounded(db.query::<A>(2)).await.unwrap_err().is_cycle());
     assert_eq!((a.get(), b.get()), (1, 1));
     Ok(())
@@ -163,7 +154,10 @@ async fn s12_cycle_through_several_keys_names_each() -> Result<()> {
         .query(Ring { runs: runs.clone() })
         .build()?;
     let err = bounded(db.query::<Ring>(0)).await.unwrap_err();
-    assert_eq!(path_of(&err), ["Ring(0)", "Ring(1)", "Ring(2)", "Ring(0)"]);
+    assert_eq!(
+        cycle_path(&err),
+        ["Ring(0)", "Ring(1)", "Ring(2)", "Ring(0)"]
+    );
     assert!(
         err.to_string()
             .contains("Ring(0) → Ring(1) → Ring(2) → Ring(0)"),
@@ -234,7 +228,7 @@ async fn s12_join_siblings_on_same_key_are_not_a_cycle() -> Result<()> {
 
     // A real cycle in one branch of a join! is still reported.
     let err = bounded(db.query::<Joiner>(3)).await.unwrap_err();
-    assert_eq!(path_of(&err), ["Joiner(3)", "Joiner(3)"]);
+    assert_eq!(cycle_path(&err), ["Joiner(3)", "Joiner(3)"]);
     assert_eq!((leaf.get(), joiner.get()), (2, 2));
     assert!(bounded(db.query::<Joiner>(3)).await.unwrap_err().is_cycle());
     assert_eq!((leaf.get(), joiner.get()), (2, 2));
@@ -265,7 +259,7 @@ async fn s12_cycle_that_goes_away_recomputes() -> Result<()> {
     // Close it again: a cycle again, no hang.
     db.set::<Toggle>(1, true)?;
     let err = bounded(db.query::<A>(1)).await.unwrap_err();
-    assert_eq!(path_of(&err), ["A(1)", "B(1)", "A(1)"]);
+    assert_eq!(cycle_path(&err), ["A(1)", "B(1)", "A(1)"]);
     assert_eq!((a.get(), b.get()), (3, 3));
     assert_eq!(db.stats().in_flight, 0);
     Ok(())
@@ -308,7 +302,7 @@ async fn s12_cycle_in_spawned_execution_does_not_hang() -> Result<()> {
         .await
         .expect("task")
         .unwrap_err();
-    assert_eq!(path_of(&err), ["B(5)", "A(5)", "B(5)"]);
+    assert_eq!(cycle_path(&err), ["B(5)", "A(5)", "B(5)"]);
     assert_eq!((a.get(), b.get()), (1, 1));
     Ok(())
 }

@@ -11,13 +11,15 @@
 //! never repeat (so cutoff never fires and the scheduling side is isolated).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+mod common;
+
+use common::dag::{Dep, In, Live, Outcome, Spec};
 use picante::*;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use tokio::sync::Notify;
 
 const MAX_INPUTS: u32 = 5;
 const MAX_NODES: u32 = 12;
@@ -37,12 +39,6 @@ enum Values {
 // The model
 // ---------------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug)]
-enum Dep {
-    Input(u32),
-    Node(u32),
-}
-
 #[derive(Clone, Debug)]
 struct NodeSpec {
     deps: Vec<Dep>,
@@ -57,7 +53,6 @@ struct NodeSpec {
 }
 
 type Inputs = Vec<Option<i64>>;
-type Outcome = std::result::Result<i64, String>;
 
 fn combine(j: u32, spec: &NodeSpec, values: &[Outcome]) -> Outcome {
     let mut acc = i64::from(j);
@@ -93,128 +88,20 @@ fn evaluate(graph: &[NodeSpec], inputs: &Inputs) -> Vec<Outcome> {
 // The queries
 // ---------------------------------------------------------------------------
 
-struct In;
-impl Input for In {
-    type Key = u32;
-    type Value = i64;
-}
+type NodeQ = common::dag::NodeQ<NodeSpec>;
 
-/// Live helper tasks spawned by bodies (aborted with their body, but
-/// asynchronously): the test waits for them before checking `in_flight`.
-#[derive(Default)]
-struct Live {
-    count: AtomicUsize,
-    zero: Notify,
-}
-
-struct LiveGuard(Arc<Live>);
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.zero.notify_waiters();
-        }
+impl Spec for NodeSpec {
+    fn deps(&self) -> &[Dep] {
+        &self.deps
     }
-}
-
-impl Live {
-    async fn wait_zero(&self) {
-        loop {
-            let zero = self.zero.notified();
-            tokio::pin!(zero);
-            zero.as_mut().enable();
-            if self.count.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            zero.await;
-        }
+    fn style(&self) -> u8 {
+        self.style
     }
-}
-
-/// Drops its guard only after the inner future.
-struct Tracked<F> {
-    fut: std::pin::Pin<Box<F>>,
-    _guard: LiveGuard,
-}
-impl<F: std::future::Future> std::future::Future for Tracked<F> {
-    type Output = F::Output;
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        self.fut.as_mut().poll(cx)
+    fn yields(&self) -> u8 {
+        self.yields
     }
-}
-
-struct NodeQ {
-    graph: Arc<Vec<NodeSpec>>,
-    runs: Arc<Vec<AtomicU32>>,
-    live: Arc<Live>,
-}
-
-async fn read_dep(cx: &QueryCx, dep: Dep) -> Outcome {
-    match dep {
-        Dep::Input(i) => Ok(cx
-            .input_opt::<In>(&i)
-            .map_err(|e| format!("engine error reading input: {e}"))?
-            .unwrap_or(-1)),
-        Dep::Node(n) => cx.query::<NodeQ>(n).await.map_err(|e| e.to_string()),
-    }
-}
-
-#[async_trait]
-impl AsyncQuery for NodeQ {
-    type Key = u32;
-    type Value = i64;
-    async fn execute(&self, cx: &QueryCx, j: u32) -> Result<i64> {
-        self.runs[j as usize].fetch_add(1, Ordering::Relaxed);
-        let spec = &self.graph[j as usize];
-        for _ in 0..spec.yields {
-            tokio::task::yield_now().await;
-        }
-        let mut values: Vec<Outcome> = Vec::with_capacity(spec.deps.len());
-        match spec.style {
-            0 => {
-                for &d in &spec.deps {
-                    values.push(read_dep(cx, d).await);
-                }
-            }
-            1 => {
-                let mut it = spec.deps.iter().copied();
-                match (it.next(), it.next()) {
-                    (Some(a), Some(b)) => {
-                        let (x, y) = tokio::join!(read_dep(cx, a), read_dep(cx, b));
-                        values.push(x);
-                        values.push(y);
-                    }
-                    (Some(a), None) => values.push(read_dep(cx, a).await),
-                    _ => {}
-                }
-                for d in it {
-                    values.push(read_dep(cx, d).await);
-                }
-            }
-            _ => {
-                let mut set = tokio::task::JoinSet::new();
-                for (pos, &d) in spec.deps.iter().enumerate() {
-                    let cx = cx.clone();
-                    self.live.count.fetch_add(1, Ordering::SeqCst);
-                    set.spawn(Tracked {
-                        fut: Box::pin(async move { (pos, read_dep(&cx, d).await) }),
-                        _guard: LiveGuard(self.live.clone()),
-                    });
-                }
-                let mut slots: Vec<Option<Outcome>> = vec![None; spec.deps.len()];
-                while let Some(joined) = set.join_next().await {
-                    let (pos, v) = joined.map_err(Error::new)?;
-                    slots[pos] = Some(v);
-                }
-                values = slots
-                    .into_iter()
-                    .map(|v| v.expect("every read joined"))
-                    .collect();
-            }
-        }
-        combine(j, spec, &values).map_err(Error::msg)
+    fn combine(&self, j: u32, values: &[Outcome]) -> Outcome {
+        combine(j, self, values)
     }
 }
 
@@ -377,6 +264,7 @@ async fn run_case(case: Case, values: Values) -> std::result::Result<(), TestCas
             graph: graph.clone(),
             runs: runs.clone(),
             live: live.clone(),
+            absent: -1,
         })
         .build()
         .map_err(|e| fail("build", e))?;

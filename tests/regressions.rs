@@ -22,9 +22,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// Fails the test instead of hanging CI.
 async fn within<T>(secs: u64, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), fut)
-        .await
-        .expect("timed out: a hang")
+    common::within("the test", Duration::from_secs(secs), fut).await
 }
 
 // ---------------------------------------------------------------------------

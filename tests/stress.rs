@@ -15,12 +15,14 @@
 //!   scheduling side (sharing, aborts, forks, leaks) from cutoff.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
+use common::dag::{Dep, In, Live, Outcome, Spec};
 use picante::*;
-use tokio::sync::Notify;
 
 const INPUTS: u32 = 12;
 const NODES: u32 = 150;
@@ -58,12 +60,6 @@ impl Rng {
 // ---------------------------------------------------------------------------
 // The model: a random DAG evaluated from scratch
 // ---------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug)]
-enum Dep {
-    Input(u32),
-    Node(u32),
-}
 
 /// See the module docs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -121,9 +117,6 @@ fn random_graph(rng: &mut Rng, values: Values) -> Graph {
 }
 
 type Inputs = Vec<Option<i64>>;
-/// `Err(message)` for errors: comparing messages checks that the error that
-/// reached a dependent is the one the model predicts.
-type Outcome = std::result::Result<i64, String>;
 
 fn absent() -> i64 {
     -1
@@ -167,115 +160,20 @@ fn evaluate(graph: &Graph, inputs: &Inputs) -> Vec<Outcome> {
 // The same graph as picante queries
 // ---------------------------------------------------------------------------
 
-struct In;
-impl Input for In {
-    type Key = u32;
-    type Value = i64;
-}
+type NodeQ = common::dag::NodeQ<NodeSpec>;
 
-/// Counts live helper tasks spawned by query bodies, so the test can wait
-/// for them (an aborted body's helpers are aborted too, asynchronously).
-#[derive(Default)]
-struct Live {
-    count: AtomicUsize,
-    zero: Notify,
-}
-
-struct LiveGuard(Arc<Live>);
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.zero.notify_waiters();
-        }
+impl Spec for NodeSpec {
+    fn deps(&self) -> &[Dep] {
+        &self.deps
     }
-}
-
-/// A future that drops its guard only after the inner future is gone.
-struct Tracked<F> {
-    fut: std::pin::Pin<Box<F>>,
-    _guard: LiveGuard,
-}
-impl<F: std::future::Future> std::future::Future for Tracked<F> {
-    type Output = F::Output;
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        self.fut.as_mut().poll(cx)
+    fn style(&self) -> u8 {
+        self.style
     }
-}
-
-struct NodeQ {
-    graph: Arc<Graph>,
-    runs: Arc<Vec<AtomicU32>>,
-    live: Arc<Live>,
-}
-
-async fn read_dep(cx: &QueryCx, dep: Dep) -> Outcome {
-    match dep {
-        Dep::Input(i) => Ok(cx
-            .input_opt::<In>(&i)
-            .map_err(|e| format!("engine error reading input: {e}"))?
-            .unwrap_or_else(absent)),
-        Dep::Node(n) => cx.query::<NodeQ>(n).await.map_err(|e| e.to_string()),
+    fn yields(&self) -> u8 {
+        self.yields
     }
-}
-
-#[async_trait]
-impl AsyncQuery for NodeQ {
-    type Key = u32;
-    type Value = i64;
-    async fn execute(&self, cx: &QueryCx, j: u32) -> Result<i64> {
-        self.runs[j as usize].fetch_add(1, Ordering::Relaxed);
-        let spec = &self.graph.nodes[j as usize];
-        for _ in 0..spec.yields {
-            tokio::task::yield_now().await;
-        }
-        let mut values: Vec<Outcome> = Vec::with_capacity(spec.deps.len());
-        match spec.style {
-            0 => {
-                for &d in &spec.deps {
-                    values.push(read_dep(cx, d).await);
-                }
-            }
-            1 => {
-                let mut it = spec.deps.iter().copied();
-                match (it.next(), it.next()) {
-                    (Some(a), Some(b)) => {
-                        let (x, y) = tokio::join!(read_dep(cx, a), read_dep(cx, b));
-                        values.push(x);
-                        values.push(y);
-                    }
-                    (Some(a), None) => values.push(read_dep(cx, a).await),
-                    _ => {}
-                }
-                for d in it {
-                    values.push(read_dep(cx, d).await);
-                }
-            }
-            _ => {
-                // Spawned reads; the JoinSet aborts them if this body is dropped.
-                let mut set = tokio::task::JoinSet::new();
-                for (pos, &d) in spec.deps.iter().enumerate() {
-                    let cx = cx.clone();
-                    self.live.count.fetch_add(1, Ordering::SeqCst);
-                    set.spawn(Tracked {
-                        fut: Box::pin(async move { (pos, read_dep(&cx, d).await) }),
-                        _guard: LiveGuard(self.live.clone()),
-                    });
-                }
-                let mut slots: Vec<Option<Outcome>> = vec![None; spec.deps.len()];
-                while let Some(joined) = set.join_next().await {
-                    let (pos, v) = joined.map_err(Error::new)?;
-                    slots[pos] = Some(v);
-                }
-                values = slots
-                    .into_iter()
-                    .map(|v| v.expect("every read joined"))
-                    .collect();
-            }
-        }
-        combine(j, spec, &values).map_err(Error::msg)
+    fn combine(&self, j: u32, values: &[Outcome]) -> Outcome {
+        combine(j, self, values)
     }
 }
 
@@ -334,9 +232,10 @@ async fn run(seed: u64, values: Values) {
     let db = Database::builder()
         .input::<In>()
         .query(NodeQ {
-            graph: graph.clone(),
+            graph: Arc::new(graph.nodes.clone()),
             runs: runs.clone(),
             live: live.clone(),
+            absent: absent(),
         })
         .build()
         .expect("build");

@@ -2,6 +2,8 @@
 //! executions, so tests can assert how much work was done, not only results.
 #![allow(dead_code)]
 
+pub mod dag;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -66,5 +68,26 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `fut`, or a test failure naming `what` if it takes longer than `limit`:
+/// a hang fails instead of stalling CI.
+pub async fn within<F: std::future::Future>(
+    what: &str,
+    limit: std::time::Duration,
+    fut: F,
+) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out ({limit:?}) waiting for {what}: a hang or a lost wake-up"),
+    }
+}
+
+/// The path of a cycle error (panics on any other error).
+pub fn cycle_path(err: &picante::Error) -> Vec<String> {
+    match err.kind() {
+        picante::ErrorKind::Cycle { path } => path.clone(),
+        other => panic!("expected a cycle error, got {other:?}"),
     }
 }
