@@ -13,6 +13,7 @@ use picante::{AppendReport, Database, LoadOptions, LoadReport, QueryStats, SaveR
 use tokio::task::JoinSet;
 
 use crate::queries::{self, PageList, RenderPage, SiteIndex, SourceFile, TemplateFile};
+use crate::store::{self, Hash, Store};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Result<T, E = BoxError> = std::result::Result<T, E>;
@@ -95,32 +96,50 @@ impl Scanner {
         let root = self.root.clone();
         let listing = tokio::task::spawn_blocking(move || list_site(&root)).await??;
 
-        // Read what is new, modified, or modified too recently to trust.
+        // Read what is new, modified, or modified too recently to trust, on
+        // the blocking pool: a few tasks, each reading its share of the
+        // files in turn (one task per file would pay a hop to the pool per
+        // file, and waiting for a CPU on each hop is slow on a busy machine).
         let now = SystemTime::now();
-        let mut reads = JoinSet::new();
-        for (kind, key, stamp) in &listing {
-            let racy = now
-                .duration_since(stamp.modified)
-                .map_or(true, |age| age < RACY);
-            if racy || self.seen.get(&(*kind, key.clone())) != Some(stamp) {
+        let to_read: Vec<(FileKind, String, Stamp, PathBuf)> = listing
+            .iter()
+            .filter(|(kind, key, stamp)| {
+                let racy = now
+                    .duration_since(stamp.modified)
+                    .map_or(true, |age| age < RACY);
+                racy || self.seen.get(&(*kind, key.clone())) != Some(stamp)
+            })
+            .map(|(kind, key, stamp)| {
                 let path = self.root.join(dir_of(*kind)).join(key);
-                let (kind, key, stamp) = (*kind, key.clone(), *stamp);
-                reads.spawn(async move {
-                    let text = match tokio::fs::read(&path).await {
-                        Ok(bytes) => String::from_utf8(bytes)
-                            .map_err(|_| format!("{} is not valid UTF-8", path.display())),
-                        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-                    };
-                    (kind, key, stamp, text)
-                });
-            }
+                (*kind, key.clone(), *stamp, path)
+            })
+            .collect();
+        const READERS: usize = 4;
+        let mut reads = JoinSet::new();
+        for chunk in to_read.chunks(to_read.len().div_ceil(READERS).max(1)) {
+            let chunk = chunk.to_vec();
+            reads.spawn_blocking(move || {
+                chunk
+                    .into_iter()
+                    .map(|(kind, key, stamp, path)| {
+                        let text = match std::fs::read(&path) {
+                            Ok(bytes) => String::from_utf8(bytes)
+                                .map_err(|_| format!("{} is not valid UTF-8", path.display())),
+                            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+                        };
+                        (kind, key, stamp, text)
+                    })
+                    .collect::<Vec<_>>()
+            });
         }
         let mut fresh = Vec::new();
         let mut errors = Vec::new();
         while let Some(joined) = reads.join_next().await {
-            match joined? {
-                (kind, key, stamp, Ok(text)) => fresh.push((kind, key, stamp, Arc::from(text))),
-                (_, _, _, Err(e)) => errors.push(e),
+            for read in joined? {
+                match read {
+                    (kind, key, stamp, Ok(text)) => fresh.push((kind, key, stamp, Arc::from(text))),
+                    (_, _, _, Err(e)) => errors.push(e),
+                }
             }
         }
         errors.sort();
@@ -248,7 +267,10 @@ fn list_site(root: &Path) -> Result<Vec<(FileKind, String, Stamp)>> {
 /// The output directory and what was last written to it.
 pub struct Output {
     dir: PathBuf,
-    written: HashMap<String, Arc<str>>,
+    /// Where the rendered pages are, by hash.
+    store: Store,
+    /// The hash of what each output file holds, as far as this process knows.
+    written: HashMap<String, Hash>,
     /// Files an earlier process wrote (see [`Output::resume`]).
     earlier: HashSet<String>,
 }
@@ -256,20 +278,24 @@ pub struct Output {
 /// What one build did.
 pub struct BuildReport {
     pub pages: usize,
-    /// Output files (re)written because their HTML changed, sorted.
+    /// Output files (re)written because their HTML changed, sorted. A file
+    /// that already held the right page is not rewritten (and not listed).
     pub written: Vec<String>,
     /// Output files deleted because their page is gone.
     pub deleted: Vec<String>,
     /// Pages (or the index) that failed, with the error.
     pub failed: Vec<(String, picante::Error)>,
-    /// Time spent in queries (rendering), not writing files.
+    /// Time spent in queries (rendering or revalidating), and in the output
+    /// step (linking pages from the store, checking unchanged ones).
     pub queries: Duration,
+    pub output: Duration,
 }
 
 impl Output {
-    pub fn new(dir: PathBuf) -> Output {
+    pub fn new(dir: PathBuf, store: Store) -> Output {
         Output {
             dir,
+            store,
             written: HashMap::new(),
             earlier: HashSet::new(),
         }
@@ -277,8 +303,8 @@ impl Output {
 
     /// After a warm start: the pages of the loaded cache were written by an
     /// earlier process, so those that are gone now are deleted by the next
-    /// build. (The others are written again: this process does not know
-    /// what their files hold.)
+    /// build. (The others are checked against the store: a file that is
+    /// already a link to its page's blob is left alone.)
     pub fn resume(&mut self, db: &Database) -> Result<()> {
         let pages = db.input_opt::<PageList>(&())?.unwrap_or_default();
         self.earlier = pages.iter().map(|p| queries::url_of(p)).collect();
@@ -329,9 +355,10 @@ pub async fn build(db: &Database, output: &mut Output, progress: bool) -> Result
     failed.sort_by(|a, b| a.0.cmp(&b.0));
     let queries = start.elapsed();
 
-    // Write only what changed since the last build. An unchanged memo hands
-    // back the very same `Arc`, so the pointer check is usually enough.
-    // Pages that failed keep their previous output; pages that are gone lose it.
+    // Write only what changed since the last build: a page's value is the
+    // hash of its HTML, so comparing hashes is enough. A page this process has
+    // not written yet is checked on disk (see `store::link_into`). Pages that
+    // failed keep their previous output; pages that are gone lose it.
     let mut live: HashSet<String> = pages.iter().map(|p| queries::url_of(p)).collect();
     live.insert("index.html".to_string());
     let mut deleted: Vec<String> = output
@@ -347,26 +374,29 @@ pub async fn build(db: &Database, output: &mut Output, progress: bool) -> Result
         .cloned()
         .collect();
     deleted.sort();
-    let changed: Vec<(String, Arc<str>)> = rendered
+    let changed: Vec<(String, Hash)> = rendered
         .into_iter()
-        .filter(|(url, html)| {
-            !output
-                .written
-                .get(url)
-                .is_some_and(|old| Arc::ptr_eq(old, html) || old == html)
-        })
+        .filter(|(url, hash)| output.written.get(url) != Some(hash))
         .collect();
-    let to_write: Vec<(PathBuf, Arc<str>)> = changed
+    let to_write: Vec<(PathBuf, PathBuf)> = changed
         .iter()
-        .map(|(url, html)| (output.dir.join(url), html.clone()))
+        .map(|(url, hash)| (output.store.path_of(hash), output.dir.join(url)))
         .collect();
     let to_delete: Vec<PathBuf> = deleted.iter().map(|url| output.dir.join(url)).collect();
-    tokio::task::spawn_blocking(move || write_files(to_write, to_delete)).await??;
+    let store = output.store.clone();
+    let wrote = tokio::task::spawn_blocking(move || -> Result<Vec<bool>> {
+        store.flush()?;
+        write_files(to_write, to_delete)
+    })
+    .await??;
+    let output_time = start.elapsed() - queries;
 
     let mut written = Vec::with_capacity(changed.len());
-    for (url, html) in changed {
-        written.push(url.clone());
-        output.written.insert(url, html);
+    for ((url, hash), wrote) in changed.into_iter().zip(wrote) {
+        if wrote {
+            written.push(url.clone());
+        }
+        output.written.insert(url, hash);
     }
     for url in &deleted {
         output.written.remove(url);
@@ -379,17 +409,26 @@ pub async fn build(db: &Database, output: &mut Output, progress: bool) -> Result
         deleted,
         failed,
         queries,
+        output: output_time,
     })
 }
 
-fn write_files(to_write: Vec<(PathBuf, Arc<str>)>, to_delete: Vec<PathBuf>) -> Result<()> {
-    for (path, html) in to_write {
-        if let Some(parent) = path.parent() {
+/// Links each `(blob, output file)` pair and deletes `to_delete`. Returns,
+/// per pair, whether the file had to be (re)written.
+fn write_files(to_write: Vec<(PathBuf, PathBuf)>, to_delete: Vec<PathBuf>) -> Result<Vec<bool>> {
+    let mut wrote = Vec::with_capacity(to_write.len());
+    let mut made = HashSet::new();
+    for (blob, path) in to_write {
+        if let Some(parent) = path.parent()
+            && !made.contains(parent)
+        {
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            made.insert(parent.to_path_buf());
         }
-        std::fs::write(&path, html.as_bytes())
+        let linked = store::link_into(&blob, &path)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        wrote.push(linked);
     }
     for path in to_delete {
         match std::fs::remove_file(&path) {
@@ -399,7 +438,7 @@ fn write_files(to_write: Vec<(PathBuf, Arc<str>)>, to_delete: Vec<PathBuf>) -> R
             _ => {}
         }
     }
-    Ok(())
+    Ok(wrote)
 }
 
 /// A progress counter on stderr for large builds.
@@ -459,10 +498,16 @@ impl Progress {
 /// A log larger than this is folded into a new base file by a full save.
 pub const COMPACT_AFTER: u64 = 1 << 20;
 
-/// The cache file of one site: a base written by `save_cache` (inputs and
-/// memos of every persistent kind), and a log beside it (`PATH.log`) to which
-/// each build appends only what changed.
+/// The cache directory of one site:
+///
+/// ```text
+/// DIR/cache.bin      the base written by `save_cache`: inputs and memos of
+///                    every persistent kind (page hashes, not pages)
+/// DIR/cache.bin.log  what each build changed since, appended
+/// DIR/store/         the rendered pages, named by their hash (see `store.rs`)
+/// ```
 pub struct Cache {
+    dir: PathBuf,
     path: PathBuf,
     /// The database loaded or saved this file, so it can append to its log.
     linked: bool,
@@ -472,9 +517,10 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn new(path: PathBuf) -> Cache {
+    pub fn new(dir: PathBuf) -> Cache {
         Cache {
-            path,
+            path: dir.join("cache.bin"),
+            dir,
             linked: false,
             log_bytes: 0,
             appends: 0,
@@ -487,12 +533,46 @@ impl Cache {
         (self.log_bytes, self.appends)
     }
 
+    /// Opens the store of rendered pages in this directory.
+    pub fn store(&self) -> Result<Store> {
+        let dir = self.dir.join("store");
+        Store::open(dir.clone())
+            .map_err(|e| format!("cannot create the store {}: {e}", dir.display()).into())
+    }
+
+    /// Size of the cache file and its log: what picante keeps.
+    pub fn bytes(&self) -> u64 {
+        [self.path.clone(), log_path(&self.path)]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// Loads the file into `db`, which must be fresh. A missing or unusable
     /// file is not an error: the build starts cold, and the next save
     /// replaces it. Returns the report and one line saying how the build
     /// starts.
-    pub async fn load(&mut self, db: &Database) -> Result<(LoadReport, String)> {
+    pub async fn load(&mut self, db: &Database, store: &Store) -> Result<(LoadReport, String)> {
         let start = Instant::now();
+        // The memos hold hashes of pages in the store: without the store they
+        // point nowhere. A cache whose store was deleted is discarded.
+        let mut discarded = None;
+        if self.path.exists() && store.usage().0 == 0 {
+            for file in [self.path.clone(), log_path(&self.path)] {
+                match std::fs::remove_file(&file) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(format!("cannot remove {}: {e}", file.display()).into());
+                    }
+                    _ => {}
+                }
+            }
+            discarded = Some(format!(
+                "cold start: the store {} is empty, so the cache (which holds page hashes, \
+                 not pages) was discarded",
+                store.dir().display()
+            ));
+        }
         let report = db
             .load_cache(&self.path, LoadOptions::ignore_errors())
             .await?;
@@ -519,15 +599,23 @@ impl Cache {
             if report.torn_tail {
                 line += "; ignored an incomplete last append";
             }
+            if let Some(why) = &report.code_changed {
+                line += &format!("\n  dropped every memo: {why}");
+            }
+            for kind in &report.stale_kinds {
+                line += &format!("\n  dropped the memos of {kind}");
+            }
             for kind in &report.dropped_kinds {
                 line += &format!("\n  dropped {kind}");
             }
-            if report.dropped_memos > 0 {
+            if report.dropped_memos > 0 && report.code_changed.is_none() {
                 line += &format!(
                     "\n  dropped {} that read a dropped kind",
                     plural(report.dropped_memos, "memo")
                 );
             }
+            line
+        } else if let Some(line) = discarded {
             line
         } else if let Some(e) = &report.ignored_error {
             format!("cold start: cache ignored: {e}")

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use picante::{AsyncQuery, Database, Durability, Error, Input, QueryCx, async_trait};
 
 use crate::markup::{self, Segment, Template};
+use crate::store::{Hash, Store};
 
 // ---------------------------------------------------------------------------
 // Inputs: the outside world, set by the driver (see `driver::Scanner`).
@@ -273,13 +274,22 @@ impl AsyncQuery for ResolvedTemplate {
     }
 }
 
-/// One page, rendered to its final HTML.
-pub struct RenderPage;
+/// One page, rendered to its final HTML and put in the content-addressed
+/// [`Store`]; the value is the page's hash, not its HTML.
+///
+/// That keeps the memo (and the cache file) small: 64 hex digits per page
+/// instead of the page. Early cutoff still works: the same HTML has the same
+/// hash. Putting a blob from a query is a side effect, but a safe one: the
+/// file is named by its content, so re-running or running twice writes the
+/// same bytes to the same name.
+pub struct RenderPage {
+    pub store: Store,
+}
 #[async_trait]
 impl AsyncQuery for RenderPage {
     type Key = String;
-    type Value = Arc<str>;
-    async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Arc<str>> {
+    type Value = Hash;
+    async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Hash> {
         let page = cx.query::<ParsePage>(path.clone()).await?;
         let template = cx
             .query::<ResolvedTemplate>(format!("{}.html", page.template))
@@ -301,17 +311,20 @@ impl AsyncQuery for RenderPage {
                 _ => None,
             })
             .map_err(|e| Error::msg(format!("content/{path} (template {}): {e}", page.template)))?;
-        Ok(html.into())
+        Ok(self.store.put(html.into_bytes()))
     }
 }
 
-/// The home page: every section and page, from the navigation.
-pub struct SiteIndex;
+/// The home page: every section and page, from the navigation. Like
+/// [`RenderPage`], its value is the hash of the HTML in the store.
+pub struct SiteIndex {
+    pub store: Store,
+}
 #[async_trait]
 impl AsyncQuery for SiteIndex {
     type Key = ();
-    type Value = Arc<str>;
-    async fn execute(&self, cx: &QueryCx, (): ()) -> picante::Result<Arc<str>> {
+    type Value = Hash;
+    async fn execute(&self, cx: &QueryCx, (): ()) -> picante::Result<Hash> {
         // Two independent reads: run them concurrently with `join!`.
         let (template, nav) = tokio::join!(
             cx.query::<ResolvedTemplate>("index.html".to_string()),
@@ -340,7 +353,7 @@ impl AsyncQuery for SiteIndex {
                 _ => None,
             })
             .map_err(|e| Error::msg(format!("templates/index.html: {e}")))?;
-        Ok(html.into())
+        Ok(self.store.put(html.into_bytes()))
     }
 }
 
@@ -354,7 +367,8 @@ impl AsyncQuery for SiteIndex {
 /// editing a query's body, bump its version suffix so old memos are dropped.
 ///
 /// The query kinds print in the step tables in this order of registration.
-pub fn database() -> picante::Result<Database> {
+/// `RenderPage` and `SiteIndex` put their HTML in `store`.
+pub fn database(store: &Store) -> picante::Result<Database> {
     Database::builder()
         .persistent_input_as::<SourceFile>("site.source-file")
         .persistent_input_as::<TemplateFile>("site.template-file")
@@ -365,7 +379,17 @@ pub fn database() -> picante::Result<Database> {
         .persistent_query_as(SectionNav, "site.section-nav.v1")
         .persistent_query_as(LoadTemplate, "site.load-template.v1")
         .persistent_query_as(ResolvedTemplate, "site.resolved-template.v1")
-        .persistent_query_as(RenderPage, "site.render-page.v1")
-        .persistent_query_as(SiteIndex, "site.site-index.v1")
+        .persistent_query_as(
+            RenderPage {
+                store: store.clone(),
+            },
+            "site.render-page.v2",
+        )
+        .persistent_query_as(
+            SiteIndex {
+                store: store.clone(),
+            },
+            "site.site-index.v2",
+        )
         .build()
 }
