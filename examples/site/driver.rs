@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use picante::{AppendReport, Database, LoadOptions, LoadReport, QueryStats, SaveReport, Stats};
 use tokio::task::JoinSet;
 
-use crate::queries::{self, PageList, RenderPage, SiteIndex, SourceFile, TemplateFile};
+use crate::queries::{
+    self, FileStamp, PageList, RenderPage, ScanStamps, SiteIndex, SourceFile, TemplateFile,
+};
 use crate::store::{self, Hash, Store};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -93,6 +95,29 @@ impl Scanner {
     /// [`SyncReport::errors`] and left as it was: retried on the next sync,
     /// its previous text (if any) still in use.
     pub async fn sync(&mut self, db: &Database) -> Result<SyncReport> {
+        // A new scanner on a database loaded from the cache: start from the
+        // stamps of the files as they were read then, so that only files
+        // changed since are read again.
+        if self.seen.is_empty() {
+            for stamp in db.input_opt::<ScanStamps>(&())?.unwrap_or_default().iter() {
+                let kind = match stamp.kind {
+                    0 => FileKind::Page,
+                    _ => FileKind::Template,
+                };
+                let held = match kind {
+                    FileKind::Page => db.input_opt::<SourceFile>(&stamp.key)?.is_some(),
+                    FileKind::Template => db.input_opt::<TemplateFile>(&stamp.key)?.is_some(),
+                };
+                if held {
+                    let modified = SystemTime::UNIX_EPOCH + Duration::from_nanos(stamp.modified_ns);
+                    let stamp_ = Stamp {
+                        modified,
+                        len: stamp.len,
+                    };
+                    self.seen.insert((kind, stamp.key.clone()), stamp_);
+                }
+            }
+        }
         let root = self.root.clone();
         let listing = tokio::task::spawn_blocking(move || list_site(&root)).await??;
 
@@ -205,6 +230,24 @@ impl Scanner {
             .collect();
         pages.sort();
         batch.set::<PageList>((), pages.into());
+        let mut stamps: Vec<FileStamp> = self
+            .seen
+            .iter()
+            .filter_map(|((kind, key), stamp)| {
+                let since = stamp.modified.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+                Some(FileStamp {
+                    kind: match kind {
+                        FileKind::Page => 0,
+                        FileKind::Template => 1,
+                    },
+                    key: key.clone(),
+                    modified_ns: u64::try_from(since.as_nanos()).ok()?,
+                    len: stamp.len,
+                })
+            })
+            .collect();
+        stamps.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
+        batch.set::<ScanStamps>((), Arc::new(stamps));
         let revision = batch.commit()?;
         changed.sort();
         Ok(SyncReport {

@@ -63,6 +63,29 @@ impl Input for PageList {
     type Value = Arc<Vec<String>>;
 }
 
+/// What the scanner saw of each file when it last read it (modification
+/// time and size), so that a warm start re-reads only the files whose stamp
+/// changed instead of every file. No query reads it: it is the driver's own
+/// state, kept in the database so that it is saved and loaded with the cache,
+/// consistent with the inputs it describes (the scan sets both in one batch).
+pub struct ScanStamps;
+impl Input for ScanStamps {
+    type Key = ();
+    type Value = Arc<Vec<FileStamp>>;
+}
+
+/// One file's stamp, for [`ScanStamps`].
+#[derive(Clone, Debug, PartialEq, Eq, facet::Facet)]
+pub struct FileStamp {
+    /// 0: a page (`content/`), 1: a template (`templates/`).
+    pub kind: u8,
+    /// The file's input key.
+    pub key: String,
+    /// Modification time, in nanoseconds since the Unix epoch.
+    pub modified_ns: u64,
+    pub len: u64,
+}
+
 // ---------------------------------------------------------------------------
 // Values. Every query value must be `Clone + PartialEq`: `==` is what early
 // cutoff compares. Large values are wrapped in `Arc` so cloning is cheap.
@@ -373,6 +396,7 @@ pub fn database(store: &Store) -> picante::Result<Database> {
         .persistent_input_as::<SourceFile>("site.source-file")
         .persistent_input_as::<TemplateFile>("site.template-file")
         .persistent_input_as::<PageList>("site.page-list")
+        .persistent_input_as::<ScanStamps>("site.scan-stamps")
         .persistent_query_as(ParsePage, "site.parse-page.v1")
         .persistent_query_as(PageTitle, "site.page-title.v1")
         .persistent_query_as(SiteNav, "site.site-nav.v1")
