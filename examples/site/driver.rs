@@ -13,7 +13,8 @@ use picante::{AppendReport, Database, LoadOptions, LoadReport, QueryStats, SaveR
 use tokio::task::JoinSet;
 
 use crate::queries::{
-    self, FileStamp, PageList, RenderPage, ScanStamps, SiteIndex, SourceFile, TemplateFile,
+    self, ConfigFile, FileStamp, PageList, RenderPage, ScanStamps, SiteIndex, SourceFile,
+    TemplateFile,
 };
 use crate::store::{self, Hash, Store};
 
@@ -31,6 +32,8 @@ enum FileKind {
     Page,
     /// `templates/**/*.html` → `TemplateFile`
     Template,
+    /// `site.toml` → `ConfigFile`
+    Config,
 }
 
 /// What a file looked like when it was last read.
@@ -102,11 +105,13 @@ impl Scanner {
             for stamp in db.input_opt::<ScanStamps>(&())?.unwrap_or_default().iter() {
                 let kind = match stamp.kind {
                     0 => FileKind::Page,
-                    _ => FileKind::Template,
+                    1 => FileKind::Template,
+                    _ => FileKind::Config,
                 };
                 let held = match kind {
                     FileKind::Page => db.input_opt::<SourceFile>(&stamp.key)?.is_some(),
                     FileKind::Template => db.input_opt::<TemplateFile>(&stamp.key)?.is_some(),
+                    FileKind::Config => db.input_opt::<ConfigFile>(&stamp.key)?.is_some(),
                 };
                 if held {
                     let modified = SystemTime::UNIX_EPOCH + Duration::from_nanos(stamp.modified_ns);
@@ -135,7 +140,7 @@ impl Scanner {
                 racy || self.seen.get(&(*kind, key.clone())) != Some(stamp)
             })
             .map(|(kind, key, stamp)| {
-                let path = self.root.join(dir_of(*kind)).join(key);
+                let path = self.root.join(path_of(*kind, key));
                 (*kind, key.clone(), *stamp, path)
             })
             .collect();
@@ -179,6 +184,9 @@ impl Scanner {
         for (key, _) in db.inputs::<TemplateFile>()? {
             held.insert((FileKind::Template, key));
         }
+        for (key, _) in db.inputs::<ConfigFile>()? {
+            held.insert((FileKind::Config, key));
+        }
 
         // One batch for everything. Setting a value equal to the stored one
         // is a no-op in picante, so re-read but unchanged files cost nothing.
@@ -189,15 +197,17 @@ impl Scanner {
             let old = match kind {
                 FileKind::Page => db.input_opt::<SourceFile>(&key)?,
                 FileKind::Template => db.input_opt::<TemplateFile>(&key)?,
+                FileKind::Config => db.input_opt::<ConfigFile>(&key)?,
             };
             match old {
-                None => changed.push(format!("{}/{key} (new)", dir_of(kind))),
-                Some(old) if old != text => changed.push(format!("{}/{key}", dir_of(kind))),
+                None => changed.push(format!("{} (new)", path_of(kind, &key))),
+                Some(old) if old != text => changed.push(path_of(kind, &key)),
                 Some(_) => {}
             }
             match kind {
                 FileKind::Page => batch.set::<SourceFile>(key.clone(), text),
                 FileKind::Template => batch.set::<TemplateFile>(key.clone(), text),
+                FileKind::Config => batch.set::<ConfigFile>(key.clone(), text),
             };
             self.seen.insert((kind, key), stamp);
         }
@@ -211,10 +221,11 @@ impl Scanner {
             .collect();
         gone.sort();
         for (kind, key) in gone {
-            changed.push(format!("{}/{key} (removed)", dir_of(*kind)));
+            changed.push(format!("{} (removed)", path_of(*kind, key)));
             match kind {
                 FileKind::Page => batch.remove::<SourceFile>(key),
                 FileKind::Template => batch.remove::<TemplateFile>(key),
+                FileKind::Config => batch.remove::<ConfigFile>(key),
             };
             self.seen.remove(&(*kind, key.clone()));
         }
@@ -239,6 +250,7 @@ impl Scanner {
                     kind: match kind {
                         FileKind::Page => 0,
                         FileKind::Template => 1,
+                        FileKind::Config => 2,
                     },
                     key: key.clone(),
                     modified_ns: u64::try_from(since.as_nanos()).ok()?,
@@ -258,16 +270,42 @@ impl Scanner {
     }
 }
 
+/// The path of a file relative to the site root: `content/<key>`,
+/// `templates/<key>`, or the config file's name.
+fn path_of(kind: FileKind, key: &str) -> String {
+    match kind {
+        FileKind::Config => key.to_string(),
+        kind => format!("{}/{key}", dir_of(kind)),
+    }
+}
+
 fn dir_of(kind: FileKind) -> &'static str {
     match kind {
         FileKind::Page => "content",
         FileKind::Template => "templates",
+        FileKind::Config => "",
     }
 }
 
-/// Every page and template under `root`, with its key and stamp.
+/// The site's configuration file, at the root of the site (optional).
+pub const CONFIG: &str = "site.toml";
+
+/// Every page and template under `root`, and the config file, with its key
+/// and stamp.
 fn list_site(root: &Path) -> Result<Vec<(FileKind, String, Stamp)>> {
     let mut out = Vec::new();
+    match std::fs::metadata(root.join(CONFIG)) {
+        Ok(meta) => out.push((
+            FileKind::Config,
+            CONFIG.to_string(),
+            Stamp {
+                modified: meta.modified()?,
+                len: meta.len(),
+            },
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", root.join(CONFIG).display()).into()),
+    }
     for (kind, extension) in [(FileKind::Page, "md"), (FileKind::Template, "html")] {
         let base = root.join(dir_of(kind));
         let mut dirs = vec![base.clone()];

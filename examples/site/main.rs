@@ -34,16 +34,26 @@ usage: site [PATH] [--out DIR] [--watch] [--cache DIR | --no-cache] [--pages N]
 Without PATH, tells the story of incremental rebuilds on the built-in sample
 site (a copy in target/site-src, built into target/site-out).
 
-  PATH          a site directory: PATH/content/**/*.md (Markdown with front
-                matter `title:` and `template:`) and PATH/templates/*.html
-                (templates with {{var}} and {{> partial}} includes of
-                PATH/templates/partials/*.html)
+PATH is a site directory laid out like examples/site/sample:
+
+  PATH/site.toml            optional: title = \"...\", tagline = \"...\"
+  PATH/content/**/*.md      the pages: Markdown, with an optional front
+                            matter (`title:`, `template:` naming a template
+                            without .html; default `page`)
+  PATH/templates/*.html     the templates; index.html (the home page) and
+                            page.html (the default) are required
+  PATH/templates/partials/  templates included by others
+  PATH/.picante/            the cache (written by this program)
+
+Pages go to --out DIR (default PATH/../_site) as content/a/b.md -> DIR/a/b.html.
+
   --out DIR     where to write the HTML (default: PATH/../_site)
   --watch       after the first build, poll for changes and rebuild
   --cache DIR   the cache that lets the next run start warm: DIR/cache.bin
                 (page hashes, not pages; changes appended to cache.bin.log)
                 and DIR/store/ (the rendered pages, named by their hash,
-                linked into the output). Default: DIR/.picante-cache, or
+                linked into the output). Default: PATH/.picante, outside
+                the output so that deploying it does not publish the cache;
                 target/site-cache/ for the sample
   --no-cache    neither read nor write a cache
   --pages N     (sample only) grow the sample copy to N pages";
@@ -137,7 +147,9 @@ async fn run(args: Args) -> Result<()> {
                     .join("_site"),
             };
             println!("Building {} into {}", site.display(), out.display());
-            let cache = cache_at(out.join(".picante-cache"));
+            // Beside the sources, not in the output: deploying the output
+            // must not publish the cache.
+            let cache = cache_at(site.join(".picante"));
             build_site(&site, out, cache, args.watch).await
         }
         None => {
@@ -250,15 +262,16 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     check("memos saved", saved.memos as u64, s.delta.total_executed())?;
     check("memos not saved", saved.skipped_memos as u64, 0)?;
     let templates = db.inputs::<TemplateFile>()?.len() as u64;
-    // Pages, templates, the page list and the scanner's stamps.
-    check("inputs saved", saved.inputs as u64, n + templates + 2)?;
+    // Pages, templates, site.toml, the page list and the scanner's stamps.
+    check("inputs saved", saved.inputs as u64, n + templates + 3)?;
 
     // 2. Restart.
     heading("2. Restart: a new process starts warm from the cache");
     println!("  Drop the database, build a new one and load the file into it. A new scanner");
-    println!("  re-reads every file and finds them all unchanged: nothing executes. Every");
-    println!("  page's value is a hash; each output file is checked against the store and");
-    println!("  found to be that page already, so no file is written.");
+    println!("  compares each file's stamp with the one saved in the cache and re-reads only");
+    println!("  the files changed since (here: none, or those just written, to be safe), so");
+    println!("  nothing executes. Every page's value is a hash; each output file is checked");
+    println!("  against the store and found to be that page already: no file is written.");
     drop((db, scanner, output));
     let start = Instant::now();
     let db = queries::database(&store)?;

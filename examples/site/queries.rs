@@ -52,6 +52,15 @@ impl Input for TemplateFile {
     const DURABILITY: Durability = Durability::Medium;
 }
 
+/// The text of the site's configuration file, `site.toml` (the key is the
+/// file name). Optional: a site without one gets the defaults of [`Config`].
+pub struct ConfigFile;
+impl Input for ConfigFile {
+    type Key = String;
+    type Value = Arc<str>;
+    const DURABILITY: Durability = Durability::Medium;
+}
+
 /// The sorted list of all page paths. Queries cannot enumerate an input
 /// kind, so "which pages exist" is itself an input, set by the scan (and
 /// only changed when a page is added or removed).
@@ -103,6 +112,18 @@ pub struct Page {
     pub template: String,
     /// The Markdown body rendered to HTML.
     pub html: String,
+}
+
+/// The site's configuration, from `site.toml`:
+///
+/// ```toml
+/// title = "Picante Pantry"          # the site's name, in every page
+/// tagline = "hot sauce, slowly"     # optional, shown in the header
+/// ```
+#[derive(Debug, PartialEq, Eq, facet::Facet)]
+pub struct Config {
+    pub title: String,
+    pub tagline: String,
 }
 
 /// The navigation: every section and the titles of its pages.
@@ -159,6 +180,49 @@ impl AsyncQuery for ParsePage {
             template: front.template.unwrap_or_else(|| "page".to_string()),
             html: markup::markdown_to_html(body),
         }))
+    }
+}
+
+/// `site.toml`, parsed with the `toml` crate. Unknown keys are an error
+/// (a typo would otherwise be silently ignored).
+pub struct SiteConfig;
+#[async_trait]
+impl AsyncQuery for SiteConfig {
+    type Key = ();
+    type Value = Arc<Config>;
+    async fn execute(&self, cx: &QueryCx, (): ()) -> picante::Result<Arc<Config>> {
+        let mut config = Config {
+            title: "Untitled site".to_string(),
+            tagline: String::new(),
+        };
+        // Absent is fine (and recorded: adding the file re-runs this).
+        let Some(text) = cx.input_opt::<ConfigFile>(&"site.toml".to_string())? else {
+            return Ok(Arc::new(config));
+        };
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| Error::msg(format!("site.toml: {e}")))?;
+        for (key, value) in table {
+            let field = match key.as_str() {
+                "title" => &mut config.title,
+                "tagline" => &mut config.tagline,
+                _ => {
+                    return Err(Error::msg(format!(
+                        "site.toml: unknown key `{key}` (known keys: title, tagline)"
+                    )));
+                }
+            };
+            match value {
+                toml::Value::String(s) => *field = s,
+                other => {
+                    return Err(Error::msg(format!(
+                        "site.toml: `{key}` must be a string, not {}",
+                        other.type_str()
+                    )));
+                }
+            }
+        }
+        Ok(Arc::new(config))
     }
 }
 
@@ -314,6 +378,11 @@ impl AsyncQuery for RenderPage {
     type Value = Hash;
     async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Hash> {
         let page = cx.query::<ParsePage>(path.clone()).await?;
+        let config = cx.query::<SiteConfig>(()).await?;
+        let (site_title, tagline) = (
+            markup::escape_html(&config.title),
+            markup::escape_html(&config.tagline),
+        );
         let template = cx
             .query::<ResolvedTemplate>(format!("{}.html", page.template))
             .await?;
@@ -327,6 +396,8 @@ impl AsyncQuery for RenderPage {
         let html = template
             .fill(|var| match var {
                 "title" => Some(title.as_str()),
+                "site_title" => Some(site_title.as_str()),
+                "tagline" => Some(tagline.as_str()),
                 "content" => Some(page.html.as_str()),
                 "section" => Some(page.section.as_str()),
                 "root" => Some(root.as_str()),
@@ -354,6 +425,11 @@ impl AsyncQuery for SiteIndex {
             cx.query::<SiteNav>(()),
         );
         let (template, nav) = (template?, nav?);
+        let config = cx.query::<SiteConfig>(()).await?;
+        let (site_title, tagline) = (
+            markup::escape_html(&config.title),
+            markup::escape_html(&config.tagline),
+        );
         let mut list = String::new();
         for section in &nav.sections {
             let name = if section.name.is_empty() {
@@ -370,7 +446,8 @@ impl AsyncQuery for SiteIndex {
         }
         let html = template
             .fill(|var| match var {
-                "title" => Some("Picante Pantry"),
+                "title" | "site_title" => Some(site_title.as_str()),
+                "tagline" => Some(tagline.as_str()),
                 "content" => Some(list.as_str()),
                 "root" | "section" => Some(""),
                 _ => None,
@@ -395,8 +472,10 @@ pub fn database(store: &Store) -> picante::Result<Database> {
     Database::builder()
         .persistent_input_as::<SourceFile>("site.source-file")
         .persistent_input_as::<TemplateFile>("site.template-file")
+        .persistent_input_as::<ConfigFile>("site.config-file")
         .persistent_input_as::<PageList>("site.page-list")
         .persistent_input_as::<ScanStamps>("site.scan-stamps")
+        .persistent_query_as(SiteConfig, "site.site-config.v1")
         .persistent_query_as(ParsePage, "site.parse-page.v1")
         .persistent_query_as(PageTitle, "site.page-title.v1")
         .persistent_query_as(SiteNav, "site.site-nav.v1")
