@@ -40,9 +40,14 @@ PATH is a site directory laid out like examples/site/sample:
   PATH/content/**/*.md      the pages: Markdown, with an optional front
                             matter (`title:`, `template:` naming a template
                             without .html; default `page`)
-  PATH/templates/*.html     the templates; index.html (the home page) and
-                            page.html (the default) are required
-  PATH/templates/partials/  templates included by others
+  PATH/templates/*.html     minijinja templates; index.html (the home page)
+                            and page.html (the default) are required. Pages
+                            see page.title, page.section, page.url, site.*,
+                            content, root and section_nav; index.html sees
+                            site.* and sections
+  PATH/templates/partials/  templates included by others ({% include
+                            \"partials/x.html\" %}); any template may
+                            {% extends %} another
   PATH/.picante/            the cache (written by this program)
 
 Pages go to --out DIR (default PATH/../_site) as content/a/b.md -> DIR/a/b.html.
@@ -342,15 +347,16 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
 
     // 5. Partial edit.
     heading(&format!("5. Edit the partial {PARTIAL}"));
-    println!("  ResolvedTemplate read each include through `cx.query`, so picante knows which");
-    println!("  templates included the sidebar, and which pages use those templates.");
+    println!("  minijinja's loader read every template a render used through `cx.input`: the");
+    println!("  page's template, what it extends, what it includes. So picante knows which");
+    println!("  renders read the sidebar, and re-renders exactly those pages.");
     let sidebar_pages = pages_including(&db, src, "sidebar").await?;
     let s = step(&db, &mut scanner, &mut output, false, || {
         replace(
             src,
             PARTIAL,
-            "<h2>In {{section}}</h2>",
-            "<h2>More {{section}}</h2>",
+            "<h2>In {{ page.section }}</h2>",
+            "<h2>More {{ page.section }}</h2>",
         )
     })
     .await?;
@@ -826,18 +832,32 @@ fn replace(root: &Path, rel: &str, from: &str, to: &str) -> Result<()> {
 }
 
 /// An independent answer to "which pages include partial `name`?", straight
-/// from the files: pages whose template's text contains `{{> name}}`.
+/// from the files: pages whose template mentions `"partials/<name>.html"`,
+/// directly or through a template it mentions (`extends`, `include`).
 async fn pages_including(db: &Database, src: &Path, name: &str) -> Result<Vec<String>> {
+    let partial = format!("partials/{name}.html");
     let mut out = Vec::new();
     for path in db.input::<PageList>(&())?.iter() {
         let page = db.query::<ParsePage>(path.clone()).await?;
-        let template = src
-            .join("templates")
-            .join(format!("{}.html", page.template));
-        let text = std::fs::read_to_string(&template)
-            .map_err(|e| format!("cannot read {}: {e}", template.display()))?;
-        if text.contains(&format!("{{{{> {name}}}}}")) {
-            out.push(path.clone());
+        let mut todo = vec![format!("{}.html", page.template)];
+        let mut seen = BTreeSet::new();
+        while let Some(template) = todo.pop() {
+            if template == partial {
+                out.push(path.clone());
+                break;
+            }
+            if !seen.insert(template.clone()) {
+                continue;
+            }
+            let file = src.join("templates").join(&template);
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            // Every quoted "....html" in the text names a template.
+            for quoted in text.split('"').skip(1).step_by(2) {
+                if quoted.ends_with(".html") && !quoted.contains(' ') {
+                    todo.push(quoted.to_string());
+                }
+            }
         }
     }
     Ok(out)
