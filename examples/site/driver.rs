@@ -354,6 +354,8 @@ pub struct Output {
     written: HashMap<String, Hash>,
     /// Files an earlier process wrote (see [`Output::resume`]).
     earlier: HashSet<String>,
+    /// The site's `static/` directory, copied as it is into the output.
+    static_dir: Option<PathBuf>,
 }
 
 /// What one build did.
@@ -364,6 +366,8 @@ pub struct BuildReport {
     pub written: Vec<String>,
     /// Output files deleted because their page is gone.
     pub deleted: Vec<String>,
+    /// Files of `static/` copied because they were new or changed.
+    pub copied: Vec<String>,
     /// Pages (or the index) that failed, with the error.
     pub failed: Vec<(String, picante::Error)>,
     /// Time spent in queries (rendering or revalidating), and in the output
@@ -379,7 +383,28 @@ impl Output {
             store,
             written: HashMap::new(),
             earlier: HashSet::new(),
+            static_dir: None,
         }
+    }
+
+    /// Copies the files of `dir` (the site's `static/`: stylesheets,
+    /// images) into the output on every build, when new or changed.
+    pub fn with_static(mut self, dir: PathBuf) -> Output {
+        self.static_dir = Some(dir);
+        self
+    }
+
+    /// Copies the static files that are missing from the output or differ
+    /// from it, and returns their paths. They are not queries: nothing is
+    /// derived from them. Files are compared byte for byte, which is fine for
+    /// a stylesheet; a site with large assets would keep stamps instead, as
+    /// the scanner does.
+    pub async fn sync_static(&self) -> Result<Vec<String>> {
+        let Some(from) = self.static_dir.clone() else {
+            return Ok(Vec::new());
+        };
+        let to = self.dir.clone();
+        tokio::task::spawn_blocking(move || copy_static(&from, &to)).await?
     }
 
     /// After a warm start: the pages of the loaded cache were written by an
@@ -484,14 +509,56 @@ pub async fn build(db: &Database, output: &mut Output, progress: bool) -> Result
     }
     output.earlier.clear();
     written.sort();
+    let copied = output.sync_static().await?;
     Ok(BuildReport {
         pages: pages.len(),
         written,
         deleted,
+        copied,
         failed,
         queries,
         output: output_time,
     })
+}
+
+/// Copies every file under `from` to the same place under `to`, unless it
+/// is there already with the same bytes. Returns the copied files' paths.
+fn copy_static(from: &Path, to: &Path) -> Result<Vec<String>> {
+    let mut copied = Vec::new();
+    if !from.is_dir() {
+        return Ok(copied);
+    }
+    let mut dirs = vec![from.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(from).map_err(|e| e.to_string())?;
+            let target = to.join(rel);
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            if std::fs::read(&target).is_ok_and(|old| old == bytes) {
+                continue;
+            }
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            }
+            std::fs::write(&target, &bytes)
+                .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+            copied.push(format!(
+                "static/{}",
+                rel.to_string_lossy().replace('\\', "/")
+            ));
+        }
+    }
+    copied.sort();
+    Ok(copied)
 }
 
 /// Links each `(blob, output file)` pair and deletes `to_delete`. Returns,

@@ -45,6 +45,7 @@ PATH is a site directory laid out like examples/site/sample:
                             see page.title, page.section, page.url, site.*,
                             content, root and section_nav; index.html sees
                             site.* and sections
+  PATH/static/              copied as it is into the output (style.css...)
   PATH/templates/partials/  templates included by others ({% include
                             \"partials/x.html\" %}); any template may
                             {% extends %} another
@@ -252,7 +253,7 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     let start = Instant::now();
     let db = queries::database(&store)?;
     let mut scanner = Scanner::new(src)?;
-    let mut output = Output::new(out.to_path_buf(), store.clone());
+    let mut output = Output::new(out.to_path_buf(), store.clone()).with_static(src.join("static"));
     let s = step(&db, &mut scanner, &mut output, true, || Ok(())).await?;
     let cold_time = start.elapsed();
     let n = s.build.pages as u64;
@@ -286,7 +287,7 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     check("memos loaded", loaded.memos as u64, saved.memos as u64)?;
     check("inputs loaded", loaded.inputs as u64, saved.inputs as u64)?;
     let mut scanner = Scanner::new(src)?;
-    let mut output = Output::new(out.to_path_buf(), store.clone());
+    let mut output = Output::new(out.to_path_buf(), store.clone()).with_static(src.join("static"));
     output.resume(&db)?;
     let s = step(&db, &mut scanner, &mut output, true, || Ok(())).await?;
     let warm_time = start.elapsed();
@@ -476,7 +477,7 @@ async fn warm_start(src: &Path, out: &Path, cache_dir: &Path, store: &store::Sto
     println!("  reused, none executes. The output directory is new, so every page is");
     println!("  linked into it from the store: written, but not rendered.");
     let mut scanner = Scanner::new(src)?;
-    let mut output = Output::new(out.to_path_buf(), store.clone());
+    let mut output = Output::new(out.to_path_buf(), store.clone()).with_static(src.join("static"));
     output.resume(&db)?;
     let s = step(&db, &mut scanner, &mut output, true, || Ok(())).await?;
     if s.changed.is_empty() && loaded.dropped_kinds.is_empty() && loaded.dropped_memos == 0 {
@@ -576,7 +577,7 @@ async fn build_site(src: &Path, out: PathBuf, cache: Option<PathBuf>, watch: boo
         None => println!("cold start: --no-cache"),
     }
     let mut scanner = Scanner::new(src)?;
-    let mut output = Output::new(out, store.clone());
+    let mut output = Output::new(out, store.clone()).with_static(src.join("static"));
     output.resume(&db)?;
     let before = db.stats();
     let start = Instant::now();
@@ -637,6 +638,10 @@ fn print_summary(changed: &[String], build: &BuildReport, scan: Duration) {
     let written = match build.written.len() {
         1 => "1 file".to_string(),
         n => format!("{n} files"),
+    };
+    let deleted = match build.copied.len() {
+        0 => deleted,
+        n => format!("{deleted}, {n} static copied"),
     };
     println!(
         "  {changed}{} pages · {written} written{deleted} · scan {}, queries {}, output {}",
@@ -702,6 +707,15 @@ async fn watch_site(
             last_errors = sync.errors.clone();
         }
         if !sync.new_revision {
+            // No page changed; a stylesheet may have.
+            match output.sync_static().await {
+                Ok(copied) => {
+                    for file in copied {
+                        println!("\n  copied {file}");
+                    }
+                }
+                Err(e) => eprintln!("  error: {e}"),
+            }
             continue;
         }
         let scanned = Instant::now();
