@@ -761,7 +761,7 @@ fn print_figures(cold: Duration, warm: Duration, cache: &Cache, store: &store::S
         millis(cold)
     );
     println!(
-        "  Warm start (load the cache, scan, revalidate, check):  {:>9}  ({:.1}× faster)",
+        "  Warm start (load the cache, scan, revalidate, check):  {:>9}  (cold ÷ warm: {:.1}×)",
         millis(warm),
         cold.as_secs_f64() / warm.as_secs_f64().max(1e-9)
     );
@@ -774,6 +774,9 @@ fn print_figures(cold: Duration, warm: Duration, cache: &Cache, store: &store::S
         driver::plural(blobs, "page"),
         driver::size(store_bytes),
     );
+    if out_bytes < 1_000_000 {
+        println!("  (On a site this small both are fixed costs; try `-- --pages 3000`.)");
+    }
 }
 
 /// Total size of the files under `dir`.
