@@ -12,7 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 use picante::{AppendReport, Database, LoadOptions, LoadReport, QueryStats, SaveReport, Stats};
 use tokio::task::JoinSet;
 
-use crate::queries::{self, PageList, RenderPage, SiteIndex, SourceFile, TemplateFile};
+use crate::queries::{
+    self, ConfigFile, FileStamp, PageList, RenderPage, ScanStamps, SiteIndex, SourceFile,
+    TemplateFile,
+};
+use crate::store::{self, Hash, Store};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Result<T, E = BoxError> = std::result::Result<T, E>;
@@ -28,6 +32,8 @@ enum FileKind {
     Page,
     /// `templates/**/*.html` → `TemplateFile`
     Template,
+    /// `site.toml` → `ConfigFile`
+    Config,
 }
 
 /// What a file looked like when it was last read.
@@ -92,35 +98,78 @@ impl Scanner {
     /// [`SyncReport::errors`] and left as it was: retried on the next sync,
     /// its previous text (if any) still in use.
     pub async fn sync(&mut self, db: &Database) -> Result<SyncReport> {
+        // A new scanner on a database loaded from the cache: start from the
+        // stamps of the files as they were read then, so that only files
+        // changed since are read again.
+        if self.seen.is_empty() {
+            for stamp in db.input_opt::<ScanStamps>(&())?.unwrap_or_default().iter() {
+                let kind = match stamp.kind {
+                    0 => FileKind::Page,
+                    1 => FileKind::Template,
+                    _ => FileKind::Config,
+                };
+                let held = match kind {
+                    FileKind::Page => db.input_opt::<SourceFile>(&stamp.key)?.is_some(),
+                    FileKind::Template => db.input_opt::<TemplateFile>(&stamp.key)?.is_some(),
+                    FileKind::Config => db.input_opt::<ConfigFile>(&stamp.key)?.is_some(),
+                };
+                if held {
+                    let modified = SystemTime::UNIX_EPOCH + Duration::from_nanos(stamp.modified_ns);
+                    let stamp_ = Stamp {
+                        modified,
+                        len: stamp.len,
+                    };
+                    self.seen.insert((kind, stamp.key.clone()), stamp_);
+                }
+            }
+        }
         let root = self.root.clone();
         let listing = tokio::task::spawn_blocking(move || list_site(&root)).await??;
 
-        // Read what is new, modified, or modified too recently to trust.
+        // Read what is new, modified, or modified too recently to trust, on
+        // the blocking pool: a few tasks, each reading its share of the
+        // files in turn (one task per file would pay a hop to the pool per
+        // file, and waiting for a CPU on each hop is slow on a busy machine).
         let now = SystemTime::now();
+        let to_read: Vec<(FileKind, String, Stamp, PathBuf)> = listing
+            .iter()
+            .filter(|(kind, key, stamp)| {
+                let racy = now
+                    .duration_since(stamp.modified)
+                    .map_or(true, |age| age < RACY);
+                racy || self.seen.get(&(*kind, key.clone())) != Some(stamp)
+            })
+            .map(|(kind, key, stamp)| {
+                let path = self.root.join(path_of(*kind, key));
+                (*kind, key.clone(), *stamp, path)
+            })
+            .collect();
+        const READERS: usize = 4;
         let mut reads = JoinSet::new();
-        for (kind, key, stamp) in &listing {
-            let racy = now
-                .duration_since(stamp.modified)
-                .map_or(true, |age| age < RACY);
-            if racy || self.seen.get(&(*kind, key.clone())) != Some(stamp) {
-                let path = self.root.join(dir_of(*kind)).join(key);
-                let (kind, key, stamp) = (*kind, key.clone(), *stamp);
-                reads.spawn(async move {
-                    let text = match tokio::fs::read(&path).await {
-                        Ok(bytes) => String::from_utf8(bytes)
-                            .map_err(|_| format!("{} is not valid UTF-8", path.display())),
-                        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-                    };
-                    (kind, key, stamp, text)
-                });
-            }
+        for chunk in to_read.chunks(to_read.len().div_ceil(READERS).max(1)) {
+            let chunk = chunk.to_vec();
+            reads.spawn_blocking(move || {
+                chunk
+                    .into_iter()
+                    .map(|(kind, key, stamp, path)| {
+                        let text = match std::fs::read(&path) {
+                            Ok(bytes) => String::from_utf8(bytes)
+                                .map_err(|_| format!("{} is not valid UTF-8", path.display())),
+                            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+                        };
+                        (kind, key, stamp, text)
+                    })
+                    .collect::<Vec<_>>()
+            });
         }
         let mut fresh = Vec::new();
         let mut errors = Vec::new();
         while let Some(joined) = reads.join_next().await {
-            match joined? {
-                (kind, key, stamp, Ok(text)) => fresh.push((kind, key, stamp, Arc::from(text))),
-                (_, _, _, Err(e)) => errors.push(e),
+            for read in joined? {
+                match read {
+                    (kind, key, stamp, Ok(text)) => fresh.push((kind, key, stamp, Arc::from(text))),
+                    (_, _, _, Err(e)) => errors.push(e),
+                }
             }
         }
         errors.sort();
@@ -135,6 +184,9 @@ impl Scanner {
         for (key, _) in db.inputs::<TemplateFile>()? {
             held.insert((FileKind::Template, key));
         }
+        for (key, _) in db.inputs::<ConfigFile>()? {
+            held.insert((FileKind::Config, key));
+        }
 
         // One batch for everything. Setting a value equal to the stored one
         // is a no-op in picante, so re-read but unchanged files cost nothing.
@@ -145,15 +197,17 @@ impl Scanner {
             let old = match kind {
                 FileKind::Page => db.input_opt::<SourceFile>(&key)?,
                 FileKind::Template => db.input_opt::<TemplateFile>(&key)?,
+                FileKind::Config => db.input_opt::<ConfigFile>(&key)?,
             };
             match old {
-                None => changed.push(format!("{}/{key} (new)", dir_of(kind))),
-                Some(old) if old != text => changed.push(format!("{}/{key}", dir_of(kind))),
+                None => changed.push(format!("{} (new)", path_of(kind, &key))),
+                Some(old) if old != text => changed.push(path_of(kind, &key)),
                 Some(_) => {}
             }
             match kind {
                 FileKind::Page => batch.set::<SourceFile>(key.clone(), text),
                 FileKind::Template => batch.set::<TemplateFile>(key.clone(), text),
+                FileKind::Config => batch.set::<ConfigFile>(key.clone(), text),
             };
             self.seen.insert((kind, key), stamp);
         }
@@ -167,10 +221,11 @@ impl Scanner {
             .collect();
         gone.sort();
         for (kind, key) in gone {
-            changed.push(format!("{}/{key} (removed)", dir_of(*kind)));
+            changed.push(format!("{} (removed)", path_of(*kind, key)));
             match kind {
                 FileKind::Page => batch.remove::<SourceFile>(key),
                 FileKind::Template => batch.remove::<TemplateFile>(key),
+                FileKind::Config => batch.remove::<ConfigFile>(key),
             };
             self.seen.remove(&(*kind, key.clone()));
         }
@@ -186,6 +241,25 @@ impl Scanner {
             .collect();
         pages.sort();
         batch.set::<PageList>((), pages.into());
+        let mut stamps: Vec<FileStamp> = self
+            .seen
+            .iter()
+            .filter_map(|((kind, key), stamp)| {
+                let since = stamp.modified.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+                Some(FileStamp {
+                    kind: match kind {
+                        FileKind::Page => 0,
+                        FileKind::Template => 1,
+                        FileKind::Config => 2,
+                    },
+                    key: key.clone(),
+                    modified_ns: u64::try_from(since.as_nanos()).ok()?,
+                    len: stamp.len,
+                })
+            })
+            .collect();
+        stamps.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
+        batch.set::<ScanStamps>((), Arc::new(stamps));
         let revision = batch.commit()?;
         changed.sort();
         Ok(SyncReport {
@@ -196,16 +270,42 @@ impl Scanner {
     }
 }
 
+/// The path of a file relative to the site root: `content/<key>`,
+/// `templates/<key>`, or the config file's name.
+fn path_of(kind: FileKind, key: &str) -> String {
+    match kind {
+        FileKind::Config => key.to_string(),
+        kind => format!("{}/{key}", dir_of(kind)),
+    }
+}
+
 fn dir_of(kind: FileKind) -> &'static str {
     match kind {
         FileKind::Page => "content",
         FileKind::Template => "templates",
+        FileKind::Config => "",
     }
 }
 
-/// Every page and template under `root`, with its key and stamp.
+/// The site's configuration file, at the root of the site (optional).
+pub const CONFIG: &str = "site.toml";
+
+/// Every page and template under `root`, and the config file, with its key
+/// and stamp.
 fn list_site(root: &Path) -> Result<Vec<(FileKind, String, Stamp)>> {
     let mut out = Vec::new();
+    match std::fs::metadata(root.join(CONFIG)) {
+        Ok(meta) => out.push((
+            FileKind::Config,
+            CONFIG.to_string(),
+            Stamp {
+                modified: meta.modified()?,
+                len: meta.len(),
+            },
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", root.join(CONFIG).display()).into()),
+    }
     for (kind, extension) in [(FileKind::Page, "md"), (FileKind::Template, "html")] {
         let base = root.join(dir_of(kind));
         let mut dirs = vec![base.clone()];
@@ -248,37 +348,69 @@ fn list_site(root: &Path) -> Result<Vec<(FileKind, String, Stamp)>> {
 /// The output directory and what was last written to it.
 pub struct Output {
     dir: PathBuf,
-    written: HashMap<String, Arc<str>>,
+    /// Where the rendered pages are, by hash.
+    store: Store,
+    /// The hash of what each output file holds, as far as this process knows.
+    written: HashMap<String, Hash>,
     /// Files an earlier process wrote (see [`Output::resume`]).
     earlier: HashSet<String>,
+    /// The site's `static/` directory, copied as it is into the output.
+    static_dir: Option<PathBuf>,
 }
 
 /// What one build did.
 pub struct BuildReport {
     pub pages: usize,
-    /// Output files (re)written because their HTML changed, sorted.
+    /// Output files (re)written because their HTML changed, sorted. A file
+    /// that already held the right page is not rewritten (and not listed).
     pub written: Vec<String>,
     /// Output files deleted because their page is gone.
     pub deleted: Vec<String>,
+    /// Files of `static/` copied because they were new or changed.
+    pub copied: Vec<String>,
     /// Pages (or the index) that failed, with the error.
     pub failed: Vec<(String, picante::Error)>,
-    /// Time spent in queries (rendering), not writing files.
+    /// Time spent in queries (rendering or revalidating), and in the output
+    /// step (linking pages from the store, checking unchanged ones).
     pub queries: Duration,
+    pub output: Duration,
 }
 
 impl Output {
-    pub fn new(dir: PathBuf) -> Output {
+    pub fn new(dir: PathBuf, store: Store) -> Output {
         Output {
             dir,
+            store,
             written: HashMap::new(),
             earlier: HashSet::new(),
+            static_dir: None,
         }
+    }
+
+    /// Copies the files of `dir` (the site's `static/`: stylesheets,
+    /// images) into the output on every build, when new or changed.
+    pub fn with_static(mut self, dir: PathBuf) -> Output {
+        self.static_dir = Some(dir);
+        self
+    }
+
+    /// Copies the static files that are missing from the output or differ
+    /// from it, and returns their paths. They are not queries: nothing is
+    /// derived from them. Files are compared byte for byte, which is fine for
+    /// a stylesheet; a site with large assets would keep stamps instead, as
+    /// the scanner does.
+    pub async fn sync_static(&self) -> Result<Vec<String>> {
+        let Some(from) = self.static_dir.clone() else {
+            return Ok(Vec::new());
+        };
+        let to = self.dir.clone();
+        tokio::task::spawn_blocking(move || copy_static(&from, &to)).await?
     }
 
     /// After a warm start: the pages of the loaded cache were written by an
     /// earlier process, so those that are gone now are deleted by the next
-    /// build. (The others are written again: this process does not know
-    /// what their files hold.)
+    /// build. (The others are checked against the store: a file that is
+    /// already a link to its page's blob is left alone.)
     pub fn resume(&mut self, db: &Database) -> Result<()> {
         let pages = db.input_opt::<PageList>(&())?.unwrap_or_default();
         self.earlier = pages.iter().map(|p| queries::url_of(p)).collect();
@@ -329,9 +461,10 @@ pub async fn build(db: &Database, output: &mut Output, progress: bool) -> Result
     failed.sort_by(|a, b| a.0.cmp(&b.0));
     let queries = start.elapsed();
 
-    // Write only what changed since the last build. An unchanged memo hands
-    // back the very same `Arc`, so the pointer check is usually enough.
-    // Pages that failed keep their previous output; pages that are gone lose it.
+    // Write only what changed since the last build: a page's value is the
+    // hash of its HTML, so comparing hashes is enough. A page this process has
+    // not written yet is checked on disk (see `store::link_into`). Pages that
+    // failed keep their previous output; pages that are gone lose it.
     let mut live: HashSet<String> = pages.iter().map(|p| queries::url_of(p)).collect();
     live.insert("index.html".to_string());
     let mut deleted: Vec<String> = output
@@ -347,49 +480,103 @@ pub async fn build(db: &Database, output: &mut Output, progress: bool) -> Result
         .cloned()
         .collect();
     deleted.sort();
-    let changed: Vec<(String, Arc<str>)> = rendered
+    let changed: Vec<(String, Hash)> = rendered
         .into_iter()
-        .filter(|(url, html)| {
-            !output
-                .written
-                .get(url)
-                .is_some_and(|old| Arc::ptr_eq(old, html) || old == html)
-        })
+        .filter(|(url, hash)| output.written.get(url) != Some(hash))
         .collect();
-    let to_write: Vec<(PathBuf, Arc<str>)> = changed
+    let to_write: Vec<(PathBuf, PathBuf)> = changed
         .iter()
-        .map(|(url, html)| (output.dir.join(url), html.clone()))
+        .map(|(url, hash)| (output.store.path_of(hash), output.dir.join(url)))
         .collect();
     let to_delete: Vec<PathBuf> = deleted.iter().map(|url| output.dir.join(url)).collect();
-    tokio::task::spawn_blocking(move || write_files(to_write, to_delete)).await??;
+    let store = output.store.clone();
+    let wrote = tokio::task::spawn_blocking(move || -> Result<Vec<bool>> {
+        store.flush()?;
+        write_files(to_write, to_delete)
+    })
+    .await??;
+    let output_time = start.elapsed() - queries;
 
     let mut written = Vec::with_capacity(changed.len());
-    for (url, html) in changed {
-        written.push(url.clone());
-        output.written.insert(url, html);
+    for ((url, hash), wrote) in changed.into_iter().zip(wrote) {
+        if wrote {
+            written.push(url.clone());
+        }
+        output.written.insert(url, hash);
     }
     for url in &deleted {
         output.written.remove(url);
     }
     output.earlier.clear();
     written.sort();
+    let copied = output.sync_static().await?;
     Ok(BuildReport {
         pages: pages.len(),
         written,
         deleted,
+        copied,
         failed,
         queries,
+        output: output_time,
     })
 }
 
-fn write_files(to_write: Vec<(PathBuf, Arc<str>)>, to_delete: Vec<PathBuf>) -> Result<()> {
-    for (path, html) in to_write {
-        if let Some(parent) = path.parent() {
+/// Copies every file under `from` to the same place under `to`, unless it
+/// is there already with the same bytes. Returns the copied files' paths.
+fn copy_static(from: &Path, to: &Path) -> Result<Vec<String>> {
+    let mut copied = Vec::new();
+    if !from.is_dir() {
+        return Ok(copied);
+    }
+    let mut dirs = vec![from.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(from).map_err(|e| e.to_string())?;
+            let target = to.join(rel);
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            if std::fs::read(&target).is_ok_and(|old| old == bytes) {
+                continue;
+            }
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            }
+            std::fs::write(&target, &bytes)
+                .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+            copied.push(format!(
+                "static/{}",
+                rel.to_string_lossy().replace('\\', "/")
+            ));
+        }
+    }
+    copied.sort();
+    Ok(copied)
+}
+
+/// Links each `(blob, output file)` pair and deletes `to_delete`. Returns,
+/// per pair, whether the file had to be (re)written.
+fn write_files(to_write: Vec<(PathBuf, PathBuf)>, to_delete: Vec<PathBuf>) -> Result<Vec<bool>> {
+    let mut wrote = Vec::with_capacity(to_write.len());
+    let mut made = HashSet::new();
+    for (blob, path) in to_write {
+        if let Some(parent) = path.parent()
+            && !made.contains(parent)
+        {
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            made.insert(parent.to_path_buf());
         }
-        std::fs::write(&path, html.as_bytes())
+        let linked = store::link_into(&blob, &path)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        wrote.push(linked);
     }
     for path in to_delete {
         match std::fs::remove_file(&path) {
@@ -399,7 +586,7 @@ fn write_files(to_write: Vec<(PathBuf, Arc<str>)>, to_delete: Vec<PathBuf>) -> R
             _ => {}
         }
     }
-    Ok(())
+    Ok(wrote)
 }
 
 /// A progress counter on stderr for large builds.
@@ -459,10 +646,16 @@ impl Progress {
 /// A log larger than this is folded into a new base file by a full save.
 pub const COMPACT_AFTER: u64 = 1 << 20;
 
-/// The cache file of one site: a base written by `save_cache` (inputs and
-/// memos of every persistent kind), and a log beside it (`PATH.log`) to which
-/// each build appends only what changed.
+/// The cache directory of one site:
+///
+/// ```text
+/// DIR/cache.bin      the base written by `save_cache`: inputs and memos of
+///                    every persistent kind (page hashes, not pages)
+/// DIR/cache.bin.log  what each build changed since, appended
+/// DIR/store/         the rendered pages, named by their hash (see `store.rs`)
+/// ```
 pub struct Cache {
+    dir: PathBuf,
     path: PathBuf,
     /// The database loaded or saved this file, so it can append to its log.
     linked: bool,
@@ -472,9 +665,10 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn new(path: PathBuf) -> Cache {
+    pub fn new(dir: PathBuf) -> Cache {
         Cache {
-            path,
+            path: dir.join("cache.bin"),
+            dir,
             linked: false,
             log_bytes: 0,
             appends: 0,
@@ -487,12 +681,46 @@ impl Cache {
         (self.log_bytes, self.appends)
     }
 
+    /// Opens the store of rendered pages in this directory.
+    pub fn store(&self) -> Result<Store> {
+        let dir = self.dir.join("store");
+        Store::open(dir.clone())
+            .map_err(|e| format!("cannot create the store {}: {e}", dir.display()).into())
+    }
+
+    /// Size of the cache file and its log: what picante keeps.
+    pub fn bytes(&self) -> u64 {
+        [self.path.clone(), log_path(&self.path)]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// Loads the file into `db`, which must be fresh. A missing or unusable
     /// file is not an error: the build starts cold, and the next save
     /// replaces it. Returns the report and one line saying how the build
     /// starts.
-    pub async fn load(&mut self, db: &Database) -> Result<(LoadReport, String)> {
+    pub async fn load(&mut self, db: &Database, store: &Store) -> Result<(LoadReport, String)> {
         let start = Instant::now();
+        // The memos hold hashes of pages in the store: without the store they
+        // point nowhere. A cache whose store was deleted is discarded.
+        let mut discarded = None;
+        if self.path.exists() && store.usage().0 == 0 {
+            for file in [self.path.clone(), log_path(&self.path)] {
+                match std::fs::remove_file(&file) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(format!("cannot remove {}: {e}", file.display()).into());
+                    }
+                    _ => {}
+                }
+            }
+            discarded = Some(format!(
+                "cold start: the store {} is empty, so the cache (which holds page hashes, \
+                 not pages) was discarded",
+                store.dir().display()
+            ));
+        }
         let report = db
             .load_cache(&self.path, LoadOptions::ignore_errors())
             .await?;
@@ -519,15 +747,23 @@ impl Cache {
             if report.torn_tail {
                 line += "; ignored an incomplete last append";
             }
+            if let Some(why) = &report.code_changed {
+                line += &format!("\n  dropped every memo: {why}");
+            }
+            for kind in &report.stale_kinds {
+                line += &format!("\n  dropped the memos of {kind}");
+            }
             for kind in &report.dropped_kinds {
                 line += &format!("\n  dropped {kind}");
             }
-            if report.dropped_memos > 0 {
+            if report.dropped_memos > 0 && report.code_changed.is_none() {
                 line += &format!(
                     "\n  dropped {} that read a dropped kind",
                     plural(report.dropped_memos, "memo")
                 );
             }
+            line
+        } else if let Some(line) = discarded {
             line
         } else if let Some(e) = &report.ignored_error {
             format!("cold start: cache ignored: {e}")

@@ -4,17 +4,19 @@
 //! cargo run --release --example site                 # the story, on the built-in sample site
 //! cargo run --release --example site -- --pages 3000 # the same story on a 3 000-page copy
 //! cargo run --release --example site -- --watch      # build the sample, then rebuild on change
-//! cargo run --release --example site -- PATH [--out DIR] [--watch] [--cache FILE | --no-cache]
+//! cargo run --release --example site -- PATH [--out DIR] [--watch] [--cache DIR | --no-cache]
 //! ```
 //!
 //! Read it in this order: `queries.rs` (the incremental pipeline, one picante
 //! query per step), `driver.rs` (scan → inputs, build on a snapshot, write,
-//! the on-disk cache), then the story below. `markup.rs` holds the plain,
-//! non-incremental helpers.
+//! the on-disk cache), then the story below. `store.rs` is the
+//! content-addressed store that keeps rendered pages out of the cache;
+//! `markup.rs` holds the plain, non-incremental helpers.
 
 mod driver;
 mod markup;
 mod queries;
+mod store;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,27 +29,45 @@ use driver::{BuildReport, Cache, Delta, Output, Result, Scanner, millis};
 use queries::{PageList, ParsePage, RenderPage, TemplateFile};
 
 const USAGE: &str = "\
-usage: site [PATH] [--out DIR] [--watch] [--cache FILE | --no-cache] [--pages N]
+usage: site [PATH] [--out DIR] [--watch] [--cache DIR | --no-cache] [--pages N]
 
 Without PATH, tells the story of incremental rebuilds on the built-in sample
 site (a copy in target/site-src, built into target/site-out).
 
-  PATH          a site directory: PATH/content/**/*.md (Markdown with front
-                matter `title:` and `template:`) and PATH/templates/*.html
-                (templates with {{var}} and {{> partial}} includes of
-                PATH/templates/partials/*.html)
+PATH is a site directory laid out like examples/site/sample:
+
+  PATH/site.toml            optional: title = \"...\", tagline = \"...\"
+  PATH/content/**/*.md      the pages: Markdown, with an optional front
+                            matter (`title:`, `template:` naming a template
+                            without .html; default `page`)
+  PATH/templates/*.html     minijinja templates; index.html (the home page)
+                            and page.html (the default) are required. Pages
+                            see page.title, page.section, page.url, site.*,
+                            content, root and section_nav; index.html sees
+                            site.* and sections
+  PATH/static/              copied as it is into the output (style.css...)
+  PATH/templates/partials/  templates included by others ({% include
+                            \"partials/x.html\" %}); any template may
+                            {% extends %} another
+  PATH/.picante/            the cache (written by this program)
+
+Pages go to --out DIR (default PATH/../_site) as content/a/b.md -> DIR/a/b.html.
+
   --out DIR     where to write the HTML (default: PATH/../_site)
   --watch       after the first build, poll for changes and rebuild
-  --cache FILE  the cache that lets the next run start warm (default:
-                DIR/.picante-cache, or target/site-cache.bin for the sample);
-                changes are appended to FILE.log
+  --cache DIR   the cache that lets the next run start warm: DIR/cache.bin
+                (page hashes, not pages; changes appended to cache.bin.log)
+                and DIR/store/ (the rendered pages, named by their hash,
+                linked into the output). Default: PATH/.picante, outside
+                the output so that deploying it does not publish the cache;
+                target/site-cache/ for the sample
   --no-cache    neither read nor write a cache
   --pages N     (sample only) grow the sample copy to N pages";
 
-/// Where the cache goes: the default place, a given file, or nowhere.
+/// Where the cache goes: the default place, a given directory, or nowhere.
 enum CacheArg {
     Default,
-    File(PathBuf),
+    Dir(PathBuf),
     Off,
 }
 
@@ -74,7 +94,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--watch" => args.watch = true,
             "--out" => args.out = Some(it.next().ok_or("--out needs a directory")?.into()),
             "--cache" => {
-                args.cache = CacheArg::File(it.next().ok_or("--cache needs a file")?.into());
+                args.cache = CacheArg::Dir(it.next().ok_or("--cache needs a directory")?.into());
             }
             "--no-cache" => args.cache = CacheArg::Off,
             "--pages" => {
@@ -118,7 +138,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<()> {
     let cache_at = |default: PathBuf| match &args.cache {
         CacheArg::Default => Some(default),
-        CacheArg::File(file) => Some(file.clone()),
+        CacheArg::Dir(dir) => Some(dir.clone()),
         CacheArg::Off => None,
     };
     match &args.site {
@@ -133,7 +153,9 @@ async fn run(args: Args) -> Result<()> {
                     .join("_site"),
             };
             println!("Building {} into {}", site.display(), out.display());
-            let cache = cache_at(out.join(".picante-cache"));
+            // Beside the sources, not in the output: deploying the output
+            // must not publish the cache.
+            let cache = cache_at(site.join(".picante"));
             build_site(&site, out, cache, args.watch).await
         }
         None => {
@@ -141,8 +163,8 @@ async fn run(args: Args) -> Result<()> {
             let out = args.out.clone().unwrap_or(out);
             // One cache per sample size, so that alternating sizes stays warm.
             let cache = cache_at(target_dir().join(match args.pages {
-                SAMPLE_PAGES => "site-cache.bin".to_string(),
-                n => format!("site-cache-{n}.bin"),
+                SAMPLE_PAGES => "site-cache".to_string(),
+                n => format!("site-cache-{n}"),
             }));
             if args.watch {
                 println!(
@@ -170,9 +192,9 @@ const POST: &str = "content/blog/market-day.md";
 const PARTIAL: &str = "templates/partials/sidebar.html";
 const PAGE: &str = "content/peppers/habanero.md";
 
-/// `cache`: the file that the previous run left (read in step 0) and that
-/// this run leaves for the next; `None` (--no-cache) uses a scratch file that
-/// is deleted at the end.
+/// `cache`: the directory that the previous run left (read in step 0) and
+/// that this run leaves for the next; `None` (--no-cache) uses a scratch
+/// directory that is deleted at the end.
 async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     println!("picante site example: a static site generator as a graph of async queries.");
     println!(
@@ -181,16 +203,20 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     );
     println!("Output:  {}", out.display());
     let keep = cache.is_some();
-    let cache_path = match cache {
-        Some(path) => path,
-        None => std::env::temp_dir().join(format!("picante-site-{}.bin", std::process::id())),
+    let cache_dir = match cache {
+        Some(dir) => dir,
+        None => scratch_dir(),
     };
     let note = if keep {
         ""
     } else {
-        " (--no-cache: a scratch file)"
+        " (--no-cache: a scratch directory)"
     };
-    println!("Cache:   {}{note}", cache_path.display());
+    println!(
+        "Cache:   {}{note}: cache.bin holds page hashes, store/ the pages",
+        cache_dir.display()
+    );
+    let store = Cache::new(cache_dir.clone()).store()?;
     println!();
     println!("Per step, for each query kind: how many times its body was executed, how many");
     println!("of those executions were cut off (same value as before, so nothing downstream");
@@ -201,60 +227,73 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     // 0. The cache of the previous run, if any.
     heading("0. Warm start from the cache of the previous run");
     if keep {
-        warm_start(src, out, &cache_path).await?;
+        warm_start(src, out, &cache_dir, &store).await?;
     } else {
         println!("  Skipped: with --no-cache, this run neither reads a cache nor leaves one.");
     }
 
     // 1. Cold build.
     heading("1. Cold build: every query runs once");
-    println!("  A fresh database, without the cache. The scan reads every file concurrently and");
+    println!("  A fresh database, without the cache: the store and the output directory are");
+    println!("  emptied first, so nothing is reused. The scan reads every file concurrently and");
     println!("  sets them as inputs in one batch; then every page renders on its own task, all");
-    println!("  on one snapshot of the database. Then the database is saved to the cache.");
-    let db = queries::database()?;
+    println!("  on one snapshot of the database, and puts its HTML in the store; the output");
+    println!("  step links each page from the store into the output directory. Then the");
+    println!("  database is saved to the cache.");
+    // The old store and output are moved aside, and deleted at the end.
+    let aside = [cache_dir.join("store.old"), out.with_extension("old")];
+    store
+        .clear(&aside[0])
+        .map_err(|e| format!("cannot empty {}: {e}", store.dir().display()))?;
+    let _ = std::fs::remove_dir_all(&aside[1]);
+    if out.exists() {
+        std::fs::rename(out, &aside[1])
+            .map_err(|e| format!("cannot move {} aside: {e}", out.display()))?;
+    }
+    let start = Instant::now();
+    let db = queries::database(&store)?;
     let mut scanner = Scanner::new(src)?;
-    let mut output = Output::new(out.to_path_buf());
+    let mut output = Output::new(out.to_path_buf(), store.clone()).with_static(src.join("static"));
     let s = step(&db, &mut scanner, &mut output, true, || Ok(())).await?;
-    let cold_time = s.time;
+    let cold_time = start.elapsed();
     let n = s.build.pages as u64;
     check("ParsePage executions", s.delta.executed("ParsePage"), n)?;
     check("RenderPage executions", s.delta.executed("RenderPage"), n)?;
     check("SiteIndex executions", s.delta.executed("SiteIndex"), 1)?;
     check("files written", s.build.written.len() as u64, n + 1)?;
-    let mut cache = Cache::new(cache_path.clone());
+    let mut cache = Cache::new(cache_dir.clone());
     let (saved, line) = cache.save(&db).await?;
     println!("  {line}");
     // Every memo is saved: none failed, and every kind is persistent.
     check("memos saved", saved.memos as u64, s.delta.total_executed())?;
     check("memos not saved", saved.skipped_memos as u64, 0)?;
     let templates = db.inputs::<TemplateFile>()?.len() as u64;
-    check("inputs saved", saved.inputs as u64, n + templates + 1)?;
+    // Pages, templates, site.toml, the page list and the scanner's stamps.
+    check("inputs saved", saved.inputs as u64, n + templates + 3)?;
 
     // 2. Restart.
     heading("2. Restart: a new process starts warm from the cache");
     println!("  Drop the database, build a new one and load the file into it. A new scanner");
-    println!("  re-reads every file and finds them all unchanged: nothing executes. (The new");
-    println!("  process does not know what the old one wrote, so it writes every file once.)");
+    println!("  compares each file's stamp with the one saved in the cache and re-reads only");
+    println!("  the files changed since (here: none, or those just written, to be safe), so");
+    println!("  nothing executes. Every page's value is a hash; each output file is checked");
+    println!("  against the store and found to be that page already: no file is written.");
     drop((db, scanner, output));
     let start = Instant::now();
-    let db = queries::database()?;
-    let mut cache = Cache::new(cache_path.clone());
-    let (loaded, line) = cache.load(&db).await?;
-    let load_time = start.elapsed();
+    let db = queries::database(&store)?;
+    let mut cache = Cache::new(cache_dir.clone());
+    let (loaded, line) = cache.load(&db, &store).await?;
     println!("  {line}");
     check("memos loaded", loaded.memos as u64, saved.memos as u64)?;
     check("inputs loaded", loaded.inputs as u64, saved.inputs as u64)?;
     let mut scanner = Scanner::new(src)?;
-    let mut output = Output::new(out.to_path_buf());
+    let mut output = Output::new(out.to_path_buf(), store.clone()).with_static(src.join("static"));
     output.resume(&db)?;
     let s = step(&db, &mut scanner, &mut output, true, || Ok(())).await?;
+    let warm_time = start.elapsed();
     check("executions", s.delta.total_executed(), 0)?;
-    check("files written", s.build.written.len() as u64, n + 1)?;
-    println!(
-        "  Without the file writes: cold scan + queries {}, warm load + scan + queries {}.",
-        millis(cold_time),
-        millis(load_time + s.time),
-    );
+    check("files written", s.build.written.len() as u64, 0)?;
+    print_figures(cold_time, warm_time, &cache, &store, out);
 
     // 3. Nothing changed.
     heading("3. Rebuild with no change: every page is a memo hit");
@@ -309,15 +348,16 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
 
     // 5. Partial edit.
     heading(&format!("5. Edit the partial {PARTIAL}"));
-    println!("  ResolvedTemplate read each include through `cx.query`, so picante knows which");
-    println!("  templates included the sidebar, and which pages use those templates.");
+    println!("  minijinja's loader read every template a render used through `cx.input`: the");
+    println!("  page's template, what it extends, what it includes. So picante knows which");
+    println!("  renders read the sidebar, and re-renders exactly those pages.");
     let sidebar_pages = pages_including(&db, src, "sidebar").await?;
     let s = step(&db, &mut scanner, &mut output, false, || {
         replace(
             src,
             PARTIAL,
-            "<h2>In {{section}}</h2>",
-            "<h2>More {{section}}</h2>",
+            "<h2>In {{ page.section }}</h2>",
+            "<h2>More {{ page.section }}</h2>",
         )
     })
     .await?;
@@ -401,6 +441,10 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     check("memos saved", compacted.memos as u64, saved.memos as u64)?;
     check("inputs saved", compacted.inputs as u64, saved.inputs as u64)?;
 
+    for dir in &aside {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     println!();
     println!("Every count above was checked by the example itself.");
     println!(
@@ -411,18 +455,16 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     if keep {
         println!("Run the example again: its step 0 starts warm from the cache this run left.");
     } else {
-        for file in [cache_path.clone(), driver::log_path(&cache_path)] {
-            let _ = std::fs::remove_file(file);
-        }
+        let _ = std::fs::remove_dir_all(&cache_dir);
     }
     Ok(())
 }
 
 /// Step 0: a new process loads the cache that the previous run left.
-async fn warm_start(src: &Path, out: &Path, cache_path: &Path) -> Result<()> {
-    let db = queries::database()?;
-    let mut cache = Cache::new(cache_path.to_path_buf());
-    let (loaded, line) = cache.load(&db).await?;
+async fn warm_start(src: &Path, out: &Path, cache_dir: &Path, store: &store::Store) -> Result<()> {
+    let db = queries::database(store)?;
+    let mut cache = Cache::new(cache_dir.to_path_buf());
+    let (loaded, line) = cache.load(&db, store).await?;
     println!("  {line}");
     if !loaded.loaded {
         println!("  This run builds cold below and leaves a cache; run the example again");
@@ -432,16 +474,18 @@ async fn warm_start(src: &Path, out: &Path, cache_path: &Path) -> Result<()> {
     println!("  A new process, its database loaded from the file. The previous run left");
     println!("  the files as they are now (unless they were edited in --watch), so the");
     println!("  scan sets every input to the value it already has: all the memos are");
-    println!("  reused, none executes.");
+    println!("  reused, none executes. The output directory is new, so every page is");
+    println!("  linked into it from the store: written, but not rendered.");
     let mut scanner = Scanner::new(src)?;
-    let mut output = Output::new(out.to_path_buf());
+    let mut output = Output::new(out.to_path_buf(), store.clone()).with_static(src.join("static"));
     output.resume(&db)?;
     let s = step(&db, &mut scanner, &mut output, true, || Ok(())).await?;
-    if s.changed.is_empty() && loaded.dropped_kinds.is_empty() {
+    if s.changed.is_empty() && loaded.dropped_kinds.is_empty() && loaded.dropped_memos == 0 {
         check("executions", s.delta.total_executed(), 0)
     } else {
-        println!("  (This cache was left by edits in --watch, or by different code: what");
-        println!("  changed re-ran, as it should. The rest of the story does not use it.)");
+        println!("  (This cache was left by edits in --watch, or by another build of the");
+        println!("  example: what changed re-ran, as it should. The rest of the story does");
+        println!("  not use it.)");
         Ok(())
     }
 }
@@ -453,8 +497,6 @@ struct Step {
     build: BuildReport,
     /// Files whose content changed, per the scan.
     changed: Vec<String>,
-    /// Time to scan and run the queries (writing files left out).
-    time: Duration,
 }
 
 /// Applies `edit` to the files, syncs the inputs, builds, and prints the
@@ -477,16 +519,15 @@ async fn step(
     }
     let scanned = Instant::now();
     let build = driver::build(db, output, progress).await?;
-    let times = (scanned - start, scanned.elapsed());
+    let scan = scanned - start;
     let delta = Delta::between(&before, &db.stats());
     delta.print();
-    print_summary(&sync.changed, &build, times);
+    print_summary(&sync.changed, &build, scan);
     if let Some((page, e)) = build.failed.first() {
         return Err(format!("{page}: {e}").into());
     }
     Ok(Step {
         delta,
-        time: times.0 + build.queries,
         changed: sync.changed,
         build,
     })
@@ -497,10 +538,12 @@ async fn step(
 async fn append(db: &Database, cache: &mut Cache, s: &Step) -> Result<()> {
     let (report, line) = cache.append(db).await?;
     println!("  {line}");
+    // The files that changed, and the scanner's stamps if any did.
+    let stamps = u64::from(!s.changed.is_empty());
     check(
         "inputs appended",
         report.inputs as u64,
-        s.changed.len() as u64,
+        s.changed.len() as u64 + stamps,
     )?;
     check(
         "memos appended",
@@ -515,24 +558,36 @@ async fn append(db: &Database, cache: &mut Cache, s: &Step) -> Result<()> {
 // ---------------------------------------------------------------------------
 
 async fn build_site(src: &Path, out: PathBuf, cache: Option<PathBuf>, watch: bool) -> Result<()> {
-    let db = queries::database()?;
+    // Without a cache, the rendered pages still go through a store: a scratch
+    // one, deleted at the end (the output keeps its links to the pages).
+    let scratch = match &cache {
+        Some(_) => None,
+        None => Some(Scratch(scratch_dir())),
+    };
+    let dir = match (&cache, &scratch) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(scratch)) => scratch.0.clone(),
+        (None, None) => return Err("no cache directory".into()),
+    };
+    let store = Cache::new(dir).store()?;
+    let db = queries::database(&store)?;
     let mut cache = cache.map(Cache::new);
     match &mut cache {
-        Some(cache) => println!("{}", cache.load(&db).await?.1),
+        Some(cache) => println!("{}", cache.load(&db, &store).await?.1),
         None => println!("cold start: --no-cache"),
     }
     let mut scanner = Scanner::new(src)?;
-    let mut output = Output::new(out);
+    let mut output = Output::new(out, store.clone()).with_static(src.join("static"));
     output.resume(&db)?;
     let before = db.stats();
     let start = Instant::now();
     let sync = scanner.sync(&db).await?;
     let scanned = Instant::now();
     let build = driver::build(&db, &mut output, true).await?;
-    let times = (scanned - start, scanned.elapsed());
+    let scan = scanned - start;
     let delta = Delta::between(&before, &db.stats());
     delta.print();
-    print_summary(&sync.changed, &build, times);
+    print_summary(&sync.changed, &build, scan);
     for e in &sync.errors {
         eprintln!("  error: {e}");
     }
@@ -567,8 +622,8 @@ async fn update_cache(db: &Database, cache: &mut Option<Cache>) {
 }
 
 /// One line per step: what changed, what was written, how long the scan
-/// (listing and reading files) and the build (queries and writes) took.
-fn print_summary(changed: &[String], build: &BuildReport, (scan, work): (Duration, Duration)) {
+/// (listing and reading files), the queries and the output step took.
+fn print_summary(changed: &[String], build: &BuildReport, scan: Duration) {
     let new = changed.iter().filter(|c| c.ends_with(" (new)")).count();
     let changed = match (changed.len(), new) {
         (0, _) => String::new(),
@@ -584,11 +639,16 @@ fn print_summary(changed: &[String], build: &BuildReport, (scan, work): (Duratio
         1 => "1 file".to_string(),
         n => format!("{n} files"),
     };
+    let deleted = match build.copied.len() {
+        0 => deleted,
+        n => format!("{deleted}, {n} static copied"),
+    };
     println!(
-        "  {changed}{} pages · {written} written{deleted} · scan {:.1} ms, build {:.1} ms",
+        "  {changed}{} pages · {written} written{deleted} · scan {}, queries {}, output {}",
         build.pages,
-        scan.as_secs_f64() * 1e3,
-        work.as_secs_f64() * 1e3
+        millis(scan),
+        millis(build.queries),
+        millis(build.output),
     );
 }
 
@@ -647,17 +707,26 @@ async fn watch_site(
             last_errors = sync.errors.clone();
         }
         if !sync.new_revision {
+            // No page changed; a stylesheet may have.
+            match output.sync_static().await {
+                Ok(copied) => {
+                    for file in copied {
+                        println!("\n  copied {file}");
+                    }
+                }
+                Err(e) => eprintln!("  error: {e}"),
+            }
             continue;
         }
         let scanned = Instant::now();
         let build = driver::build(db, output, false).await?;
-        let times = (scanned - start, scanned.elapsed());
+        let scan = scanned - start;
         println!();
         for file in &sync.changed {
             println!("  changed: {file}");
         }
         Delta::between(&before, &db.stats()).print();
-        print_summary(&[], &build, times);
+        print_summary(&[], &build, scan);
         for url in build.written.iter().take(10) {
             println!("    wrote {url}");
         }
@@ -681,6 +750,67 @@ async fn watch_site(
 // ---------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------
+
+/// The figures the lean cache is for: a warm start against a cold build, and
+/// what the cache keeps against what the output holds.
+fn print_figures(cold: Duration, warm: Duration, cache: &Cache, store: &store::Store, out: &Path) {
+    let (blobs, store_bytes) = store.usage();
+    let (cache_bytes, out_bytes) = (cache.bytes(), dir_size(out));
+    println!(
+        "  Cold build (new database: scan, render, write):        {:>9}",
+        millis(cold)
+    );
+    println!(
+        "  Warm start (load the cache, scan, revalidate, check):  {:>9}  (cold ÷ warm: {:.1}×)",
+        millis(warm),
+        cold.as_secs_f64() / warm.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "  Cache {} (cache.bin, its log) for an output of {} ({:.1}%); the store holds {} \
+         ({}), linked into the output",
+        driver::size(cache_bytes),
+        driver::size(out_bytes),
+        100.0 * cache_bytes as f64 / (out_bytes as f64).max(1.0),
+        driver::plural(blobs, "page"),
+        driver::size(store_bytes),
+    );
+    if out_bytes < 1_000_000 {
+        println!("  (On a site this small both are fixed costs; try `-- --pages 3000`.)");
+    }
+}
+
+/// Total size of the files under `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => dirs.push(entry.path()),
+                Ok(meta) => total += meta.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// A directory of this process under the system's temp directory.
+fn scratch_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("picante-site-{}", std::process::id()))
+}
+
+/// Deletes its directory when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 fn heading(title: &str) {
     println!();
@@ -719,18 +849,32 @@ fn replace(root: &Path, rel: &str, from: &str, to: &str) -> Result<()> {
 }
 
 /// An independent answer to "which pages include partial `name`?", straight
-/// from the files: pages whose template's text contains `{{> name}}`.
+/// from the files: pages whose template mentions `"partials/<name>.html"`,
+/// directly or through a template it mentions (`extends`, `include`).
 async fn pages_including(db: &Database, src: &Path, name: &str) -> Result<Vec<String>> {
+    let partial = format!("partials/{name}.html");
     let mut out = Vec::new();
     for path in db.input::<PageList>(&())?.iter() {
         let page = db.query::<ParsePage>(path.clone()).await?;
-        let template = src
-            .join("templates")
-            .join(format!("{}.html", page.template));
-        let text = std::fs::read_to_string(&template)
-            .map_err(|e| format!("cannot read {}: {e}", template.display()))?;
-        if text.contains(&format!("{{{{> {name}}}}}")) {
-            out.push(path.clone());
+        let mut todo = vec![format!("{}.html", page.template)];
+        let mut seen = BTreeSet::new();
+        while let Some(template) = todo.pop() {
+            if template == partial {
+                out.push(path.clone());
+                break;
+            }
+            if !seen.insert(template.clone()) {
+                continue;
+            }
+            let file = src.join("templates").join(&template);
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            // Every quoted "....html" in the text names a template.
+            for quoted in text.split('"').skip(1).step_by(2) {
+                if quoted.ends_with(".html") && !quoted.contains(' ') {
+                    todo.push(quoted.to_string());
+                }
+            }
         }
     }
     Ok(out)
@@ -846,11 +990,27 @@ fn prepare_sample(pages: usize) -> Result<(PathBuf, PathBuf)> {
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .unwrap_or("page");
-            std::fs::write(original.with_file_name(format!("{stem}-{copy}.md")), text)?;
+            let path = original.with_file_name(format!("{stem}-{copy}.md"));
+            std::fs::write(&path, text)?;
+            same_mtime(original, &path)?;
             count += 1;
         }
     }
     Ok((src, out))
+}
+
+/// Gives `to` the modification time of `from`. The scratch copy of the
+/// sample keeps the sample's times, as a checkout would: the scanner's
+/// stamps then tell a warm start that the files did not change since the
+/// last run (a fresh time on every copy would make it re-read them all).
+fn same_mtime(from: &Path, to: &Path) -> Result<()> {
+    let modified = std::fs::metadata(from)?.modified()?;
+    std::fs::File::options()
+        .write(true)
+        .open(to)?
+        .set_modified(modified)
+        .map_err(|e| format!("cannot set the time of {}: {e}", to.display()))?;
+    Ok(())
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
@@ -862,6 +1022,7 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
             copy_dir(&entry.path(), &target)?;
         } else {
             std::fs::copy(entry.path(), &target)?;
+            same_mtime(&entry.path(), &target)?;
         }
     }
     Ok(())

@@ -1,9 +1,8 @@
-//! Plain functions with no picante in them: front matter, Markdown to HTML,
-//! and a tiny template language. The queries in `queries.rs` call these;
-//! keeping them pure makes it obvious that everything incremental about the
-//! site generator lives in the queries, not here. (`Template` derives
-//! `facet::Facet` only so that the memos holding one can be saved to the
-//! on-disk cache.)
+//! Plain functions with no picante in them: front matter and Markdown to
+//! HTML (pulldown-cmark). The queries in `queries.rs` call these; keeping
+//! them pure makes it obvious that everything incremental about the site
+//! generator lives in the queries, not here. Templates are minijinja's (see
+//! `queries::environment`).
 
 /// What a page's front matter says.
 #[derive(Debug, Default)]
@@ -62,106 +61,4 @@ pub fn markdown_to_html(markdown: &str) -> String {
     let mut out = String::with_capacity(markdown.len() * 3 / 2);
     html::push_html(&mut out, parser);
     out
-}
-
-/// Escapes text for use inside HTML.
-pub fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-/// One piece of a template.
-#[derive(Clone, Debug, PartialEq, Eq, facet::Facet)]
-#[repr(u8)]
-pub enum Segment {
-    /// Literal text.
-    Text(String),
-    /// `{{name}}`: a variable filled in at render time.
-    Var(String),
-    /// `{{> name}}`: the partial `partials/name.html`, included by name.
-    Include(String),
-}
-
-/// A parsed template: text, variables and includes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, facet::Facet)]
-pub struct Template {
-    pub segments: Vec<Segment>,
-}
-
-impl Template {
-    /// Parses `{{var}}` and `{{> partial}}` out of `text`.
-    pub fn parse(text: &str) -> Result<Template, String> {
-        let mut segments = Vec::new();
-        let mut rest = text;
-        while let Some(start) = rest.find("{{") {
-            if start > 0 {
-                segments.push(Segment::Text(rest[..start].to_string()));
-            }
-            let after = &rest[start + 2..];
-            let Some(end) = after.find("}}") else {
-                let line = text[..text.len() - rest.len() + start]
-                    .lines()
-                    .count()
-                    .max(1);
-                return Err(format!("line {line}: `{{{{` is never closed with `}}}}`"));
-            };
-            let inner = after[..end].trim();
-            let (is_include, name) = match inner.strip_prefix('>') {
-                Some(name) => (true, name.trim()),
-                None => (false, inner),
-            };
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !valid {
-                return Err(format!("`{{{{{inner}}}}}` is not a valid tag name"));
-            }
-            segments.push(if is_include {
-                Segment::Include(name.to_string())
-            } else {
-                Segment::Var(name.to_string())
-            });
-            rest = &after[end + 2..];
-        }
-        if !rest.is_empty() {
-            segments.push(Segment::Text(rest.to_string()));
-        }
-        Ok(Template { segments })
-    }
-
-    /// Whether the template uses variable `name`.
-    pub fn uses(&self, name: &str) -> bool {
-        self.segments
-            .iter()
-            .any(|s| matches!(s, Segment::Var(v) if v == name))
-    }
-
-    /// Fills the variables in. `lookup` returns `None` for an unknown
-    /// variable, which is an error. Includes must have been resolved first.
-    pub fn fill<'a>(&self, lookup: impl Fn(&str) -> Option<&'a str>) -> Result<String, String> {
-        let mut out = String::new();
-        for segment in &self.segments {
-            match segment {
-                Segment::Text(text) => out.push_str(text),
-                Segment::Var(name) => match lookup(name) {
-                    Some(value) => out.push_str(value),
-                    None => return Err(format!("unknown variable `{{{{{name}}}}}`")),
-                },
-                Segment::Include(name) => {
-                    return Err(format!("unresolved include `{{{{> {name}}}}}`"));
-                }
-            }
-        }
-        Ok(out)
-    }
 }

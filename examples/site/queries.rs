@@ -4,11 +4,12 @@
 //!  SourceFile(path) ─▶ ParsePage(path) ─▶ PageTitle(path) ─▶ SiteNav ─▶ SectionNav(section) ─┐
 //!                             │                                  └──────▶ SiteIndex          │
 //!                             └──────────────────────────────▶ RenderPage(path) ◀───────────┘
-//!  TemplateFile(name) ─▶ LoadTemplate(name) ─▶ ResolvedTemplate(name) ─┘
-//!                                   (includes: ResolvedTemplate("partials/x.html"))
+//!  ConfigFile ─▶ SiteConfig ──────────────────────────────────────▶ ┘ (and SiteIndex)
+//!  TemplateFile(name) ─────────────────────────────────────────────▶ ┘ (read by minijinja's
+//!                              loader: the page's template and all it extends or includes)
 //! ```
 //!
-//! *Inputs* (`SourceFile`, `TemplateFile`, `PageList`) are set by the driver
+//! *Inputs* (`SourceFile`, `TemplateFile`, `ConfigFile`, `PageList`) are set by the driver
 //! after scanning the directory. Everything else is a *derived query*: an
 //! `async fn` whose result picante memoizes, together with the list of every
 //! input and query it read through its `QueryCx` (its dependencies). When an
@@ -21,10 +22,14 @@
 //! `facet::Facet`, which is how picante encodes them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
+use minijinja::{Environment, ErrorKind, UndefinedBehavior, context};
 use picante::{AsyncQuery, Database, Durability, Error, Input, QueryCx, async_trait};
 
-use crate::markup::{self, Segment, Template};
+use crate::markup;
+use crate::store::{Hash, Store};
 
 // ---------------------------------------------------------------------------
 // Inputs: the outside world, set by the driver (see `driver::Scanner`).
@@ -51,6 +56,15 @@ impl Input for TemplateFile {
     const DURABILITY: Durability = Durability::Medium;
 }
 
+/// The text of the site's configuration file, `site.toml` (the key is the
+/// file name). Optional: a site without one gets the defaults of [`Config`].
+pub struct ConfigFile;
+impl Input for ConfigFile {
+    type Key = String;
+    type Value = Arc<str>;
+    const DURABILITY: Durability = Durability::Medium;
+}
+
 /// The sorted list of all page paths. Queries cannot enumerate an input
 /// kind, so "which pages exist" is itself an input, set by the scan (and
 /// only changed when a page is added or removed).
@@ -60,6 +74,29 @@ impl Input for PageList {
     /// `Arc<Vec<_>>` rather than `Arc<[_]>`: picante 0.1 loads a persisted
     /// `Arc<[T]>` value through facet-postcard 0.46, which crashes decoding it.
     type Value = Arc<Vec<String>>;
+}
+
+/// What the scanner saw of each file when it last read it (modification
+/// time and size), so that a warm start re-reads only the files whose stamp
+/// changed instead of every file. No query reads it: it is the driver's own
+/// state, kept in the database so that it is saved and loaded with the cache,
+/// consistent with the inputs it describes (the scan sets both in one batch).
+pub struct ScanStamps;
+impl Input for ScanStamps {
+    type Key = ();
+    type Value = Arc<Vec<FileStamp>>;
+}
+
+/// One file's stamp, for [`ScanStamps`].
+#[derive(Clone, Debug, PartialEq, Eq, facet::Facet)]
+pub struct FileStamp {
+    /// 0: a page (`content/`), 1: a template (`templates/`).
+    pub kind: u8,
+    /// The file's input key.
+    pub key: String,
+    /// Modification time, in nanoseconds since the Unix epoch.
+    pub modified_ns: u64,
+    pub len: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -79,6 +116,18 @@ pub struct Page {
     pub template: String,
     /// The Markdown body rendered to HTML.
     pub html: String,
+}
+
+/// The site's configuration, from `site.toml`:
+///
+/// ```toml
+/// title = "Picante Pantry"          # the site's name, in every page
+/// tagline = "hot sauce, slowly"     # optional, shown in the header
+/// ```
+#[derive(Debug, PartialEq, Eq, facet::Facet)]
+pub struct Config {
+    pub title: String,
+    pub tagline: String,
 }
 
 /// The navigation: every section and the titles of its pages.
@@ -135,6 +184,49 @@ impl AsyncQuery for ParsePage {
             template: front.template.unwrap_or_else(|| "page".to_string()),
             html: markup::markdown_to_html(body),
         }))
+    }
+}
+
+/// `site.toml`, parsed with the `toml` crate. Unknown keys are an error
+/// (a typo would otherwise be silently ignored).
+pub struct SiteConfig;
+#[async_trait]
+impl AsyncQuery for SiteConfig {
+    type Key = ();
+    type Value = Arc<Config>;
+    async fn execute(&self, cx: &QueryCx, (): ()) -> picante::Result<Arc<Config>> {
+        let mut config = Config {
+            title: "Untitled site".to_string(),
+            tagline: String::new(),
+        };
+        // Absent is fine (and recorded: adding the file re-runs this).
+        let Some(text) = cx.input_opt::<ConfigFile>(&"site.toml".to_string())? else {
+            return Ok(Arc::new(config));
+        };
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| Error::msg(format!("site.toml: {e}")))?;
+        for (key, value) in table {
+            let field = match key.as_str() {
+                "title" => &mut config.title,
+                "tagline" => &mut config.tagline,
+                _ => {
+                    return Err(Error::msg(format!(
+                        "site.toml: unknown key `{key}` (known keys: title, tagline)"
+                    )));
+                }
+            };
+            match value {
+                toml::Value::String(s) => *field = s,
+                other => {
+                    return Err(Error::msg(format!(
+                        "site.toml: `{key}` must be a string, not {}",
+                        other.type_str()
+                    )));
+                }
+            }
+        }
+        Ok(Arc::new(config))
     }
 }
 
@@ -197,7 +289,7 @@ impl AsyncQuery for SiteNav {
     }
 }
 
-/// The sidebar list of one section, as HTML.
+/// The sidebar list of one section: `(file name, title)` of each page.
 ///
 /// A second level of cutoff: when any title changes, SiteNav changes and
 /// every SectionNav re-runs, but only the section that holds the edited page
@@ -206,141 +298,206 @@ pub struct SectionNav;
 #[async_trait]
 impl AsyncQuery for SectionNav {
     type Key = String;
-    type Value = Arc<str>;
-    async fn execute(&self, cx: &QueryCx, section: String) -> picante::Result<Arc<str>> {
+    type Value = Arc<Vec<(String, Arc<str>)>>;
+    async fn execute(&self, cx: &QueryCx, section: String) -> picante::Result<Self::Value> {
         let nav = cx.query::<SiteNav>(()).await?;
-        let mut html = String::from("<ul>\n");
-        for s in nav.sections.iter().filter(|s| s.name == section) {
-            for (url, title) in &s.pages {
+        let links = nav
+            .sections
+            .iter()
+            .filter(|s| s.name == section)
+            .flat_map(|s| &s.pages)
+            .map(|(url, title)| {
                 let file = url.rsplit('/').next().unwrap_or(url);
-                html.push_str(&format!(
-                    "<li><a href=\"{file}\">{}</a></li>\n",
-                    markup::escape_html(title)
-                ));
-            }
-        }
-        html.push_str("</ul>");
-        Ok(html.into())
+                (file.to_string(), title.clone())
+            })
+            .collect();
+        Ok(Arc::new(links))
     }
 }
 
-/// A template file, parsed (its includes not yet resolved).
-pub struct LoadTemplate;
-#[async_trait]
-impl AsyncQuery for LoadTemplate {
-    type Key = String;
-    type Value = Arc<Template>;
-    async fn execute(&self, cx: &QueryCx, name: String) -> picante::Result<Arc<Template>> {
-        // `input_opt` records the read even when the file is absent, so a
-        // page that names a missing template is rebuilt once it is added.
-        let Some(text) = cx.input_opt::<TemplateFile>(&name)? else {
-            return Err(Error::msg(format!("no template templates/{name}")));
-        };
-        Template::parse(&text)
-            .map(Arc::new)
-            .map_err(|e| Error::msg(format!("templates/{name}: {e}")))
-    }
-}
+// ---------------------------------------------------------------------------
+// Templates: minijinja, with every template read through picante.
+// ---------------------------------------------------------------------------
 
-/// A template with every `{{> partial}}` replaced by that partial's own
-/// resolved template, recursively.
+/// A minijinja environment whose loader reads templates through `cx`.
 ///
-/// Each include is read through `cx.query`, so it is a recorded dependency:
-/// editing `partials/sidebar.html` re-runs `ResolvedTemplate` only for the
-/// templates that included it, and then `RenderPage` only for the pages using
-/// those templates. A partial that includes itself (directly or not) is a
-/// cycle, which picante reports as an error naming the path, not a hang.
-pub struct ResolvedTemplate;
-#[async_trait]
-impl AsyncQuery for ResolvedTemplate {
-    type Key = String;
-    type Value = Arc<Template>;
-    async fn execute(&self, cx: &QueryCx, name: String) -> picante::Result<Arc<Template>> {
-        let template = cx.query::<LoadTemplate>(name).await?;
-        let mut segments = Vec::with_capacity(template.segments.len());
-        for segment in &template.segments {
-            match segment {
-                Segment::Include(partial) => {
-                    let included = cx
-                        .query::<ResolvedTemplate>(format!("partials/{partial}.html"))
-                        .await?;
-                    segments.extend(included.segments.iter().cloned());
-                }
-                other => segments.push(other.clone()),
-            }
-        }
-        Ok(Arc::new(Template { segments }))
+/// minijinja loads a template the first time a render needs it: the page's
+/// own template, then whatever it `{% extends %}`, `{% include %}`s or
+/// `{% import %}`s, as the render reaches them. The loader is a plain
+/// synchronous closure, and `cx.input` is synchronous too, so each template
+/// is a *recorded read* of the `TemplateFile` input, made by the query that
+/// renders. The dependencies of a `RenderPage` execution are then exactly
+/// the templates its render used: editing `partials/sidebar.html` re-runs the
+/// renders that included it, and no other. A missing template is recorded
+/// too (as absent): adding it re-runs the pages that asked for it.
+///
+/// The environment lives for one execution (the loader holds that
+/// execution's `cx`, whose reads end when the execution returns). Compiling
+/// a handful of small templates per page is cheap next to the rest; what is
+/// memoized is the rendered page, not the compiled templates.
+fn environment(cx: &QueryCx) -> Environment<'static> {
+    let mut env = Environment::new();
+    // `{{ typo }}` is an error, not an empty string.
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    let cx = cx.clone();
+    env.set_loader(move |name| {
+        cx.input_opt::<TemplateFile>(&name.to_string())
+            .map(|text| text.map(|text| text.to_string()))
+            .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))
+    });
+    env
+}
+
+/// Stands in for `section_nav` during a first render, and notes whether the
+/// templates used it.
+///
+/// The sidebar comes from an async query (`SectionNav`), and a minijinja
+/// render is synchronous: it cannot wait for a query. Reading SectionNav
+/// for every page up front would make every page depend on it, so a title
+/// edit in a section without a sidebar (the blog) would re-render that whole
+/// section. Instead the page renders once with this probe in its place; if a
+/// template touched it (looped over it, printed it, tested it), the page
+/// reads SectionNav through `cx` and renders again with the real list.
+#[derive(Debug, Default)]
+struct Probe(AtomicBool);
+
+impl Probe {
+    fn touch(&self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
-/// One page, rendered to its final HTML.
-pub struct RenderPage;
+impl Object for Probe {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Seq
+    }
+    fn get_value(self: &Arc<Self>, _: &Value) -> Option<Value> {
+        self.touch();
+        None
+    }
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        self.touch();
+        Enumerator::Empty
+    }
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        self.touch();
+        Some(0)
+    }
+    fn is_true(self: &Arc<Self>) -> bool {
+        self.touch();
+        false
+    }
+    fn render(self: &Arc<Self>, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.touch();
+        Ok(())
+    }
+}
+
+/// What the templates see of the site: `site.title`, `site.tagline`.
+fn site_value(config: &Config) -> Value {
+    context! {
+        title => config.title.as_str(),
+        tagline => config.tagline.as_str(),
+    }
+}
+
+/// One page, rendered to its final HTML and put in the content-addressed
+/// [`Store`]; the value is the page's hash, not its HTML.
+///
+/// That keeps the memo (and the cache file) small: 64 hex digits per page
+/// instead of the page. Early cutoff still works: the same HTML has the same
+/// hash. Putting a blob from a query is a side effect, but a safe one: the
+/// file is named by its content, so re-running or running twice writes the
+/// same bytes to the same name.
+///
+/// Templates see `page` (`title`, `section`, `url`), `site`, `content` (the
+/// page's HTML, marked safe), `root` (the relative path back to the output
+/// root) and `section_nav` (the sidebar: `file` and `title` of each page of
+/// the section). Everything else is escaped (minijinja escapes `.html`
+/// templates by default).
+pub struct RenderPage {
+    pub store: Store,
+}
 #[async_trait]
 impl AsyncQuery for RenderPage {
     type Key = String;
-    type Value = Arc<str>;
-    async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Arc<str>> {
-        let page = cx.query::<ParsePage>(path.clone()).await?;
-        let template = cx
-            .query::<ResolvedTemplate>(format!("{}.html", page.template))
-            .await?;
-        // Dependencies are whatever this execution actually read: only pages
-        // whose template shows the section sidebar depend on SectionNav.
-        let section_nav = match template.uses("section_nav") {
-            true => Some(cx.query::<SectionNav>(page.section.clone()).await?),
-            false => None,
+    type Value = Hash;
+    async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Hash> {
+        let (page, config) = tokio::join!(
+            cx.query::<ParsePage>(path.clone()),
+            cx.query::<SiteConfig>(())
+        );
+        let (page, config) = (page?, config?);
+        let name = format!("{}.html", page.template);
+        let env = environment(cx);
+        let page_value = context! {
+            title => page.title.as_ref(),
+            section => page.section.as_str(),
+            url => page.url.as_str(),
         };
-        let (title, root) = (markup::escape_html(&page.title), root_of(&page.url));
-        let html = template
-            .fill(|var| match var {
-                "title" => Some(title.as_str()),
-                "content" => Some(page.html.as_str()),
-                "section" => Some(page.section.as_str()),
-                "root" => Some(root.as_str()),
-                "section_nav" => section_nav.as_deref(),
-                _ => None,
-            })
-            .map_err(|e| Error::msg(format!("content/{path} (template {}): {e}", page.template)))?;
-        Ok(html.into())
+        let render = |section_nav: Value| {
+            let ctx = context! {
+                page => page_value.clone(),
+                site => site_value(&config),
+                content => Value::from_safe_string(page.html.clone()),
+                // `../../`: safe as it is (escaping would write `&#x2f;`).
+                root => Value::from_safe_string(root_of(&page.url)),
+                section_nav => section_nav,
+            };
+            env.get_template(&name).and_then(|t| t.render(ctx))
+        };
+        let failed =
+            |e: minijinja::Error| Error::msg(format!("content/{path} (template {name}): {e}"));
+        let probe = Arc::new(Probe::default());
+        let mut html = render(Value::from_dyn_object(probe.clone())).map_err(failed)?;
+        // Dependencies are whatever this execution actually read: only pages
+        // whose templates show the sidebar depend on SectionNav.
+        if probe.0.load(Ordering::Relaxed) {
+            let nav = cx.query::<SectionNav>(page.section.clone()).await?;
+            let links = Value::from_iter(nav.iter().map(|(file, title)| {
+                context! { file => file.as_str(), title => title.as_ref() }
+            }));
+            html = render(links).map_err(failed)?;
+        }
+        Ok(self.store.put(html.into_bytes()))
     }
 }
 
-/// The home page: every section and page, from the navigation.
-pub struct SiteIndex;
+/// The home page: every section and page, from the navigation, through
+/// `templates/index.html` (which sees `site` and `sections`: `name` and
+/// `pages`, each with `url` and `title`). Like [`RenderPage`], its value is
+/// the hash of the HTML in the store.
+pub struct SiteIndex {
+    pub store: Store,
+}
 #[async_trait]
 impl AsyncQuery for SiteIndex {
     type Key = ();
-    type Value = Arc<str>;
-    async fn execute(&self, cx: &QueryCx, (): ()) -> picante::Result<Arc<str>> {
+    type Value = Hash;
+    async fn execute(&self, cx: &QueryCx, (): ()) -> picante::Result<Hash> {
         // Two independent reads: run them concurrently with `join!`.
-        let (template, nav) = tokio::join!(
-            cx.query::<ResolvedTemplate>("index.html".to_string()),
-            cx.query::<SiteNav>(()),
-        );
-        let (template, nav) = (template?, nav?);
-        let mut list = String::new();
-        for section in &nav.sections {
-            let name = if section.name.is_empty() {
-                "pages"
-            } else {
-                &section.name
+        let (nav, config) = tokio::join!(cx.query::<SiteNav>(()), cx.query::<SiteConfig>(()));
+        let (nav, config) = (nav?, config?);
+        let sections = Value::from_iter(nav.sections.iter().map(|section| {
+            let name = match section.name.as_str() {
+                "" => "pages",
+                name => name,
             };
-            list.push_str(&format!("<h2 id=\"{name}\">{name}</h2>\n<ul>\n"));
-            for (url, title) in &section.pages {
-                let title = markup::escape_html(title);
-                list.push_str(&format!("<li><a href=\"{url}\">{title}</a></li>\n"));
-            }
-            list.push_str("</ul>\n");
-        }
-        let html = template
-            .fill(|var| match var {
-                "title" => Some("Picante Pantry"),
-                "content" => Some(list.as_str()),
-                "root" | "section" => Some(""),
-                _ => None,
-            })
+            let pages = Value::from_iter(section.pages.iter().map(|(url, title)| {
+                context! { url => url.as_str(), title => title.as_ref() }
+            }));
+            context! { name => name, pages => pages }
+        }));
+        let ctx = context! {
+            site => site_value(&config),
+            sections => sections,
+            root => "",
+        };
+        let html = environment(cx)
+            .get_template("index.html")
+            .and_then(|t| t.render(ctx))
             .map_err(|e| Error::msg(format!("templates/index.html: {e}")))?;
-        Ok(html.into())
+        Ok(self.store.put(html.into_bytes()))
     }
 }
 
@@ -354,18 +511,30 @@ impl AsyncQuery for SiteIndex {
 /// editing a query's body, bump its version suffix so old memos are dropped.
 ///
 /// The query kinds print in the step tables in this order of registration.
-pub fn database() -> picante::Result<Database> {
+/// `RenderPage` and `SiteIndex` put their HTML in `store`.
+pub fn database(store: &Store) -> picante::Result<Database> {
     Database::builder()
         .persistent_input_as::<SourceFile>("site.source-file")
         .persistent_input_as::<TemplateFile>("site.template-file")
+        .persistent_input_as::<ConfigFile>("site.config-file")
         .persistent_input_as::<PageList>("site.page-list")
+        .persistent_input_as::<ScanStamps>("site.scan-stamps")
+        .persistent_query_as(SiteConfig, "site.site-config.v1")
         .persistent_query_as(ParsePage, "site.parse-page.v1")
         .persistent_query_as(PageTitle, "site.page-title.v1")
         .persistent_query_as(SiteNav, "site.site-nav.v1")
-        .persistent_query_as(SectionNav, "site.section-nav.v1")
-        .persistent_query_as(LoadTemplate, "site.load-template.v1")
-        .persistent_query_as(ResolvedTemplate, "site.resolved-template.v1")
-        .persistent_query_as(RenderPage, "site.render-page.v1")
-        .persistent_query_as(SiteIndex, "site.site-index.v1")
+        .persistent_query_as(SectionNav, "site.section-nav.v2")
+        .persistent_query_as(
+            RenderPage {
+                store: store.clone(),
+            },
+            "site.render-page.v3",
+        )
+        .persistent_query_as(
+            SiteIndex {
+                store: store.clone(),
+            },
+            "site.site-index.v3",
+        )
         .build()
 }
