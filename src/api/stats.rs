@@ -8,6 +8,7 @@ use crate::revision::{Durability, Revision};
 
 /// Counters of one query kind, summed over every view of the database.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QueryStats {
     /// The kind's name.
     pub name: String,
@@ -28,6 +29,7 @@ pub struct QueryStats {
 
 /// A snapshot of the database's counters. See [`View::stats`](crate::View::stats).
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct Stats {
     /// One entry per registered query kind, in registration order.
     pub queries: Vec<QueryStats>,
@@ -141,6 +143,7 @@ impl fmt::Display for ExecutionReason {
 
 /// What a view knows about one memo. See [`View::inspect`](crate::View::inspect).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct MemoInfo {
     /// The memo as `Kind(key)`.
     pub name: String,

@@ -122,6 +122,7 @@ impl LoadOptions {
 
 /// What a load found and did.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct LoadReport {
     /// A cache file existed at the path.
     pub found: bool,
@@ -166,6 +167,7 @@ pub struct LoadReport {
 
 /// What a save wrote.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct SaveReport {
     /// The revision saved.
     pub revision: Revision,
@@ -184,6 +186,7 @@ pub struct SaveReport {
 
 /// What an append wrote.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct AppendReport {
     /// The revision the log now reaches.
     pub revision: Revision,
