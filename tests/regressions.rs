@@ -199,20 +199,26 @@ impl AsyncQuery for Above {
     }
 }
 
+/// `Above` computed at Num = 1, then Num set to 2 (nothing read since).
+async fn leaf_above_at_two() -> (Database, Count, Count) {
+    let (leaf, above) = (Count::new(), Count::new());
+    let db = Database::builder()
+        .input::<Num>()
+        .input::<Unrelated>()
+        .query(Leaf(leaf.clone()))
+        .query(Above(above.clone()))
+        .build()
+        .unwrap();
+    db.set::<Num>((), 1).unwrap();
+    assert_eq!(db.query::<Above>(()).await.unwrap(), 10);
+    db.set::<Num>((), 2).unwrap();
+    (db, leaf, above)
+}
+
 #[test]
 fn s16_adopted_memo_stays_valid_after_its_snapshot_is_dropped() {
     rt().block_on(async {
-        let (leaf, above) = (Count::new(), Count::new());
-        let db = Database::builder()
-            .input::<Num>()
-            .input::<Unrelated>()
-            .query(Leaf(leaf.clone()))
-            .query(Above(above.clone()))
-            .build()
-            .unwrap();
-        db.set::<Num>((), 1).unwrap();
-        assert_eq!(db.query::<Above>(()).await.unwrap(), 10);
-        db.set::<Num>((), 2).unwrap();
+        let (db, leaf, above) = leaf_above_at_two().await;
         let snap = db.snapshot();
         db.set::<Unrelated>((), 1).unwrap();
         assert_eq!(db.query::<Leaf>(()).await.unwrap(), 2);
@@ -599,17 +605,7 @@ fn s10_panic_with_a_panicking_debug_key_is_a_memoized_error() {
 #[test]
 fn s16_fork_never_mistakes_a_newer_identity_for_its_own() {
     rt().block_on(async {
-        let (leaf, above) = (Count::new(), Count::new());
-        let db = Database::builder()
-            .input::<Num>()
-            .input::<Unrelated>()
-            .query(Leaf(leaf.clone()))
-            .query(Above(above.clone()))
-            .build()
-            .unwrap();
-        db.set::<Num>((), 1).unwrap();
-        assert_eq!(db.query::<Above>(()).await.unwrap(), 10);
-        db.set::<Num>((), 2).unwrap();
+        let (db, leaf, above) = leaf_above_at_two().await;
         let snap = db.snapshot(); // revision 3
         db.set::<Unrelated>((), 1).unwrap(); // revision 4
         assert_eq!(db.query::<Leaf>(()).await.unwrap(), 2); // changed_at 4
@@ -623,6 +619,11 @@ fn s16_fork_never_mistakes_a_newer_identity_for_its_own() {
             50,
             "stale value in the fork"
         );
+        // Leaf: Num = 1, Num = 2 (reused by the snapshot), Num = 5 in the fork.
+        assert_eq!(leaf.get(), 3);
+        // Above: 10, 20 (in the snapshot), 50 (in the fork).
+        assert_eq!(above.get(), 3);
         assert_eq!(db.query::<Above>(()).await.unwrap(), 20);
+        assert_eq!(above.get(), 3, "the database reuses the snapshot's Above");
     });
 }
