@@ -16,7 +16,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::dag::{Dep, In, Live, Outcome, Spec};
+use common::dag::{Dep, In, Live, Outcome};
 use picante::*;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -90,20 +90,7 @@ fn evaluate(graph: &[NodeSpec], inputs: &Inputs) -> Vec<Outcome> {
 
 type NodeQ = common::dag::NodeQ<NodeSpec>;
 
-impl Spec for NodeSpec {
-    fn deps(&self) -> &[Dep] {
-        &self.deps
-    }
-    fn style(&self) -> u8 {
-        self.style
-    }
-    fn yields(&self) -> u8 {
-        self.yields
-    }
-    fn combine(&self, j: u32, values: &[Outcome]) -> Outcome {
-        combine(j, self, values)
-    }
-}
+impl_spec!(NodeSpec);
 
 // ---------------------------------------------------------------------------
 // Cases

@@ -77,6 +77,16 @@ struct NodeSpec {
     modulus: Option<i64>,
 }
 
+impl NodeSpec {
+    /// What the node reads after its selector input (if any) read `selector`.
+    fn reads(&self, selector: Option<i64>) -> &[Read] {
+        match selector {
+            Some(v) if !(v >= 0 && v % 2 == 0) => &self.other,
+            _ => &self.then,
+        }
+    }
+}
+
 type Inputs = BTreeMap<u8, i64>;
 
 /// Input versions: input → the id of the write that gave it its value.
@@ -95,18 +105,12 @@ impl AsyncQuery for Node {
         self.runs[k as usize].fetch_add(1, Ordering::SeqCst);
         let spec = &self.graph[k as usize];
         let mut sum = i64::from(k);
-        let reads = match spec.select {
-            Some(s) => {
-                let v = read_input(cx, s)?;
-                sum = sum.wrapping_add(v);
-                if v >= 0 && v % 2 == 0 {
-                    &spec.then
-                } else {
-                    &spec.other
-                }
-            }
-            None => &spec.then,
+        let selector = match spec.select {
+            Some(s) => Some(read_input(cx, s)?),
+            None => None,
         };
+        sum = sum.wrapping_add(selector.unwrap_or(0));
+        let reads = spec.reads(selector);
         for r in reads {
             let v = match r {
                 Read::Input(i) => read_input(cx, *i)?,
@@ -130,18 +134,9 @@ fn eval(graph: &[NodeSpec], inputs: &Inputs, k: u16, read: &mut Vec<u8>) -> i64 
         inputs.get(&i).copied().unwrap_or(-1)
     };
     let mut sum = i64::from(k);
-    let reads = match spec.select {
-        Some(s) => {
-            let v = get(s, read);
-            sum = sum.wrapping_add(v);
-            if v >= 0 && v % 2 == 0 {
-                &spec.then
-            } else {
-                &spec.other
-            }
-        }
-        None => &spec.then,
-    };
+    let selector = spec.select.map(|s| get(s, read));
+    sum = sum.wrapping_add(selector.unwrap_or(0));
+    let reads = spec.reads(selector);
     for r in reads {
         let v = match r {
             Read::Input(i) => get(*i, read),
@@ -178,17 +173,8 @@ fn reached(graph: &[NodeSpec], inputs: &Inputs, k: u16, out: &mut Vec<u16>) {
     }
     out.push(k);
     let spec = &graph[k as usize];
-    let reads = match spec.select {
-        Some(s) => {
-            let v = inputs.get(&s).copied().unwrap_or(-1);
-            if v >= 0 && v % 2 == 0 {
-                &spec.then
-            } else {
-                &spec.other
-            }
-        }
-        None => &spec.then,
-    };
+    let selector = spec.select.map(|s| inputs.get(&s).copied().unwrap_or(-1));
+    let reads = spec.reads(selector);
     for r in reads {
         if let Read::Node(d) = r {
             reached(graph, inputs, *d, out);

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::dag::{Dep, In, Live, Outcome, Spec};
+use common::dag::{Dep, In, Live, Outcome};
 use picante::*;
 
 const INPUTS: u32 = 12;
@@ -162,20 +162,7 @@ fn evaluate(graph: &Graph, inputs: &Inputs) -> Vec<Outcome> {
 
 type NodeQ = common::dag::NodeQ<NodeSpec>;
 
-impl Spec for NodeSpec {
-    fn deps(&self) -> &[Dep] {
-        &self.deps
-    }
-    fn style(&self) -> u8 {
-        self.style
-    }
-    fn yields(&self) -> u8 {
-        self.yields
-    }
-    fn combine(&self, j: u32, values: &[Outcome]) -> Outcome {
-        combine(j, self, values)
-    }
-}
+impl_spec!(NodeSpec);
 
 /// An input a forked snapshot set (`Some`) or removed (`None`).
 type ForkEdit = (u32, Option<i64>);

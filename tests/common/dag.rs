@@ -32,6 +32,32 @@ pub trait Spec: Send + Sync + 'static {
     fn combine(&self, j: u32, values: &[Outcome]) -> Outcome;
 }
 
+/// Implements [`Spec`] for a test's node type with fields `deps`, `style`,
+/// `yields` and a free function `combine(j, &spec, values)`.
+#[macro_export]
+macro_rules! impl_spec {
+    ($t:ty) => {
+        impl $crate::common::dag::Spec for $t {
+            fn deps(&self) -> &[$crate::common::dag::Dep] {
+                &self.deps
+            }
+            fn style(&self) -> u8 {
+                self.style
+            }
+            fn yields(&self) -> u8 {
+                self.yields
+            }
+            fn combine(
+                &self,
+                j: u32,
+                values: &[$crate::common::dag::Outcome],
+            ) -> $crate::common::dag::Outcome {
+                combine(j, self, values)
+            }
+        }
+    };
+}
+
 pub struct In;
 impl Input for In {
     type Key = u32;
