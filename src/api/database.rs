@@ -6,12 +6,13 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::api::cx::fault_error;
+use crate::api::events::{EventFilter, Events, Watch};
 use crate::api::kinds::{AsyncQuery, Id, Input, Interned};
 use crate::api::registry::DatabaseBuilder;
 use crate::api::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
 use crate::engine::fetch::fetch_value;
 use crate::engine::ingredient::{IngredientKind, Registry};
-use crate::engine::storage::{Dep, History, MAIN_FORK, MemoRef, Reason};
+use crate::engine::storage::{Dep, History, MAIN_FORK, MemoRef};
 use crate::engine::view::{Access, Change, ViewCore};
 use crate::error::{Error, Result};
 use crate::revision::Revision;
@@ -257,6 +258,94 @@ impl View {
         &self.core.shared.registry
     }
 
+    pub(crate) fn core(&self) -> &Arc<ViewCore> {
+        &self.core
+    }
+
+    /// A receiver of this view's current revision: it is marked changed
+    /// after every commit that changed something (a commit of only equal
+    /// values creates no revision and does not wake it). For the database,
+    /// also after a cache is loaded. A snapshot's revision changes only when
+    /// the snapshot itself is written to (it forks).
+    ///
+    /// ```
+    /// # use picante::{Database, Input};
+    /// # struct File;
+    /// # impl Input for File { type Key = &'static str; type Value = u32; }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> picante::Result<()> {
+    /// let db = Database::builder().input::<File>().build()?;
+    /// let mut revisions = db.subscribe_revisions();
+    /// let writer = db.clone();
+    /// tokio::spawn(async move { writer.set::<File>("a.md", 1) });
+    /// revisions.changed().await.expect("the database is alive");
+    /// assert_eq!(*revisions.borrow(), db.revision());
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe_revisions(&self) -> tokio::sync::watch::Receiver<Revision> {
+        self.core.subscribe_revisions()
+    }
+
+    /// A subscription to what happens in the database this view belongs to:
+    /// which inputs each commit changed and, with
+    /// [`EventFilter::InputsAndExecutions`], which query bodies ran and
+    /// whether their value was cut off. Events are buffered (4096 per
+    /// subscriber); a subscriber that falls further behind receives
+    /// [`Event::Missed`](crate::Event::Missed).
+    ///
+    /// ```
+    /// # use picante::{Database, Event, EventFilter, Input};
+    /// # struct File;
+    /// # impl Input for File { type Key = &'static str; type Value = u32; }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> picante::Result<()> {
+    /// let db = Database::builder().input::<File>().build()?;
+    /// let mut events = db.subscribe_events(EventFilter::Inputs);
+    /// db.batch().set::<File>("a.md", 1).remove::<File>(&"b.md").commit()?;
+    /// let Some(Event::InputsChanged { revision, changes, .. }) = events.recv().await else {
+    ///     panic!("expected an input event")
+    /// };
+    /// assert_eq!(revision, db.revision());
+    /// assert_eq!(changes[0].to_string(), "File(\"a.md\") set");
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe_events(&self, filter: EventFilter) -> Events {
+        Events::new(&self.core.shared, filter)
+    }
+
+    /// Watches query `Q` at `key`: a stream of its value, first the current
+    /// one, then one item for each new revision that changes it (see
+    /// [`Watch`]).
+    ///
+    /// ```
+    /// # use picante::{async_trait, AsyncQuery, Database, Input, QueryCx};
+    /// # struct File;
+    /// # impl Input for File { type Key = &'static str; type Value = String; }
+    /// struct Words;
+    /// #[async_trait]
+    /// impl AsyncQuery for Words {
+    ///     type Key = &'static str;
+    ///     type Value = usize;
+    ///     async fn execute(&self, cx: &QueryCx, path: &'static str) -> picante::Result<usize> {
+    ///         Ok(cx.input::<File>(&path)?.split_whitespace().count())
+    ///     }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> picante::Result<()> {
+    /// let db = Database::builder().input::<File>().query(Words).build()?;
+    /// db.set::<File>("a.md", "one two".into())?;
+    /// let mut words = db.watch::<Words>("a.md");
+    /// assert_eq!(words.next_value().await?, 2);
+    ///
+    /// db.set::<File>("a.md", "three four".into())?; // same count: nothing to yield
+    /// db.set::<File>("a.md", "five six seven".into())?;
+    /// assert_eq!(words.next_value().await?, 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn watch<Q: AsyncQuery>(&self, key: Q::Key) -> Watch<Q> {
+        Watch::new(self.clone(), key)
+    }
+
     /// The current revision of this view.
     pub fn revision(&self) -> Revision {
         self.core.state.load().revision
@@ -494,13 +583,7 @@ impl View {
             durability: meta.durability,
             is_error: memo.error().is_some(),
             dependencies: meta.deps.iter().map(|e| registry.describe(e.dep)).collect(),
-            reason: match meta.reason {
-                Reason::New => ExecutionReason::New,
-                Reason::DependencyChanged(d) => {
-                    ExecutionReason::DependencyChanged(registry.describe(d))
-                }
-                Reason::Unverifiable => ExecutionReason::Unverifiable,
-            },
+            reason: ExecutionReason::of(meta.reason, registry),
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub(crate) mod cx;
 pub(crate) mod database;
+pub(crate) mod events;
 pub(crate) mod kinds;
 pub(crate) mod registry;
 pub(crate) mod stats;

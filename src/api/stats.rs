@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::engine::ingredient::Registry;
+use crate::engine::storage::Reason;
 use crate::revision::{Durability, Revision};
 
 /// Counters of one query kind, summed over every view of the database.
@@ -127,6 +129,18 @@ pub enum ExecutionReason {
     /// The previous dependencies could not be revalidated (a cycle among them,
     /// or a dependency that failed).
     Unverifiable,
+}
+
+impl ExecutionReason {
+    pub(crate) fn of(reason: Reason, registry: &Registry) -> ExecutionReason {
+        match reason {
+            Reason::New => ExecutionReason::New,
+            Reason::DependencyChanged(d) => {
+                ExecutionReason::DependencyChanged(registry.describe(d))
+            }
+            Reason::Unverifiable => ExecutionReason::Unverifiable,
+        }
+    }
 }
 
 impl fmt::Display for ExecutionReason {

@@ -6,6 +6,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::engine::events::EngineEvent;
 use crate::engine::storage::{AnyMemo, Dep, Edge, KeyId, MAIN_FORK, MemoMeta, Reason};
 use crate::engine::view::Access;
 use crate::error::{Error, ErrorKind, Result};
@@ -124,6 +125,18 @@ impl Execution {
         let main = self.inner.access.pinned.fork == MAIN_FORK;
         let deps = dedup(deps).into_boxed_slice();
         let changed_at = unchanged_since.unwrap_or(r);
+        let shared = &self.inner.access.view.shared;
+        if main && shared.events.wants_executions() {
+            shared.events.send_with(|| EngineEvent::Executed {
+                revision: r,
+                dep: Dep {
+                    ingredient: self.inner.index,
+                    key: self.inner.key,
+                },
+                reason: self.inner.reason,
+                cut_off: unchanged_since.is_some(),
+            });
+        }
         MemoMeta {
             key: self.inner.key,
             newest_identity: MemoMeta::identity_bound(changed_at, &deps),

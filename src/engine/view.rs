@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::engine::counters::Counter;
+use crate::engine::events::{Bus, EngineEvent, Write, Written};
 use crate::engine::inflight::{InFlight, Node};
 use crate::engine::ingredient::{Ingredient, IngredientKind, Registry};
 use crate::engine::journal::Journal;
@@ -35,6 +37,8 @@ pub(crate) struct Shared {
     /// What a layer above keeps per database, opaque to the engine
     /// (persistence: its settings, kinds and cache link).
     pub attachment: Box<dyn Any + Send + Sync>,
+    /// Input changes and executions, for observers.
+    pub events: Bus,
 }
 
 impl Shared {
@@ -64,6 +68,9 @@ pub(crate) struct ViewCore {
     /// more is pointless anyway.
     pub parent: Option<Weak<ViewCore>>,
     pub parent_fork: ForkId,
+    /// This view's current revision, for `View::subscribe_revisions`
+    /// (sent after each commit that changed something).
+    revisions: watch::Sender<Revision>,
     /// Memos published but not yet merged into `state`.
     pending: Pending,
     /// Memos in `state` at the last merge (to size the next one).
@@ -100,6 +107,11 @@ const DIRECT_MERGE: usize = 64;
 const MERGE_AT: usize = 1024;
 
 impl ViewCore {
+    /// A receiver of this view's revision, marked as seen at the current one.
+    pub(crate) fn subscribe_revisions(&self) -> watch::Receiver<Revision> {
+        self.revisions.subscribe()
+    }
+
     pub(crate) fn new_database(
         registry: Registry,
         attachment: Box<dyn Any + Send + Sync>,
@@ -122,10 +134,12 @@ impl ViewCore {
                 journaling,
                 journal: Mutex::new(Journal::default()),
                 attachment,
+                events: Bus::new(),
             }),
             state: ArcSwap::new(state.clone()),
             parent: None,
             parent_fork: MAIN_FORK,
+            revisions: watch::Sender::new(Revision::FIRST),
             pending: Pending::new(),
             merged_len: AtomicUsize::new(0),
             writer: Mutex::new(()),
@@ -155,6 +169,7 @@ impl ViewCore {
         };
         Arc::new(ViewCore {
             shared: self.shared.clone(),
+            revisions: watch::Sender::new(state.revision),
             state: ArcSwap::new(state),
             parent: Some(parent),
             parent_fork,
@@ -394,16 +409,26 @@ impl ViewCore {
             next
         });
         if self.parent.is_none() {
-            for change in &changes {
-                for key in &change.keys {
-                    let dep = Dep {
-                        ingredient: change.index,
-                        key: *key,
-                    };
-                    self.shared.journal(revision, dep);
-                }
+            let written = || {
+                changes.iter().flat_map(|change| {
+                    change.keys.iter().map(|&(key, write)| Written {
+                        dep: Dep {
+                            ingredient: change.index,
+                            key,
+                        },
+                        write,
+                    })
+                })
+            };
+            for w in written() {
+                self.shared.journal(revision, w.dep);
             }
+            self.shared.events.send_with(|| EngineEvent::Inputs {
+                revision,
+                written: written().collect(),
+            });
         }
+        self.revisions.send_replace(revision);
         tracing::debug!(%revision, changed_kinds = changes.len(), "inputs changed");
         Ok(revision)
     }
@@ -443,8 +468,8 @@ pub(crate) struct Change {
     pub index: u32,
     pub table: Table,
     pub durability: Durability,
-    /// Keys whose slots changed.
-    pub keys: Vec<KeyId>,
+    /// Keys whose slots changed, and how.
+    pub keys: Vec<(KeyId, Write)>,
 }
 
 impl ViewCore {
@@ -469,6 +494,7 @@ impl ViewCore {
             next
         });
         self.merged_len.store(0, Ordering::Relaxed);
+        self.revisions.send_replace(revision);
         true
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::api::kinds::Input;
 use crate::api::registry::{DatabaseBuilder, TypedLookup};
 use crate::engine::counters::Counters;
+use crate::engine::events::Write;
 use crate::engine::ingredient::{Ingredient, IngredientKind, Registry};
 use crate::engine::storage::{InputSlot, InputTable, KeyId, State, Table, new_map};
 use crate::error::{Error, Result};
@@ -112,6 +113,9 @@ impl<I: Input> Ingredient for InputIngredient<I> {
     }
 }
 
+/// A kind's table after a batch, and the slots that changed.
+pub(crate) type Applied = (Table, Vec<(KeyId, Write)>);
+
 /// The writes of one batch to one input kind, applied atomically with the rest.
 pub(crate) trait PendingWrites: Any + Send {
     /// The kind's table with the writes applied (later writes to the same key
@@ -122,7 +126,7 @@ pub(crate) trait PendingWrites: Any + Send {
         ing: &dyn Ingredient,
         table: &Table,
         revision: Revision,
-    ) -> Result<Option<(Table, Vec<KeyId>)>>;
+    ) -> Result<Option<Applied>>;
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
@@ -136,7 +140,7 @@ impl<I: Input> PendingWrites for InputWrites<I> {
         ing: &dyn Ingredient,
         table: &Table,
         revision: Revision,
-    ) -> Result<Option<(Table, Vec<KeyId>)>> {
+    ) -> Result<Option<Applied>> {
         let any: &dyn Any = ing;
         let ing = any
             .downcast_ref::<InputIngredient<I>>()
@@ -165,7 +169,12 @@ impl<I: Input> PendingWrites for InputWrites<I> {
                 Some(s) => s.key,
                 None => ing.key_id(&key)?,
             };
-            changed.push(key_id);
+            let write = if value.is_some() {
+                Write::Set
+            } else {
+                Write::Remove
+            };
+            changed.push((key_id, write));
             next.get_or_insert_with(|| current.clone()).insert(
                 key,
                 InputSlot {
