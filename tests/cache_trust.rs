@@ -763,8 +763,15 @@ async fn s18c_async_save_and_load_let_other_tasks_run_on_a_current_thread_runtim
             "the runtime thread was blocked by the load"
         );
 
-        // And an append.
-        db.set::<Src>("k0".into(), "changed".into()).unwrap();
+        // And an append, of enough changes that its blocking work takes
+        // longer than the first poll of its hand-off (an append of one
+        // small change can finish on the blocking pool before the awaiting
+        // task ever yields, and the ticker then rightly never ran).
+        let mut batch = db.batch();
+        for i in 0..2000 {
+            batch.set::<Src>(format!("k{i}"), format!("changed {i:>1000}"));
+        }
+        batch.commit().unwrap();
         warm(&db).await;
         let before = ticks.load(Ordering::SeqCst);
         db.append_cache(&path).await.unwrap();

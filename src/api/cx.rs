@@ -97,9 +97,9 @@ impl QueryCx {
     /// Reads query `Q` at `key` (a recorded dependency), computing it if needed.
     pub async fn query<Q: AsyncQuery>(&self, key: Q::Key) -> Result<Q::Value> {
         let access = self.exec.access();
-        let (index, ing) = QueryIngredient::<Q>::lookup_in(&access.view.shared.registry)?;
-        let state = access.view.state.load();
-        let history = History::of(access.pinned.fork);
+        let (index, ing) = QueryIngredient::<Q>::lookup_in(access.view().shared().registry())?;
+        let state = access.view().load();
+        let history = History::of(access.pinned().fork);
         let hint = match ing.warm(&state, index, &key, access.revision(), history)? {
             Warm::Hit(memo, result) => {
                 let dep = Dep {
@@ -125,7 +125,7 @@ impl QueryCx {
                 Err(fault) => {
                     // The read still happened: a cycle or cancellation depends on it.
                     self.record(dep, UNSEEN, Durability::Low, None)?;
-                    return Err(fault_error(fault, &access.view.shared.registry));
+                    return Err(fault_error(fault, access.view().shared().registry()));
                 }
             };
             match typed_memo::<Q::Value>(&memo)?.read() {
@@ -162,8 +162,8 @@ impl QueryCx {
     /// Reads input `I` at `key`, `None` if absent (recorded either way).
     pub fn input_opt<I: Input>(&self, key: &I::Key) -> Result<Option<I::Value>> {
         let access = self.exec.access();
-        let (index, ing) = InputIngredient::<I>::lookup_in(&access.view.shared.registry)?;
-        let (value, key_id, changed_at) = ing.read(&access.pinned, index, key)?;
+        let (index, ing) = InputIngredient::<I>::lookup_in(access.view().shared().registry())?;
+        let (value, key_id, changed_at) = ing.read(access.pinned(), index, key)?;
         let dep = Dep {
             ingredient: index,
             key: key_id,
@@ -174,12 +174,13 @@ impl QueryCx {
 
     /// Interns `value` (not a dependency: interning never invalidates).
     pub fn intern<T: Interned>(&self, value: T::Value) -> Result<Id<T>> {
-        InternedIngredient::<T>::lookup_in(&self.exec.access().view.shared.registry)?.intern(value)
+        InternedIngredient::<T>::lookup_in(self.exec.access().view().shared().registry())?
+            .intern(value)
     }
 
     /// The value of an interned id.
     pub fn lookup<T: Interned>(&self, id: Id<T>) -> Result<T::Value> {
-        InternedIngredient::<T>::lookup_in(&self.exec.access().view.shared.registry)?.value(id)
+        InternedIngredient::<T>::lookup_in(self.exec.access().view().shared().registry())?.value(id)
     }
 }
 

@@ -232,7 +232,7 @@ impl Snapshot {
     /// Whether this snapshot has set inputs of its own (and so left the
     /// database's history).
     pub fn is_forked(&self) -> bool {
-        self.core.state.load().fork != self.core.parent_fork
+        self.core.is_forked()
     }
 }
 
@@ -255,7 +255,7 @@ impl fmt::Debug for Snapshot {
 
 impl View {
     fn registry(&self) -> &Registry {
-        &self.core.shared.registry
+        self.core.shared().registry()
     }
 
     pub(crate) fn core(&self) -> &Arc<ViewCore> {
@@ -310,7 +310,7 @@ impl View {
     /// # Ok(()) }
     /// ```
     pub fn subscribe_events(&self, filter: EventFilter) -> Events {
-        Events::new(&self.core.shared, filter)
+        Events::new(self.core.shared(), filter)
     }
 
     /// Watches query `Q` at `key`: a stream of its value, first the current
@@ -348,7 +348,7 @@ impl View {
 
     /// The current revision of this view.
     pub fn revision(&self) -> Revision {
-        self.core.state.load().revision
+        self.core.load().revision
     }
 
     /// Reads query `Q` at `key`: a memo verified at the current revision if
@@ -359,7 +359,7 @@ impl View {
     /// an error; other waiters still get the result.
     pub async fn query<Q: AsyncQuery>(&self, key: Q::Key) -> Result<Q::Value> {
         let (index, ing) = QueryIngredient::<Q>::lookup_in(self.registry())?;
-        let state = self.core.state.load();
+        let state = self.core.load();
         let hint = match ing.warm(&state, index, &key, state.revision, History::of(state.fork))? {
             Warm::Hit(_, result) => return result,
             Warm::Miss(hint) => hint,
@@ -392,13 +392,13 @@ impl View {
     /// Reads input `I` at `key`, `None` if absent.
     pub fn input_opt<I: Input>(&self, key: &I::Key) -> Result<Option<I::Value>> {
         let (index, ing) = InputIngredient::<I>::lookup_in(self.registry())?;
-        Ok(ing.read(&self.core.state.load(), index, key)?.0)
+        Ok(ing.read(&self.core.load(), index, key)?.0)
     }
 
     /// Every present key and value of input kind `I`, in no particular order.
     pub fn inputs<I: Input>(&self) -> Result<Vec<(I::Key, I::Value)>> {
         let (index, ing) = InputIngredient::<I>::lookup_in(self.registry())?;
-        ing.entries(&self.core.state.load(), index)
+        ing.entries(&self.core.load(), index)
     }
 
     /// Sets input `I` at `key`. Returns the new revision, or the current one
@@ -524,8 +524,8 @@ impl View {
             .collect();
         Stats {
             queries,
-            dependency_checks: self.core.shared.dependency_checks.get(),
-            in_flight: self.core.shared.inflight.len(),
+            dependency_checks: self.core.shared().dependency_checks().get(),
+            in_flight: self.core.shared().inflight().len(),
         }
     }
 
@@ -553,7 +553,7 @@ impl View {
     pub fn inspect<Q: AsyncQuery>(&self, key: &Q::Key) -> Result<Option<MemoInfo>> {
         let (index, _) = QueryIngredient::<Q>::lookup_in(self.registry())?;
         self.core.merge_pending();
-        let state = self.core.state.load();
+        let state = self.core.load();
         let table: &crate::engine::storage::MemoTable<Q::Key, Q::Value> = state.table(index)?;
         let Some(entry) = table.get(key) else {
             return Ok(None);
@@ -590,7 +590,7 @@ impl View {
     /// Every memo this view holds, with its metadata.
     pub fn memos(&self) -> Vec<MemoInfo> {
         self.core.merge_pending();
-        let state = self.core.state.load();
+        let state = self.core.load();
         let mut out = Vec::new();
         for (index, ing) in self.registry().iter() {
             let Some(table) = state.tables.get(index as usize) else {

@@ -124,7 +124,7 @@ impl Receiving {
             let Some(shared) = self.shared.upgrade() else {
                 return (None, self);
             };
-            if let Some(event) = name(&shared.registry, event, self.filter) {
+            if let Some(event) = name(shared.registry(), event, self.filter) {
                 return (Some(event), self);
             }
         }
@@ -136,7 +136,7 @@ impl Drop for Receiving {
         if self.filter == EventFilter::InputsAndExecutions
             && let Some(shared) = self.shared.upgrade()
         {
-            shared.events.count_execution_listener(Listening::Stopped);
+            shared.events().count_execution_listener(Listening::Stopped);
         }
     }
 }
@@ -191,11 +191,11 @@ impl Events {
         // Count the listener before subscribing, so no execution that
         // finishes after the subscription exists goes unreported.
         if filter == EventFilter::InputsAndExecutions {
-            shared.events.count_execution_listener(Listening::Started);
+            shared.events().count_execution_listener(Listening::Started);
         }
         Events {
             inner: Some(Receiving {
-                rx: shared.events.subscribe(),
+                rx: shared.events().subscribe(),
                 shared: Arc::downgrade(shared),
                 filter,
             }),

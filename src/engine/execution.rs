@@ -64,9 +64,9 @@ impl Execution {
     }
 
     fn finished_error(&self) -> Error {
-        let shared = &self.inner.access.view.shared;
+        let shared = &self.inner.access.view().shared();
         let query = shared
-            .registry
+            .registry()
             .get(self.inner.index)
             .map(|ing| format!("{}({})", ing.name(), ing.debug_key(self.inner.key)))
             .unwrap_or_default();
@@ -122,12 +122,12 @@ impl Execution {
         let unchanged_since = equal_to
             .filter(|old| durability == old.durability)
             .map(|old| old.changed_at);
-        let main = self.inner.access.pinned.fork == MAIN_FORK;
+        let main = self.inner.access.pinned().fork == MAIN_FORK;
         let deps = dedup(deps).into_boxed_slice();
         let changed_at = unchanged_since.unwrap_or(r);
-        let shared = &self.inner.access.view.shared;
-        if main && shared.events.wants_executions() {
-            shared.events.send_with(|| EngineEvent::Executed {
+        let shared = &self.inner.access.view().shared();
+        if main && shared.events().wants_executions() {
+            shared.events().send_with(|| EngineEvent::Executed {
                 revision: r,
                 dep: Dep {
                     ingredient: self.inner.index,

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::engine::execution::Execution;
 use crate::engine::inflight::{Claim, Cycle, Node, SlotKey};
 use crate::engine::ingredient::Ingredient;
-use crate::engine::revalidate::{Verdict, Walk};
+use crate::engine::revalidate::{Stale, Verdict, Walk};
 use crate::engine::storage::{Dep, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo};
 use crate::engine::view::{Access, Shared};
 use crate::error::{Error, ErrorKind, Result};
@@ -99,12 +99,12 @@ async fn fetch_inner(
     key: KeyId,
     mut hint: Hint,
 ) -> Result<MemoRef, Fault> {
-    let shared = acc.view.shared.clone();
-    let ing: Arc<dyn Ingredient> = shared.registry.get(index)?.clone();
+    let shared = acc.view().shared().clone();
+    let ing: Arc<dyn Ingredient> = shared.registry().get(index)?.clone();
     let r = acc.revision();
     loop {
         let mut blocked: Option<Walk> = None;
-        let completions = shared.inflight.completions();
+        let completions = shared.inflight().completions();
         let found = acc.lookup(index, &*ing, key);
         if let Some((memo, verified_at)) = &found
             && !hint.rejects(memo)
@@ -115,7 +115,7 @@ async fn fetch_inner(
             }
             if matches!(hint, Hint::None)
                 && acc
-                    .pinned
+                    .pinned()
                     .durable_since(memo.meta().durability, *verified_at)
             {
                 ing.counters().revalidations.incr();
@@ -127,7 +127,7 @@ async fn fetch_inner(
             // must run, the walk is resumed once the slot is claimed.
             if matches!(hint, Hint::None) {
                 let mut walk = Walk::new(index, key, memo.clone());
-                match walk.run(acc, false).await {
+                match walk.run(acc, Stale::Stop).await {
                     Verdict::Unchanged => {
                         ing.counters().revalidations.incr();
                         acc.verified(index, &*ing, key, memo);
@@ -142,11 +142,11 @@ async fn fetch_inner(
             ingredient: index,
             key,
             revision: r,
-            fork: acc.pinned.fork,
+            fork: acc.pinned().fork,
         };
         let owner = match shared
-            .inflight
-            .claim(slot, acc.requester.as_ref())
+            .inflight()
+            .claim(slot, acc.requester())
             .map_err(Fault::Cycle)?
         {
             Claim::Wait(waiter) => match waiter.wait().await {
@@ -161,7 +161,7 @@ async fn fetch_inner(
         };
         // Look again after the claim: someone may have finished between our
         // lookup and our claim (they published before completing).
-        let found = if shared.inflight.completions() == completions {
+        let found = if shared.inflight().completions() == completions {
             found
         } else {
             acc.lookup(index, &*ing, key)
@@ -175,12 +175,7 @@ async fn fetch_inner(
         }
         // Work done on behalf of this slot (dependency walks, execution) is
         // requested by this slot's node, so that cycles through it are seen.
-        let sub = Access {
-            view: acc.view.clone(),
-            pinned: acc.pinned.clone(),
-            requester: Some(owner.node().clone()),
-            depth: acc.depth,
-        };
+        let sub = acc.requested_by(owner.node().clone());
         let reason = match (&hint, &found) {
             (Hint::Stale(reason), _) => *reason,
             (Hint::Replace(_), _) => Reason::Unverifiable,
@@ -191,7 +186,7 @@ async fn fetch_inner(
                     Some(w) if w.root().is_some_and(|m| Arc::ptr_eq(m, memo)) => w,
                     _ => Walk::new(index, key, memo.clone()),
                 };
-                match walk.run(&sub, true).await {
+                match walk.run(&sub, Stale::Execute).await {
                     Verdict::Unchanged => {
                         ing.counters().revalidations.incr();
                         acc.verified(index, &*ing, key, memo);
@@ -213,12 +208,12 @@ async fn fetch_inner(
         // Publish before complete: a waiter woken by `complete` (or a reader
         // that finds the slot free) must find the memo in the view.
         acc.publish(index, &*ing, &[(key, memo.clone(), r)]);
-        if acc.pinned.fork == MAIN_FORK {
+        if acc.pinned().fork == MAIN_FORK {
             let dep = Dep {
                 ingredient: index,
                 key,
             };
-            shared.journal(r, dep);
+            shared.note_change(r, dep);
         }
         owner.complete(memo.clone());
         return Ok(memo);
@@ -234,20 +229,12 @@ async fn execute(
     old: Option<MemoRef>,
     reason: Reason,
 ) -> Result<MemoRef> {
-    let depth = sub.depth + 1;
-    let execution = Execution::new(
-        Access {
-            depth,
-            ..sub.clone()
-        },
-        index,
-        key,
-        reason,
-    );
+    let execution = Execution::new(sub.deeper(), index, key, reason);
+    let depth = execution.access().depth();
     ing.counters().executions.incr();
     let running = Running {
-        shared: shared_id(&sub.view.shared),
-        node: sub.requester.clone(),
+        shared: shared_id(sub.view().shared()),
+        node: sub.requester().cloned(),
         depth,
     };
     let fut = RUNNING.scope(running, ing.clone().execute(execution, key, old));

@@ -28,6 +28,16 @@ use crate::engine::storage::{Dep, KeyId, MemoRef, Publish, Reason, UNSEEN};
 use crate::engine::view::Access;
 use crate::revision::Revision;
 
+/// What a walk does at a dependency it cannot verify without executing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stale {
+    /// Fetch it (which may execute it).
+    Execute,
+    /// Stop with `Verdict::Blocked`, to be resumed by a caller that may.
+    Stop,
+}
+
+/// The outcome of a walk.
 pub(crate) enum Verdict {
     /// Every dependency is unchanged: the memo is valid at the new revision.
     Unchanged,
@@ -102,13 +112,15 @@ impl Walk {
         self.stack.first().map(|f| &f.memo)
     }
 
-    /// Continues the walk at `acc`'s revision. With `execute`, stale or
-    /// missing dependencies are fetched (executed) and `acc.requester` must be
-    /// the root's in-flight node; without, the walk stops with `Blocked` where
-    /// it would have to execute something, and can be resumed.
-    pub(crate) async fn run(&mut self, acc: &Access, execute: bool) -> Verdict {
-        let shared = acc.view.shared.clone();
-        let registry = &shared.registry;
+    /// Continues the walk at `acc`'s revision. With `Stale::Execute`, stale
+    /// or missing dependencies are fetched (executed) and `acc.requester`
+    /// must be the root's in-flight node; with `Stale::Stop`, the walk stops
+    /// with `Blocked` where it would have to execute something, and can be
+    /// resumed.
+    pub(crate) async fn run(&mut self, acc: &Access, stale: Stale) -> Verdict {
+        let execute = stale == Stale::Execute;
+        let shared = acc.view().shared().clone();
+        let registry = &shared.registry();
         let r = acc.revision();
         loop {
             if self.changed.is_none() {
@@ -117,7 +129,7 @@ impl Walk {
                     return Verdict::Changed(Reason::Unverifiable);
                 };
                 if let Some(edge) = top.memo.meta().deps.get(top.next) {
-                    shared.dependency_checks.incr();
+                    shared.dependency_checks().incr();
                     let (dep, seen) = (edge.dep, edge.seen);
                     // In the main history, follow the memo the edge read, if
                     // it still exists, instead of looking the key up.
@@ -132,7 +144,7 @@ impl Walk {
                     let dep_changed_at: Option<Revision> = match dep_ing.kind() {
                         IngredientKind::Interned => Some(Revision::ZERO),
                         IngredientKind::Input => acc
-                            .pinned
+                            .pinned()
                             .tables
                             .get(dep.ingredient as usize)
                             .map(|t| dep_ing.input_changed_at(t, dep.key)),
@@ -149,7 +161,7 @@ impl Walk {
                                 match found {
                                     Some((m, v)) if v == r => Some(m.meta().changed_at),
                                     Some((m, v))
-                                        if acc.pinned.durable_since(m.meta().durability, v) =>
+                                        if acc.pinned().durable_since(m.meta().durability, v) =>
                                     {
                                         dep_ing.counters().revalidations.incr();
                                         let c = m.meta().changed_at;
@@ -343,7 +355,7 @@ fn publish(acc: &Access, pending: &mut Vec<(Dep, MemoRef)>) {
             .push((dep.key, memo, r));
     }
     for (index, items) in by_ingredient {
-        if let Ok(ing) = acc.view.shared.registry.get(index) {
+        if let Ok(ing) = acc.view().shared().registry().get(index) {
             acc.publish(index, &**ing, &items);
         }
     }

@@ -26,24 +26,59 @@ use crate::util::{catch, lock, read, write};
 
 /// Everything the views of one database share.
 pub(crate) struct Shared {
-    pub registry: Registry,
-    pub inflight: InFlight,
-    pub dependency_checks: Counter,
+    registry: Registry,
+    inflight: InFlight,
+    dependency_checks: Counter,
     next_fork: AtomicU64,
     /// Whether any kind is journaled.
     journaling: bool,
     /// Changes of journaled kinds (see `journal.rs`).
-    pub journal: Mutex<Journal>,
+    journal: Mutex<Journal>,
     /// What a layer above keeps per database, opaque to the engine
     /// (persistence: its settings, kinds and cache link).
-    pub attachment: Box<dyn Any + Send + Sync>,
+    attachment: Box<dyn Any + Send + Sync>,
     /// Input changes and executions, for observers.
-    pub events: Bus,
+    events: Bus,
 }
 
 impl Shared {
+    /// The kinds, frozen at `build()`.
+    #[inline]
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Executions claimed and not finished, shared by every view.
+    #[inline]
+    pub(crate) fn inflight(&self) -> &InFlight {
+        &self.inflight
+    }
+
+    /// Dependency edges examined by walks.
+    #[inline]
+    pub(crate) fn dependency_checks(&self) -> &Counter {
+        &self.dependency_checks
+    }
+
+    /// The journal of persistent changes (appended to by commits and
+    /// executions in the main history, drained by saves and appends).
+    pub(crate) fn journal(&self) -> &Mutex<Journal> {
+        &self.journal
+    }
+
+    /// What the layer above attached (opaque here).
+    pub(crate) fn attachment(&self) -> &(dyn Any + Send + Sync) {
+        &*self.attachment
+    }
+
+    /// The event bus.
+    #[inline]
+    pub(crate) fn events(&self) -> &Bus {
+        &self.events
+    }
+
     /// Notes a change of a persistent kind in the database's history.
-    pub(crate) fn journal(&self, revision: Revision, dep: Dep) {
+    pub(crate) fn note_change(&self, revision: Revision, dep: Dep) {
         if self.journaling
             && self
                 .registry
@@ -57,8 +92,8 @@ impl Shared {
 
 /// One view: the database itself, or a snapshot.
 pub(crate) struct ViewCore {
-    pub shared: Arc<Shared>,
-    pub state: ArcSwap<State>,
+    shared: Arc<Shared>,
+    state: ArcSwap<State>,
     /// For a snapshot: the view its memos are offered to (and borrowed from)
     /// while it stays in `parent_fork`, the history it was taken in.
     ///
@@ -66,8 +101,8 @@ pub(crate) struct ViewCore {
     /// a chain of forks of forks neither leaks its ancestors nor frees them
     /// by one deep recursive drop). Offering work to a view nobody holds any
     /// more is pointless anyway.
-    pub parent: Option<Weak<ViewCore>>,
-    pub parent_fork: ForkId,
+    parent: Option<Weak<ViewCore>>,
+    parent_fork: ForkId,
     /// This view's current revision, for `View::subscribe_revisions`
     /// (sent after each commit that changed something).
     revisions: watch::Sender<Revision>,
@@ -107,6 +142,30 @@ const DIRECT_MERGE: usize = 64;
 const MERGE_AT: usize = 1024;
 
 impl ViewCore {
+    /// What every view of this database shares.
+    #[inline]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The current state (lock-free; a cheap guard).
+    #[inline]
+    pub(crate) fn load(&self) -> arc_swap::Guard<Arc<State>> {
+        self.state.load()
+    }
+
+    /// The current state, as an owned pointer to pin.
+    #[inline]
+    pub(crate) fn load_full(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+
+    /// Whether this is a snapshot that has left the history it was taken in
+    /// (it set its own inputs).
+    pub(crate) fn is_forked(&self) -> bool {
+        self.parent.is_some() && self.state.load().fork != self.parent_fork
+    }
+
     /// A receiver of this view's revision, marked as seen at the current one.
     pub(crate) fn subscribe_revisions(&self) -> watch::Receiver<Revision> {
         self.revisions.subscribe()
@@ -421,7 +480,7 @@ impl ViewCore {
                 })
             };
             for w in written() {
-                self.shared.journal(revision, w.dep);
+                self.shared.note_change(revision, w.dep);
             }
             self.shared.events.send_with(|| EngineEvent::Inputs {
                 revision,
@@ -503,13 +562,56 @@ impl ViewCore {
 /// which in-flight fetch (for dependency cycles), at what depth.
 #[derive(Clone)]
 pub(crate) struct Access {
-    pub view: Arc<ViewCore>,
-    pub pinned: Arc<State>,
-    pub requester: Option<Arc<Node>>,
-    pub depth: u32,
+    view: Arc<ViewCore>,
+    pinned: Arc<State>,
+    requester: Option<Arc<Node>>,
+    depth: u32,
 }
 
 impl Access {
+    /// The same access, requested by `node` (work done on behalf of an
+    /// in-flight slot is requested by its node, so that cycles through it
+    /// are seen).
+    pub(crate) fn requested_by(&self, node: Arc<Node>) -> Access {
+        Access {
+            view: self.view.clone(),
+            pinned: self.pinned.clone(),
+            requester: Some(node),
+            depth: self.depth,
+        }
+    }
+
+    /// The same access one execution deeper.
+    pub(crate) fn deeper(&self) -> Access {
+        Access {
+            depth: self.depth + 1,
+            ..self.clone()
+        }
+    }
+
+    #[inline]
+    pub(crate) fn view(&self) -> &Arc<ViewCore> {
+        &self.view
+    }
+
+    /// The state every read of this access sees.
+    #[inline]
+    pub(crate) fn pinned(&self) -> &Arc<State> {
+        &self.pinned
+    }
+
+    /// The in-flight node on whose behalf this access reads, if any.
+    #[inline]
+    pub(crate) fn requester(&self) -> Option<&Arc<Node>> {
+        self.requester.as_ref()
+    }
+
+    /// How many executions deep this access is.
+    #[inline]
+    pub(crate) fn depth(&self) -> u32 {
+        self.depth
+    }
+
     /// A request from outside any execution — or from a body calling the
     /// database through a captured handle, which is then requested by that
     /// execution (see `fetch::running_execution`).

@@ -461,6 +461,15 @@ pub(crate) struct CacheLock {
     _file: Option<File>,
 }
 
+/// How a cache is locked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockMode {
+    /// For a save or an append: one writer, no readers.
+    Exclusive,
+    /// For a load: any number of readers.
+    Shared,
+}
+
 /// Takes the lock of the cache at `path`: exclusive for a save or an
 /// append, shared for a load. Held by another process or by another
 /// database of this one: waits up to `wait`, then [`Error::cache_locked`].
@@ -470,9 +479,10 @@ pub(crate) struct CacheLock {
 /// unlocked: nobody can be writing there through picante.
 pub(crate) fn lock_cache(
     path: &Path,
-    exclusive: bool,
+    mode: LockMode,
     wait: std::time::Duration,
 ) -> Result<CacheLock> {
+    let exclusive = mode == LockMode::Exclusive;
     let lock = lock_path(path);
     let file = match OpenOptions::new()
         .read(true)

@@ -112,7 +112,7 @@ fn read_file(path: &Path, kind: FileKind, max: u64, found: &mut bool) -> Result<
 pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> Result<LoadReport> {
     let persistence = Persistence::of(view)?;
     let fresh = {
-        let state = view.state.load();
+        let state = view.load();
         state.revision == Revision::FIRST && persistence.kinds().all(|(_, p)| p.interned_len() == 0)
     };
     if !fresh {
@@ -126,7 +126,11 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
     let outcome = (|| {
         // Shared: loads may overlap, but not with a save or an append (S18c),
         // so the base and its log are read as one consistent pair.
-        let _lock = format::lock_cache(path, false, persistence.cache_lock_timeout)?;
+        let _lock = format::lock_cache(
+            path,
+            format::LockMode::Shared,
+            persistence.cache_lock_timeout,
+        )?;
         let Some(base) = read_file(path, FileKind::Base, options.max_bytes, &mut report.found)?
         else {
             return Ok(None);
@@ -149,7 +153,7 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
     })();
     match outcome {
         Ok(None) => {
-            report.revision = view.state.load().revision;
+            report.revision = view.load().revision;
             Ok(report)
         }
         Ok(Some((image, base, log))) => {
@@ -171,7 +175,7 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
                 tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cache file");
                 Ok(LoadReport {
                     ignored_error: Some(e),
-                    revision: view.state.load().revision,
+                    revision: view.load().revision,
                     ..report
                 })
             }
@@ -291,7 +295,7 @@ fn parse_section<'a>(
     }
     let persistence = Persistence::of(view)?;
     let found = persistence.kinds().find_map(|(index, p)| {
-        let ing = view.shared.registry.get(index).ok()?;
+        let ing = view.shared().registry().get(index).ok()?;
         (p.codec_name() == name).then_some((index, ing, p))
     });
     let Some((index, ing, p)) = found else {

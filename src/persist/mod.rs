@@ -352,8 +352,8 @@ impl Persistence {
 
     /// The persistence attached to `view`'s database.
     pub(crate) fn of(view: &ViewCore) -> Result<&Persistence> {
-        view.shared
-            .attachment
+        view.shared()
+            .attachment()
             .downcast_ref::<Persistence>()
             .ok_or_else(|| Error::internal("database without its persistence state"))
     }

@@ -25,7 +25,7 @@ impl<'a> Sections<'a> {
         let list: Vec<_> = match Persistence::of(view) {
             Ok(p) => p
                 .kinds()
-                .filter_map(|(i, kind)| Some((i, view.shared.registry.get(i).ok()?, kind)))
+                .filter_map(|(i, kind)| Some((i, view.shared().registry().get(i).ok()?, kind)))
                 .collect(),
             Err(_) => Vec::new(),
         };
@@ -129,8 +129,8 @@ pub(crate) fn snapshot_for_save(view: &ViewCore) -> SaveSnapshot {
     view.merge_pending();
     // Journal entries from before this point are covered by the state we
     // are about to read (if at or before its revision).
-    let cut = lock(&view.shared.journal).end();
-    let state = view.state.load_full();
+    let cut = lock(view.shared().journal()).end();
+    let state = view.load_full();
     SaveSnapshot { cut, state }
 }
 
@@ -141,7 +141,11 @@ pub(crate) fn save(
     path: &Path,
     snapshot: SaveSnapshot,
 ) -> Result<SaveReport> {
-    let _lock = format::lock_cache(path, true, Persistence::of(view)?.cache_lock_timeout)?;
+    let _lock = format::lock_cache(
+        path,
+        format::LockMode::Exclusive,
+        Persistence::of(view)?.cache_lock_timeout,
+    )?;
     save_locked(view, path, snapshot)
 }
 
@@ -289,7 +293,7 @@ fn save_locked(view: &Arc<ViewCore>, path: &Path, snapshot: SaveSnapshot) -> Res
             keys,
             interned_counts,
         )?;
-        lock(&view.shared.journal).saved(cut, state.revision);
+        lock(view.shared().journal()).saved(cut, state.revision);
     }
     tracing::info!(
         path = %path.display(),
@@ -352,7 +356,11 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
     }
     // The file lock before the link's mutex, as in a save (which takes the
     // mutex at its end, holding the file lock): never the other way round.
-    let _lock = format::lock_cache(path, true, Persistence::of(view)?.cache_lock_timeout)?;
+    let _lock = format::lock_cache(
+        path,
+        format::LockMode::Exclusive,
+        Persistence::of(view)?.cache_lock_timeout,
+    )?;
     let mut link_guard = lock(&Persistence::of(view)?.link);
     let Some(link) = link_guard.as_mut().filter(|l| l.path == path) else {
         return Err(not_linked());
@@ -360,7 +368,7 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
     check_owned(path, link)?;
     view.merge_pending();
     let (entries, overflowed) = {
-        let mut journal = lock(&view.shared.journal);
+        let mut journal = lock(view.shared().journal());
         (journal.take(), journal.overflowed)
     };
     if overflowed {
@@ -375,12 +383,12 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
             full_save: true,
         });
     }
-    let state = view.state.load_full();
+    let state = view.load_full();
     match write_append(view, path, link, &state, &entries) {
         Ok(report) => Ok(report),
         Err(e) => {
             // Nothing was recorded as written: keep the changes for next time.
-            lock(&view.shared.journal).restore(entries);
+            lock(view.shared().journal()).restore(entries);
             Err(e)
         }
     }
