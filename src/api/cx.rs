@@ -172,6 +172,47 @@ impl QueryCx {
         Ok(value)
     }
 
+    /// Tells picante that this body read something it cannot track — a file
+    /// read with `tokio::fs`, the clock, an environment variable, a network
+    /// call. The memo is then valid at this revision only: at every new
+    /// revision it re-executes instead of being revalidated (if its value is
+    /// unchanged, early cutoff still spares its dependents), and it is never
+    /// written to a persisted cache, so a restart does not serve what the
+    /// outside world said last time.
+    ///
+    /// Prefer tracked reads: make the outside world an input (set it from a
+    /// file watcher) and read it with [`input`](QueryCx::input); then only
+    /// what changed re-runs.
+    ///
+    /// ```
+    /// # use picante::{async_trait, AsyncQuery, Database, Input, QueryCx};
+    /// struct Config;
+    /// #[async_trait]
+    /// impl AsyncQuery for Config {
+    ///     type Key = std::path::PathBuf;
+    ///     type Value = String;
+    ///     async fn execute(&self, cx: &QueryCx, path: std::path::PathBuf) -> picante::Result<String> {
+    ///         cx.report_untracked_read()?;
+    ///         Ok(tokio::fs::read_to_string(&path).await.unwrap_or_default())
+    ///     }
+    /// }
+    /// # struct Tick;
+    /// # impl Input for Tick { type Key = (); type Value = u32; }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> picante::Result<()> {
+    /// let db = Database::builder().input::<Tick>().query(Config).build()?;
+    /// let path = std::env::temp_dir().join("picante-untracked-doc.toml");
+    /// db.query::<Config>(path.clone()).await?;
+    /// db.query::<Config>(path.clone()).await?; // same revision: a hit
+    /// db.set::<Tick>((), 1)?;                  // any new revision: it re-reads the file
+    /// db.query::<Config>(path).await?;
+    /// assert_eq!(db.query_stats::<Config>()?.executions, 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn report_untracked_read(&self) -> Result<()> {
+        self.exec.record_untracked()
+    }
+
     /// Interns `value` (not a dependency: interning never invalidates).
     pub fn intern<T: Interned>(&self, value: T::Value) -> Result<Id<T>> {
         InternedIngredient::<T>::lookup_in(self.exec.access().view().shared().registry())?

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::engine::ingredient::Registry;
-use crate::engine::storage::Reason;
+use crate::engine::storage::{Reason, UNTRACKED};
 use crate::revision::{Durability, Revision};
 
 /// Counters of one query kind, summed over every view of the database.
@@ -129,12 +129,17 @@ pub enum ExecutionReason {
     /// The previous dependencies could not be revalidated (a cycle among them,
     /// or a dependency that failed).
     Unverifiable,
+    /// The previous execution reported an untracked read
+    /// ([`QueryCx::report_untracked_read`](crate::QueryCx::report_untracked_read)),
+    /// so it was valid at its own revision only.
+    UntrackedRead,
 }
 
 impl ExecutionReason {
     pub(crate) fn of(reason: Reason, registry: &Registry) -> ExecutionReason {
         match reason {
             Reason::New => ExecutionReason::New,
+            Reason::DependencyChanged(UNTRACKED) => ExecutionReason::UntrackedRead,
             Reason::DependencyChanged(d) => {
                 ExecutionReason::DependencyChanged(registry.describe(d))
             }
@@ -151,6 +156,7 @@ impl fmt::Display for ExecutionReason {
             ExecutionReason::Unverifiable => {
                 f.write_str("previous dependencies could not be revalidated")
             }
+            ExecutionReason::UntrackedRead => f.write_str("it made an untracked read"),
         }
     }
 }

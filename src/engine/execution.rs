@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::engine::events::EngineEvent;
-use crate::engine::storage::{AnyMemo, Dep, Edge, KeyId, MAIN_FORK, MemoMeta, Reason};
+use crate::engine::storage::{AnyMemo, Dep, Edge, KeyId, MAIN_FORK, MemoMeta, Reason, UNTRACKED};
 use crate::engine::view::Access;
 use crate::error::{Error, ErrorKind, Result};
 use crate::revision::{Durability, Revision};
@@ -90,6 +90,12 @@ impl Execution {
         rec.deps.push(Edge { dep, seen, memo });
         rec.durability = rec.durability.min(durability);
         Ok(())
+    }
+
+    /// Records that the body read something the engine cannot track: the
+    /// memo it builds is valid at this revision only.
+    pub(crate) fn record_untracked(&self) -> Result<()> {
+        self.record(UNTRACKED, self.revision(), Durability::Low, None)
     }
 
     /// An error if the body has already returned.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::engine::counters::Counters;
 use crate::engine::execution::Execution;
-use crate::engine::storage::{Dep, History, KeyId, MemoRef, Publish, Table};
+use crate::engine::storage::{Dep, History, KeyId, MemoRef, Publish, Table, UNTRACKED};
 use crate::error::Result;
 use crate::revision::{Durability, Revision};
 use crate::util::BoxFuture;
@@ -146,6 +146,9 @@ impl Registry {
 
     /// `Kind(key)`, for messages and reports.
     pub(crate) fn describe(&self, dep: Dep) -> String {
+        if dep == UNTRACKED {
+            return String::from("an untracked read");
+        }
         match self.get(dep.ingredient) {
             Ok(ing) => format!("{}({})", ing.name(), ing.debug_key(dep.key)),
             Err(_) => format!("?{}({})", dep.ingredient, dep.key),

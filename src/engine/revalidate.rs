@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::engine::fetch::{Hint, fetch};
 use crate::engine::ingredient::IngredientKind;
-use crate::engine::storage::{Dep, KeyId, MemoRef, Publish, Reason, UNSEEN};
+use crate::engine::storage::{Dep, KeyId, MemoRef, Publish, Reason, UNSEEN, UNTRACKED};
 use crate::engine::view::Access;
 use crate::revision::Revision;
 
@@ -131,6 +131,12 @@ impl Walk {
                 if let Some(edge) = top.memo.meta().deps.get(top.next) {
                     shared.dependency_checks().incr();
                     let (dep, seen) = (edge.dep, edge.seen);
+                    if dep == UNTRACKED {
+                        // Valid at the revision it ran at only (a hit there
+                        // never walks).
+                        self.changed = Some(dep);
+                        continue;
+                    }
                     // In the main history, follow the memo the edge read, if
                     // it still exists, instead of looking the key up.
                     let followed = match &edge.memo {

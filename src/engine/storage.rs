@@ -49,6 +49,15 @@ pub(crate) struct Dep {
     pub key: KeyId,
 }
 
+/// The dependency a body records when it reads the outside world behind
+/// the engine's back (`QueryCx::report_untracked_read`): it never verifies,
+/// so the memo re-executes at every new revision (and is never persisted:
+/// no persistent ingredient has this index).
+pub(crate) const UNTRACKED: Dep = Dep {
+    ingredient: u32::MAX,
+    key: 0,
+};
+
 /// A recorded read: what was read, and the `changed_at` of the value seen —
 /// its identity. A memo is still valid when every dependency's current
 /// `changed_at` equals the one it saw. (Comparing identities rather than
