@@ -83,6 +83,7 @@ pub use api::cx::QueryCx;
 pub use api::database::{Batch, Database, Snapshot, View};
 pub use api::events::{Event, EventFilter, Events, InputChange, Watch};
 pub use api::kinds::{AsyncQuery, Id, Input, Interned, Key, Value};
+pub use api::memory::{Collect, CollectReport, KindMemory, MemoryReport};
 pub use api::registry::DatabaseBuilder;
 pub use api::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
 pub use error::{Error, ErrorKind, Result};

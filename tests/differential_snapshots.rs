@@ -196,12 +196,34 @@ enum Op {
     Fork(usize, u8, Option<i64>),
     /// Drop a kept view.
     Drop(usize),
+    /// Collect garbage on the database: what the last n revisions did not use.
+    Collect(u64),
+}
+
+/// Memory limits of one case (issue 11): results must not depend on them.
+#[derive(Clone, Copy, Debug, Default)]
+struct Limits {
+    /// Capacity of the node kind.
+    capacity: Option<usize>,
+    /// Automatic collection of what the last n revisions did not use.
+    collect: Option<u64>,
+}
+
+impl Limits {
+    /// Whether memos may be dropped, so that the needless-execution check
+    /// (which assumes the database keeps what it computed) does not apply.
+    fn drops_memos(&self, case: &Case) -> bool {
+        self.capacity.is_some()
+            || self.collect.is_some()
+            || case.steps.iter().any(|op| matches!(op, Op::Collect(_)))
+    }
 }
 
 #[derive(Clone, Debug)]
 struct Case {
     graph: Vec<NodeSpec>,
     steps: Vec<Op>,
+    limits: Limits,
 }
 
 fn read_strategy(index: usize) -> BoxedStrategy<Read> {
@@ -236,7 +258,7 @@ fn value() -> impl Strategy<Value = Option<i64>> {
     prop::option::weighted(0.85, 0i64..4)
 }
 
-fn op_strategy(n_nodes: usize) -> impl Strategy<Value = Op> {
+fn op_strategy(n_nodes: usize, collect_weight: u32) -> impl Strategy<Value = Op> {
     let node = 0..n_nodes as u16;
     prop_oneof![
         4 => prop::collection::vec((0..N_INPUTS, value()), 1..=3).prop_map(Op::Write),
@@ -245,14 +267,41 @@ fn op_strategy(n_nodes: usize) -> impl Strategy<Value = Op> {
         4 => (any::<usize>(), node).prop_map(|(v, k)| Op::QueryView(v, k)),
         1 => (any::<usize>(), 0..N_INPUTS, value()).prop_map(|(v, i, x)| Op::Fork(v, i, x)),
         1 => any::<usize>().prop_map(Op::Drop),
+        collect_weight => (0u64..4).prop_map(Op::Collect),
     ]
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
     (1..=MAX_NODES).prop_flat_map(|n| {
         let graph: Vec<_> = (0..n).map(node_strategy).collect();
-        (graph, prop::collection::vec(op_strategy(n), 1..40))
-            .prop_map(|(graph, steps)| Case { graph, steps })
+        (graph, prop::collection::vec(op_strategy(n, 0), 1..40)).prop_map(|(graph, steps)| Case {
+            graph,
+            steps,
+            limits: Limits::default(),
+        })
+    })
+}
+
+/// Cases with a capacity of 1–3 memos for the node kind, and sometimes
+/// automatic and explicit garbage collection.
+fn limited_case_strategy() -> impl Strategy<Value = Case> {
+    (1..=MAX_NODES).prop_flat_map(|n| {
+        let graph: Vec<_> = (0..n).map(node_strategy).collect();
+        let limits = (
+            prop::option::weighted(0.8, 1usize..=3),
+            prop::option::weighted(0.4, 0u64..4),
+        )
+            .prop_map(|(capacity, collect)| Limits { capacity, collect });
+        (
+            graph,
+            prop::collection::vec(op_strategy(n, 2), 1..40),
+            limits,
+        )
+            .prop_map(|(graph, steps, limits)| Case {
+                graph,
+                steps,
+                limits,
+            })
     })
 }
 
@@ -276,16 +325,22 @@ async fn run_case(case: Case) -> std::result::Result<(), TestCaseError> {
     let graph = Arc::new(case.graph.clone());
     let n = graph.len();
     let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
-    let db = Database::builder()
+    let mut builder = Database::builder()
         .input::<InLow>()
         .input::<InMedium>()
         .input::<InHigh>()
         .query(Node {
             graph: graph.clone(),
             runs: runs.clone(),
-        })
-        .build()
-        .map_err(fail)?;
+        });
+    if let Some(c) = case.limits.capacity {
+        builder = builder.capacity::<Node>(c);
+    }
+    if let Some(n) = case.limits.collect {
+        builder = builder.collect_garbage(Collect::unused_for(n).every(1));
+    }
+    let db = builder.build().map_err(fail)?;
+    let check_needless = !case.limits.drops_memos(&case);
     let mut write_id = 0u64;
     let mut inputs = Inputs::new();
     let mut versions = Versions::new();
@@ -323,6 +378,9 @@ async fn run_case(case: Case) -> std::result::Result<(), TestCaseError> {
                 for d in nodes {
                     let (_, vs) = eval_with_versions(&graph, &inputs, &versions, d);
                     let ran = after[d as usize] - before[d as usize];
+                    if !check_needless {
+                        continue;
+                    }
                     prop_assert!(ran <= 1, "step {}: node {} ran {} times", step, d, ran);
                     if ran == 1
                         && let Some((held, _)) = &db_memo[d as usize]
@@ -408,6 +466,19 @@ async fn run_case(case: Case) -> std::result::Result<(), TestCaseError> {
                     kept.remove(v % len);
                 }
             }
+            Op::Collect(n) => {
+                db.collect(Collect::unused_for(*n));
+                if let Some(c) = case.limits.capacity {
+                    let memos = db.memory().memos();
+                    prop_assert!(
+                        memos <= c,
+                        "step {}: {} memos over capacity {}",
+                        step,
+                        memos,
+                        c
+                    );
+                }
+            }
         }
     }
     // Every view still answers exactly.
@@ -432,6 +503,18 @@ proptest! {
 
     #[test]
     fn differential_durability_and_snapshots_match_from_scratch(case in case_strategy()) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(run_case(case))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// The same model with capacities of 1–3 memos and garbage collection
+    /// (issue 11): eviction and collection never change a result.
+    #[test]
+    fn differential_with_eviction_and_collection_matches_from_scratch(case in limited_case_strategy()) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(run_case(case))?;
     }

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use crate::api::cx::fault_error;
 use crate::api::events::{EventFilter, Events, Watch};
 use crate::api::kinds::{AsyncQuery, Id, Input, Interned};
+use crate::api::memory::{Collect, CollectReport, MemoryReport};
 use crate::api::registry::DatabaseBuilder;
 use crate::api::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
 use crate::engine::fetch::fetch_value;
 use crate::engine::ingredient::{IngredientKind, Registry};
+use crate::engine::limits::Limits;
 use crate::engine::storage::{Dep, History, MAIN_FORK, MemoRef};
 use crate::engine::view::{Access, Change, ViewCore};
 use crate::error::{Error, Result};
@@ -127,11 +129,12 @@ impl Database {
 
     pub(crate) fn from_registry(
         registry: Registry,
+        limits: Limits,
         attachment: Box<dyn std::any::Any + Send + Sync>,
     ) -> Database {
         Database {
             view: View {
-                core: ViewCore::new_database(registry, attachment),
+                core: ViewCore::new_database(registry, limits, attachment),
             },
         }
     }
@@ -311,6 +314,47 @@ impl View {
     /// ```
     pub fn subscribe_events(&self, filter: EventFilter) -> Events {
         Events::new(self.core.shared(), filter)
+    }
+
+    /// Drops the memos that the last `rule`'s revisions did not use, and
+    /// the input tombstones written before them (see [`Collect`]), from this
+    /// view. Creates no revision; results never change, only work (a
+    /// collected memo re-executes when next needed). Collected memos are not
+    /// in the next saved cache.
+    ///
+    /// ```
+    /// # use picante::{async_trait, AsyncQuery, Collect, Database, Input, QueryCx};
+    /// # struct File;
+    /// # impl Input for File { type Key = u32; type Value = u32; }
+    /// # struct Len;
+    /// # #[async_trait] impl AsyncQuery for Len { type Key = u32; type Value = u32;
+    /// #   async fn execute(&self, cx: &QueryCx, k: u32) -> picante::Result<u32> {
+    /// #     Ok(cx.input_opt::<File>(&k)?.unwrap_or(0)) } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> picante::Result<()> {
+    /// let db = Database::builder().input::<File>().query(Len).build()?;
+    /// db.set::<File>(1, 10)?;
+    /// db.query::<Len>(1).await?;
+    /// db.remove::<File>(&1)?;                    // the page is deleted
+    /// for n in 0..10 { db.set::<File>(2, n)?; }  // and the session goes on
+    /// let report = db.collect(Collect::unused_for(5));
+    /// assert_eq!((report.memos, report.tombstones), (1, 1));
+    /// # Ok(()) }
+    /// ```
+    pub fn collect(&self, rule: Collect) -> CollectReport {
+        let before = self.revision().as_u64().saturating_sub(rule.unused_for);
+        let swept = self.core.collect(Revision::from_u64(before));
+        CollectReport {
+            memos: swept.memos,
+            tombstones: swept.tombstones,
+        }
+    }
+
+    /// What this view holds, per kind: entries, tombstones, keys and
+    /// estimated bytes (see [`MemoryReport`]).
+    pub fn memory(&self) -> MemoryReport {
+        self.core.merge_pending();
+        MemoryReport::of(self.registry(), &self.core.load())
     }
 
     /// Watches query `Q` at `key`: a stream of its value, first the current
@@ -502,6 +546,7 @@ impl View {
             hits: c.hits.get(),
             revalidations: c.revalidations.get(),
             cutoffs: c.cutoffs.get(),
+            evictions: c.evictions.get(),
         })
     }
 
@@ -519,6 +564,7 @@ impl View {
                     hits: c.hits.get(),
                     revalidations: c.revalidations.get(),
                     cutoffs: c.cutoffs.get(),
+                    evictions: c.evictions.get(),
                 }
             })
             .collect();

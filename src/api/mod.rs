@@ -6,5 +6,6 @@ pub(crate) mod cx;
 pub(crate) mod database;
 pub(crate) mod events;
 pub(crate) mod kinds;
+pub(crate) mod memory;
 pub(crate) mod registry;
 pub(crate) mod stats;

@@ -5,7 +5,9 @@
 use std::any::TypeId;
 use std::sync::Arc;
 
+use crate::api::memory::Collect;
 use crate::engine::ingredient::{Ingredient, IngredientKind, Registry, TypeIdMap};
+use crate::engine::limits::Limits;
 use crate::error::{ErrorKind, Result};
 use crate::persist::{PersistKind, Persistence};
 
@@ -84,6 +86,8 @@ pub struct DatabaseBuilder {
     errors: Vec<String>,
     code_version: Option<String>,
     cache_lock_timeout: std::time::Duration,
+    capacities: Vec<(TypeId, &'static str, usize)>,
+    collect: Option<Collect>,
 }
 
 impl DatabaseBuilder {
@@ -93,7 +97,59 @@ impl DatabaseBuilder {
             errors: Vec::new(),
             code_version: None,
             cache_lock_timeout: DEFAULT_CACHE_LOCK_TIMEOUT,
+            capacities: Vec::new(),
+            collect: None,
         }
+    }
+
+    /// Bounds the memos query kind `Q` keeps to about `memos` per view (at
+    /// most an eighth more between evictions): beyond it, the memos verified
+    /// least recently are dropped entirely, and re-execute if needed again.
+    /// Results never depend on it; only work does. Recency is the revision
+    /// a memo was last used at, which costs the warm-hit path nothing; among
+    /// memos last used at one revision the choice is arbitrary, so give a
+    /// capacity above what one revision uses, or every revision recomputes.
+    /// `Q` must be registered (before or after this call).
+    ///
+    /// ```
+    /// # use picante::{async_trait, AsyncQuery, Database, QueryCx};
+    /// # struct Render;
+    /// # #[async_trait] impl AsyncQuery for Render { type Key = u32; type Value = u32;
+    /// #   async fn execute(&self, _: &QueryCx, k: u32) -> picante::Result<u32> { Ok(k) } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> picante::Result<()> {
+    /// let db = Database::builder().query(Render).capacity::<Render>(100).build()?;
+    /// for page in 0..1000 {
+    ///     db.query::<Render>(page).await?;
+    /// }
+    /// assert!(db.memory().memos() <= 100 + 100 / 8);
+    /// # Ok(()) }
+    /// ```
+    pub fn capacity<Q: crate::AsyncQuery>(mut self, memos: usize) -> Self {
+        if memos == 0 {
+            return self.fail(format!(
+                "capacity::<{}>(0): a capacity must be at least 1",
+                std::any::type_name::<Q>()
+            ));
+        }
+        self.capacities
+            .push((TypeId::of::<Q>(), std::any::type_name::<Q>(), memos));
+        self
+    }
+
+    /// Collects garbage automatically: after every `rule.every(..)`-th
+    /// revision, the memos and tombstones that the last
+    /// `Collect::unused_for(..)` revisions did not use are dropped (see
+    /// [`Collect`] and [`View::collect`](crate::View::collect)).
+    ///
+    /// ```
+    /// use picante::{Collect, Database};
+    /// let db = Database::builder().collect_garbage(Collect::unused_for(200)).build()?;
+    /// # Ok::<(), picante::Error>(())
+    /// ```
+    pub fn collect_garbage(mut self, rule: Collect) -> Self {
+        self.collect = Some(rule);
+        self
     }
 
     /// How long `save_cache`, `append_cache` and `load_cache` wait for a
@@ -217,10 +273,29 @@ impl DatabaseBuilder {
             ingredients.push(ing);
             persist_kinds.push(persist);
         }
+        let mut capacity = vec![None; ingredients.len()];
+        for (type_id, type_name, memos) in &self.capacities {
+            match by_type.get(type_id) {
+                Some(&i) if ingredients[i as usize].kind() == IngredientKind::Query => {
+                    capacity[i as usize] = Some(*memos);
+                }
+                _ => {
+                    return Err(ErrorKind::Registration(format!(
+                        "capacity::<{type_name}>() names a kind that is not registered as a query"
+                    ))
+                    .into());
+                }
+            }
+        }
+        let limits = Limits {
+            capacity: capacity.into_boxed_slice(),
+            collect: self.collect.map(Collect::rule),
+        };
         let persistence =
             Persistence::new(persist_kinds, self.code_version, self.cache_lock_timeout);
         Ok(crate::Database::from_registry(
             Registry::new(by_type, ingredients),
+            limits,
             Box::new(persistence),
         ))
     }

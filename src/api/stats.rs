@@ -27,6 +27,9 @@ pub struct QueryStats {
     /// Re-executions whose value equalled the previous one, so dependents
     /// kept their memos (early cutoff).
     pub cutoffs: u64,
+    /// Memos dropped to keep the kind within its
+    /// [capacity](crate::DatabaseBuilder::capacity).
+    pub evictions: u64,
 }
 
 /// A snapshot of the database's counters. See [`View::stats`](crate::View::stats).
@@ -84,6 +87,7 @@ impl Stats {
                     hits: q.hits.saturating_sub(e.hits),
                     revalidations: q.revalidations.saturating_sub(e.revalidations),
                     cutoffs: q.cutoffs.saturating_sub(e.cutoffs),
+                    evictions: q.evictions.saturating_sub(e.evictions),
                 },
                 None => q.clone(),
             })

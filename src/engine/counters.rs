@@ -52,4 +52,6 @@ pub(crate) struct Counters {
     pub hits: Counter,
     pub revalidations: Counter,
     pub cutoffs: Counter,
+    /// Memos dropped by the kind's capacity.
+    pub evictions: Counter,
 }

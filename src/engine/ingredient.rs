@@ -76,6 +76,32 @@ pub(crate) trait Ingredient: Any + Send + Sync {
     fn insert_memos(&self, _table: &Table, _items: &[Publish], _history: History) -> Option<Table> {
         None
     }
+    /// Queries: `table` (of a state in `history`) keeping only the `keep`
+    /// memos verified most recently (the rest are dropped entirely and
+    /// re-execute on demand), or `None` if it holds few enough (an eighth
+    /// over `keep` is tolerated, so that eviction runs once per many
+    /// inserts). Among memos verified at one revision, those of `fresh`
+    /// (just inserted) are kept first.
+    fn evict(
+        &self,
+        _table: &Table,
+        _keep: usize,
+        _history: History,
+        _fresh: &[Publish],
+    ) -> Option<Table> {
+        None
+    }
+    /// Garbage: `table` without the memos last known valid before `before`
+    /// (queries) or the tombstones written before `before` (inputs), and
+    /// how many entries went; `None` if none qualifies.
+    fn sweep(&self, _table: &Table, _before: Revision) -> Option<(Table, usize)> {
+        None
+    }
+    /// An estimate of what `table` holds (shallow: heap data owned by keys
+    /// and values is not followed).
+    fn footprint(&self, _table: &Table) -> Footprint {
+        Footprint::default()
+    }
     /// Queries: runs the body for `key` as `execution` (which records its
     /// reads) and builds the memo, comparing with `old` for early cutoff.
     fn execute(
@@ -90,6 +116,19 @@ pub(crate) trait Ingredient: Any + Send + Sync {
             ))
         })
     }
+}
+
+/// What one ingredient's table holds, estimated.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Footprint {
+    /// Memos (queries) or slots with a value (inputs) or values (interned).
+    pub entries: usize,
+    /// Input slots that are tombstones.
+    pub tombstones: usize,
+    /// Keys (or values) known to the kind's id table.
+    pub keys: usize,
+    /// Estimated bytes of all the above.
+    pub bytes: usize,
 }
 
 /// `TypeId`s are already hashes: use their bits directly.

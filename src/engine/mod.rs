@@ -10,6 +10,7 @@ pub(crate) mod fetch;
 pub(crate) mod inflight;
 pub(crate) mod ingredient;
 pub(crate) mod journal;
+pub(crate) mod limits;
 pub(crate) mod pending;
 pub(crate) mod revalidate;
 pub(crate) mod storage;

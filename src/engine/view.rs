@@ -16,6 +16,7 @@ use crate::engine::events::{Bus, EngineEvent, Write, Written};
 use crate::engine::inflight::{InFlight, Node};
 use crate::engine::ingredient::{Ingredient, IngredientKind, Registry};
 use crate::engine::journal::Journal;
+use crate::engine::limits::{Limits, Swept};
 use crate::engine::pending::Pending;
 use crate::engine::storage::{
     Dep, ForkId, History, KeyId, MAIN_FORK, MemoRef, Publish, State, Table,
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     attachment: Box<dyn Any + Send + Sync>,
     /// Input changes and executions, for observers.
     events: Bus,
+    /// Capacities and the collection rule.
+    limits: Limits,
 }
 
 impl Shared {
@@ -173,6 +176,7 @@ impl ViewCore {
 
     pub(crate) fn new_database(
         registry: Registry,
+        limits: Limits,
         attachment: Box<dyn Any + Send + Sync>,
     ) -> Arc<ViewCore> {
         let tables: Box<[Table]> = registry.iter().map(|(_, ing)| ing.empty_table()).collect();
@@ -194,6 +198,7 @@ impl ViewCore {
                 journal: Mutex::new(Journal::default()),
                 attachment,
                 events: Bus::new(),
+                limits,
             }),
             state: ArcSwap::new(state.clone()),
             parent: None,
@@ -246,7 +251,11 @@ impl ViewCore {
     pub(crate) fn insert_memos(&self, index: u32, ing: &dyn Ingredient, items: &[Publish]) {
         self.update_tables(|state| {
             let table = state.tables.get(index as usize)?;
-            Some(vec![(index, insert_guarded(ing, table, items, state)?)])
+            let capacity = self.shared.limits.capacity(index);
+            Some(vec![(
+                index,
+                insert_guarded(ing, table, items, state, capacity)?,
+            )])
         });
     }
 
@@ -290,7 +299,9 @@ impl ViewCore {
                 .max()
                 .unwrap_or(0);
             self.newest_identity.fetch_max(newest, Ordering::AcqRel);
-            if items.len() >= DIRECT_MERGE {
+            // A kind with a capacity is merged at once, so that its bound
+            // holds at every publication (not only at the next merge).
+            if items.len() >= DIRECT_MERGE || self.shared.limits.capacity(index).is_some() {
                 self.insert_memos(index, ing, items);
                 return;
             }
@@ -342,7 +353,8 @@ impl ViewCore {
                     else {
                         continue;
                     };
-                    if let Some(t) = insert_guarded(ing.as_ref(), table, items, state) {
+                    let capacity = self.shared.limits.capacity(*index);
+                    if let Some(t) = insert_guarded(ing.as_ref(), table, items, state, capacity) {
                         changes.push((*index, t));
                     }
                 }
@@ -489,7 +501,62 @@ impl ViewCore {
         }
         self.revisions.send_replace(revision);
         tracing::debug!(%revision, changed_kinds = changes.len(), "inputs changed");
+        if self.parent.is_none()
+            && let Some(rule) = self.shared.limits.collect
+            && revision.as_u64().is_multiple_of(rule.every.max(1))
+        {
+            let before = revision.as_u64().saturating_sub(rule.unused_for);
+            self.collect_locked(Revision::from_u64(before));
+        }
         Ok(revision)
+    }
+}
+
+impl ViewCore {
+    /// Drops the memos last known valid before `before` and the tombstones
+    /// written before it, from this view's current state. Creates no
+    /// revision and changes no result: a dropped memo re-executes when next
+    /// needed, and a key without a slot reads as absent, like a tombstone
+    /// (a memo that saw the tombstone sees a different identity and
+    /// re-executes; one that saw the key absent all along stays valid, and
+    /// rightly so).
+    pub(crate) fn collect(&self, before: Revision) -> Swept {
+        let _writer = lock(&self.writer);
+        self.collect_locked(before)
+    }
+
+    fn collect_locked(&self, before: Revision) -> Swept {
+        self.merge_pending_now(true);
+        let registry = &self.shared.registry;
+        let swept = std::cell::Cell::new(Swept::default());
+        self.update_tables(|state| {
+            let mut total = Swept::default();
+            let mut changes = Vec::new();
+            for (index, ing) in registry.iter() {
+                let Some(table) = state.tables.get(index as usize) else {
+                    continue;
+                };
+                let Some(Some((table, n))) = catch(|| ing.sweep(table, before)) else {
+                    continue;
+                };
+                match ing.kind() {
+                    IngredientKind::Input => total.tombstones += n,
+                    _ => total.memos += n,
+                }
+                changes.push((index, table));
+            }
+            swept.set(total);
+            Some(changes)
+        });
+        let swept = swept.get();
+        if swept != Swept::default() {
+            tracing::debug!(
+                memos = swept.memos,
+                tombstones = swept.tombstones,
+                "garbage collected"
+            );
+        }
+        swept
     }
 }
 
@@ -498,6 +565,23 @@ impl ViewCore {
 /// (their memos simply re-run when next needed). A merge never leaves the
 /// engine degraded because of user code.
 fn insert_guarded(
+    ing: &dyn Ingredient,
+    table: &Table,
+    items: &[Publish],
+    state: &State,
+    capacity: Option<usize>,
+) -> Option<Table> {
+    let inserted = insert_caught(ing, table, items, state)?;
+    match capacity {
+        Some(keep) => Some(
+            ing.evict(&inserted, keep, History::of(state.fork), items)
+                .unwrap_or(inserted),
+        ),
+        None => Some(inserted),
+    }
+}
+
+fn insert_caught(
     ing: &dyn Ingredient,
     table: &Table,
     items: &[Publish],

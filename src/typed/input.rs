@@ -9,14 +9,14 @@ use crate::api::kinds::Input;
 use crate::api::registry::{DatabaseBuilder, TypedLookup};
 use crate::engine::counters::Counters;
 use crate::engine::events::Write;
-use crate::engine::ingredient::{Ingredient, IngredientKind, Registry};
+use crate::engine::ingredient::{Footprint, Ingredient, IngredientKind, Registry};
 use crate::engine::storage::{InputSlot, InputTable, KeyId, State, Table, new_map};
 use crate::error::{Error, Result};
 use crate::persist::{
     Codec, CodecInfo, InputsBlob, KIND_INPUT, NO_CODEC, PersistKind, Stage, stage::KeyedStage,
 };
 use crate::revision::{Durability, Revision};
-use crate::typed::keys::KeyTable;
+use crate::typed::keys::{KeyTable, MAP_OVERHEAD, key_bytes};
 use crate::util::{short_type_name, values_equal};
 use facet::Facet;
 
@@ -103,6 +103,41 @@ impl<I: Input> Ingredient for InputIngredient<I> {
 
     fn journaled(&self) -> bool {
         self.codec.is_some()
+    }
+
+    fn sweep(&self, table: &Table, before: Revision) -> Option<(Table, usize)> {
+        let current = table.downcast_ref::<TableOf<I>>()?;
+        let old: Vec<&I::Key> = current
+            .iter()
+            .filter(|(_, slot)| slot.value.is_none() && slot.changed_at < before)
+            .map(|(k, _)| k)
+            .collect();
+        if old.is_empty() {
+            return None;
+        }
+        let mut next = current.clone();
+        for key in &old {
+            next.remove(*key);
+        }
+        Some((Arc::new(next), old.len()))
+    }
+
+    fn footprint(&self, table: &Table) -> Footprint {
+        let Some(current) = table.downcast_ref::<TableOf<I>>() else {
+            return Footprint::default();
+        };
+        let tombstones = current.values().filter(|s| s.value.is_none()).count();
+        let keys = self.keys.len();
+        Footprint {
+            entries: current.len() - tombstones,
+            tombstones,
+            keys,
+            bytes: current.len()
+                * (std::mem::size_of::<I::Key>()
+                    + std::mem::size_of::<InputSlot<I::Value>>()
+                    + MAP_OVERHEAD)
+                + keys * key_bytes::<I::Key>(),
+        }
     }
 
     fn input_changed_at(&self, table: &Table, key: KeyId) -> Revision {

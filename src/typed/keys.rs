@@ -67,6 +67,18 @@ impl<T> AppendVec<T> {
 
 const SHARDS: usize = 16;
 
+/// Estimated bytes a persistent map spends per entry beyond the entry
+/// itself (HAMT nodes and their sparse arrays).
+pub(crate) const MAP_OVERHEAD: usize = 24;
+/// The counts in front of an `Arc`'s value.
+pub(crate) const ARC_OVERHEAD: usize = 16;
+
+/// Estimated bytes a [`KeyTable`] spends per key: the value twice (by id
+/// and by value), the id, and the hash map's slot and control byte.
+pub(crate) fn key_bytes<T>() -> usize {
+    2 * std::mem::size_of::<T>() + 16
+}
+
 /// `T ↔ u32`, append-only, deduplicated by value.
 pub(crate) struct KeyTable<T> {
     hasher: ahash::RandomState,

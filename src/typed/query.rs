@@ -12,16 +12,17 @@ use crate::api::registry::{DatabaseBuilder, TypedLookup};
 use crate::engine::counters::Counters;
 use crate::engine::execution::Execution;
 use crate::engine::fetch::Hint;
-use crate::engine::ingredient::{Ingredient, IngredientKind, Registry};
+use crate::engine::ingredient::{Footprint, Ingredient, IngredientKind, Registry};
 use crate::engine::storage::{
-    Entry, History, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table, new_map, typed_memo,
+    Edge, Entry, History, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table, new_map,
+    typed_memo,
 };
 use crate::error::{Error, Result};
 use crate::persist::{
     Codec, CodecInfo, KIND_QUERY, NO_CODEC, PersistKind, Stage, stage::KeyedStage,
 };
 use crate::revision::Revision;
-use crate::typed::keys::KeyTable;
+use crate::typed::keys::{ARC_OVERHEAD, KeyTable, MAP_OVERHEAD, key_bytes};
 use crate::util::{BoxFuture, CatchUnwind, SafeDebug, debug_string, short_type_name, values_equal};
 use facet::Facet;
 
@@ -164,6 +165,76 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
             );
         }
         next.map(|t| Arc::new(t) as Table)
+    }
+
+    fn evict(
+        &self,
+        table: &Table,
+        keep: usize,
+        history: History,
+        fresh: &[Publish],
+    ) -> Option<Table> {
+        let current = table.downcast_ref::<TableOf<Q>>()?;
+        let len = current.len();
+        if len <= keep + keep / 8 {
+            return None;
+        }
+        let fresh: std::collections::HashSet<KeyId, ahash::RandomState> =
+            fresh.iter().map(|(k, _, _)| *k).collect();
+        // Least recently verified first, and among equals, what was not
+        // just inserted; other ties are broken arbitrarily.
+        let mut by_age: Vec<((Revision, bool), &Q::Key)> = current
+            .iter()
+            .map(|(k, e)| {
+                let at = e.memo.meta.latest_verified(e.verified_at, history);
+                ((at, fresh.contains(&e.memo.meta.key)), k)
+            })
+            .collect();
+        by_age.sort_unstable_by_key(|(age, _)| *age);
+        let mut next = current.clone();
+        for (_, key) in &by_age[..len - keep] {
+            next.remove(*key);
+        }
+        self.counters.evictions.add((len - keep) as u64);
+        Some(Arc::new(next))
+    }
+
+    fn sweep(&self, table: &Table, before: Revision) -> Option<(Table, usize)> {
+        let current = table.downcast_ref::<TableOf<Q>>()?;
+        let unused: Vec<&Q::Key> = current
+            .iter()
+            .filter(|(_, e)| e.memo.meta.latest_verified(e.verified_at, History::Main) < before)
+            .map(|(k, _)| k)
+            .collect();
+        if unused.is_empty() {
+            return None;
+        }
+        let mut next = current.clone();
+        for key in &unused {
+            next.remove(*key);
+        }
+        Some((Arc::new(next), unused.len()))
+    }
+
+    fn footprint(&self, table: &Table) -> Footprint {
+        let Some(current) = table.downcast_ref::<TableOf<Q>>() else {
+            return Footprint::default();
+        };
+        let edges: usize = current.values().map(|e| e.memo.meta.deps.len()).sum();
+        let per_memo = std::mem::size_of::<Q::Key>()
+            + std::mem::size_of::<Entry<Q::Value>>()
+            + std::mem::size_of::<Memo<Q::Value>>()
+            + MAP_OVERHEAD
+            + ARC_OVERHEAD;
+        let keys = self.keys.len();
+        Footprint {
+            entries: current.len(),
+            tombstones: 0,
+            keys,
+            bytes: current.len() * per_memo
+                + edges * std::mem::size_of::<Edge>()
+                + keys * key_bytes::<Q::Key>(),
+        }
     }
 
     fn execute(
