@@ -3,7 +3,7 @@
 //! whose HTML changed, keeps the on-disk cache, and prints what picante did
 //! (from `db.stats()`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,9 +98,59 @@ impl Scanner {
     /// [`SyncReport::errors`] and left as it was: retried on the next sync,
     /// its previous text (if any) still in use.
     pub async fn sync(&mut self, db: &Database) -> Result<SyncReport> {
-        // A new scanner on a database loaded from the cache: start from the
-        // stamps of the files as they were read then, so that only files
-        // changed since are read again.
+        self.seed(db)?;
+        let root = self.root.clone();
+        let listing = tokio::task::spawn_blocking(move || list_site(&root)).await??;
+
+        // Read what is new, modified, or modified too recently to trust.
+        let now = SystemTime::now();
+        let to_read: Vec<(FileKind, String, Stamp)> = listing
+            .iter()
+            .filter(|(kind, key, stamp)| {
+                let racy = now
+                    .duration_since(stamp.modified)
+                    .map_or(true, |age| age < RACY);
+                racy || self.seen.get(&(*kind, key.clone())) != Some(stamp)
+            })
+            .cloned()
+            .collect();
+        let (fresh, errors) = read_files(&self.root, to_read).await?;
+
+        // The files the database holds. After a warm start these include
+        // files this scanner never saw: any of them deleted since the cache
+        // was saved must be removed all the same.
+        let held = held_files(db)?;
+        let present: HashSet<(FileKind, &str)> = listing
+            .iter()
+            .map(|(k, key, _)| (*k, key.as_str()))
+            .collect();
+        let gone: Vec<(FileKind, String)> = held
+            .iter()
+            .filter(|(kind, key)| !present.contains(&(*kind, key.as_str())))
+            .cloned()
+            .collect();
+        // The pages are the files that are present and were read at least
+        // once, by this scanner (now or before) or before the cache was saved.
+        let read: HashSet<(FileKind, &str)> = fresh
+            .iter()
+            .map(|(kind, key, _, _)| (*kind, key.as_str()))
+            .collect();
+        let pages: Vec<String> = listing
+            .iter()
+            .filter(|(kind, key, _)| {
+                *kind == FileKind::Page
+                    && (read.contains(&(*kind, key.as_str()))
+                        || held.contains(&(*kind, key.clone())))
+            })
+            .map(|(_, key, _)| key.clone())
+            .collect();
+        self.commit(db, fresh, gone, pages, errors)
+    }
+
+    /// A new scanner on a database loaded from the cache: start from the
+    /// stamps of the files as they were read then, so that only files
+    /// changed since are read again.
+    fn seed(&mut self, db: &Database) -> Result<()> {
         if self.seen.is_empty() {
             for stamp in db.input_opt::<ScanStamps>(&())?.unwrap_or_default().iter() {
                 let kind = match stamp.kind {
@@ -123,71 +173,79 @@ impl Scanner {
                 }
             }
         }
-        let root = self.root.clone();
-        let listing = tokio::task::spawn_blocking(move || list_site(&root)).await??;
+        Ok(())
+    }
 
-        // Read what is new, modified, or modified too recently to trust, on
-        // the blocking pool: a few tasks, each reading its share of the
-        // files in turn (one task per file would pay a hop to the pool per
-        // file, and waiting for a CPU on each hop is slow on a busy machine).
-        let now = SystemTime::now();
-        let to_read: Vec<(FileKind, String, Stamp, PathBuf)> = listing
+    /// Like [`Scanner::sync`], for what a file watcher reported: `paths` are
+    /// files or directories under the root, present or gone. Every site file
+    /// at or under them is read; every file the database holds under them
+    /// that is gone is removed; the page list gains the new pages and loses
+    /// the removed ones. All of it is one batch, as in [`Scanner::sync`].
+    /// Paths that feed no input (`static/`, the cache) are ignored.
+    ///
+    /// The files are read here and only here: queries never touch the file
+    /// system, they read the inputs this sets (see `queries.rs`).
+    pub async fn sync_paths(&mut self, db: &Database, paths: &[PathBuf]) -> Result<SyncReport> {
+        self.seed(db)?;
+        // What each path covers: one input key, or a directory of them.
+        let mut scopes: Vec<(FileKind, String)> = paths
             .iter()
-            .filter(|(kind, key, stamp)| {
-                let racy = now
-                    .duration_since(stamp.modified)
-                    .map_or(true, |age| age < RACY);
-                racy || self.seen.get(&(*kind, key.clone())) != Some(stamp)
-            })
-            .map(|(kind, key, stamp)| {
-                let path = self.root.join(path_of(*kind, key));
-                (*kind, key.clone(), *stamp, path)
+            .filter_map(|path| scope_of(path.strip_prefix(&self.root).ok()?))
+            .collect();
+        scopes.sort();
+        scopes.dedup();
+        let (root, listed) = (self.root.clone(), scopes.clone());
+        let mut listing = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (kind, sub) in &listed {
+                list_under(&root, *kind, sub, &mut out)?;
+            }
+            Ok::<_, BoxError>(out)
+        })
+        .await??;
+        listing.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        listing.dedup_by(|a, b| (a.0, &a.1) == (b.0, &b.1));
+        // The watcher said these changed: read them whatever their stamps.
+        let (fresh, errors) = read_files(&self.root, listing.clone()).await?;
+
+        let present: HashSet<(FileKind, &str)> = listing
+            .iter()
+            .map(|(k, key, _)| (*k, key.as_str()))
+            .collect();
+        let gone: Vec<(FileKind, String)> = held_files(db)?
+            .into_iter()
+            .filter(|(kind, key)| {
+                scopes.iter().any(|(k, sub)| k == kind && covers(sub, key))
+                    && !present.contains(&(*kind, key.as_str()))
             })
             .collect();
-        const READERS: usize = 4;
-        let mut reads = JoinSet::new();
-        for chunk in to_read.chunks(to_read.len().div_ceil(READERS).max(1)) {
-            let chunk = chunk.to_vec();
-            reads.spawn_blocking(move || {
-                chunk
-                    .into_iter()
-                    .map(|(kind, key, stamp, path)| {
-                        let text = match std::fs::read(&path) {
-                            Ok(bytes) => String::from_utf8(bytes)
-                                .map_err(|_| format!("{} is not valid UTF-8", path.display())),
-                            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-                        };
-                        (kind, key, stamp, text)
-                    })
-                    .collect::<Vec<_>>()
-            });
+        let mut pages: BTreeSet<String> = db
+            .input_opt::<PageList>(&())?
+            .unwrap_or_default()
+            .iter()
+            .cloned()
+            .collect();
+        for (_, key) in gone.iter().filter(|(kind, _)| *kind == FileKind::Page) {
+            pages.remove(key);
         }
-        let mut fresh = Vec::new();
-        let mut errors = Vec::new();
-        while let Some(joined) = reads.join_next().await {
-            for read in joined? {
-                match read {
-                    (kind, key, stamp, Ok(text)) => fresh.push((kind, key, stamp, Arc::from(text))),
-                    (_, _, _, Err(e)) => errors.push(e),
-                }
-            }
+        for (_, key, _, _) in fresh.iter().filter(|(kind, ..)| *kind == FileKind::Page) {
+            pages.insert(key.clone());
         }
-        errors.sort();
+        self.commit(db, fresh, gone, pages.into_iter().collect(), errors)
+    }
 
-        // The files the database holds. After a warm start these include
-        // files this scanner never saw: any of them deleted since the cache
-        // was saved must be removed all the same.
-        let mut held: HashSet<(FileKind, String)> = HashSet::new();
-        for (key, _) in db.inputs::<SourceFile>()? {
-            held.insert((FileKind::Page, key));
-        }
-        for (key, _) in db.inputs::<TemplateFile>()? {
-            held.insert((FileKind::Template, key));
-        }
-        for (key, _) in db.inputs::<ConfigFile>()? {
-            held.insert((FileKind::Config, key));
-        }
-
+    /// Applies what a sync found as one batch: sets the files read, removes
+    /// the files gone, sets the page list (`pages`, sorted here) and the
+    /// stamps. One new revision, or none at all if nothing changed; no
+    /// reader ever sees half of the update.
+    fn commit(
+        &mut self,
+        db: &Database,
+        fresh: Vec<(FileKind, String, Stamp, Arc<str>)>,
+        mut gone: Vec<(FileKind, String)>,
+        mut pages: Vec<String>,
+        errors: Vec<String>,
+    ) -> Result<SyncReport> {
         // One batch for everything. Setting a value equal to the stored one
         // is a no-op in picante, so re-read but unchanged files cost nothing.
         let before = db.revision();
@@ -211,16 +269,8 @@ impl Scanner {
             };
             self.seen.insert((kind, key), stamp);
         }
-        let present: HashSet<(FileKind, &str)> = listing
-            .iter()
-            .map(|(k, key, _)| (*k, key.as_str()))
-            .collect();
-        let mut gone: Vec<&(FileKind, String)> = held
-            .iter()
-            .filter(|(kind, key)| !present.contains(&(*kind, key.as_str())))
-            .collect();
         gone.sort();
-        for (kind, key) in gone {
+        for (kind, key) in &gone {
             changed.push(format!("{} (removed)", path_of(*kind, key)));
             match kind {
                 FileKind::Page => batch.remove::<SourceFile>(key),
@@ -229,16 +279,6 @@ impl Scanner {
             };
             self.seen.remove(&(*kind, key.clone()));
         }
-        // The pages are the files that are present and were read at least
-        // once, by this scanner or before the cache was saved.
-        let mut pages: Vec<String> = listing
-            .into_iter()
-            .filter(|(kind, key, _)| {
-                let id = (*kind, key.clone());
-                *kind == FileKind::Page && (self.seen.contains_key(&id) || held.contains(&id))
-            })
-            .map(|(_, key, _)| key)
-            .collect();
         pages.sort();
         batch.set::<PageList>((), pages.into());
         let mut stamps: Vec<FileStamp> = self
@@ -294,51 +334,172 @@ pub const CONFIG: &str = "site.toml";
 /// and stamp.
 fn list_site(root: &Path) -> Result<Vec<(FileKind, String, Stamp)>> {
     let mut out = Vec::new();
-    match std::fs::metadata(root.join(CONFIG)) {
-        Ok(meta) => out.push((
-            FileKind::Config,
-            CONFIG.to_string(),
-            Stamp {
-                modified: meta.modified()?,
-                len: meta.len(),
-            },
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot read {}: {e}", root.join(CONFIG).display()).into()),
+    for kind in [FileKind::Config, FileKind::Page, FileKind::Template] {
+        list_under(root, kind, "", &mut out)?;
     }
-    for (kind, extension) in [(FileKind::Page, "md"), (FileKind::Template, "html")] {
-        let base = root.join(dir_of(kind));
-        let mut dirs = vec![base.clone()];
-        while let Some(dir) = dirs.pop() {
-            let entries = std::fs::read_dir(&dir)
-                .map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-            for entry in entries {
-                let entry = entry?;
-                let path = entry.path();
-                if entry.file_name().to_string_lossy().starts_with('.') {
-                    continue; // hidden files, editor swap files
-                }
-                let meta = entry.metadata()?;
-                if meta.is_dir() {
-                    dirs.push(path);
-                    continue;
-                }
-                if path.extension().and_then(|e| e.to_str()) != Some(extension) {
-                    continue;
-                }
-                let rel = path.strip_prefix(&base).map_err(|e| e.to_string())?;
-                let Some(rel) = rel.to_str() else {
-                    return Err(format!("{} is not a UTF-8 path", path.display()).into());
-                };
-                let stamp = Stamp {
-                    modified: meta.modified()?,
-                    len: meta.len(),
-                };
-                out.push((kind, rel.replace('\\', "/"), stamp));
+    Ok(out)
+}
+
+/// Appends to `out` every file of `kind` at or under `sub` (one key, a
+/// directory of keys, or `""` for all of them), with its key and stamp.
+/// What is missing is simply not listed: files come and go while a watcher
+/// runs.
+fn list_under(
+    root: &Path,
+    kind: FileKind,
+    sub: &str,
+    out: &mut Vec<(FileKind, String, Stamp)>,
+) -> Result<()> {
+    let (base, extension) = match kind {
+        FileKind::Config => (root.to_path_buf(), "toml"),
+        FileKind::Page => (root.join(dir_of(kind)), "md"),
+        FileKind::Template => (root.join(dir_of(kind)), "html"),
+    };
+    let start = match (kind, sub) {
+        (FileKind::Config, _) => root.join(CONFIG),
+        (_, "") => base.clone(),
+        (_, sub) => base.join(sub),
+    };
+    let not_found = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let mut dirs = Vec::new();
+    let mut push = |path: &Path, meta: &std::fs::Metadata| -> Result<()> {
+        if path.extension().and_then(|e| e.to_str()) != Some(extension) {
+            return Ok(());
+        }
+        let rel = path.strip_prefix(&base).map_err(|e| e.to_string())?;
+        let Some(rel) = rel.to_str() else {
+            return Err(format!("{} is not a UTF-8 path", path.display()).into());
+        };
+        let stamp = Stamp {
+            modified: meta.modified()?,
+            len: meta.len(),
+        };
+        out.push((kind, rel.replace('\\', "/"), stamp));
+        Ok(())
+    };
+    match std::fs::metadata(&start) {
+        Err(e) if not_found(&e) => return Ok(()),
+        Err(e) => return Err(format!("cannot read {}: {e}", start.display()).into()),
+        Ok(meta) if meta.is_dir() && kind != FileKind::Config => dirs.push(start),
+        Ok(meta) if meta.is_file() => return push(&start, &meta),
+        Ok(_) => return Ok(()),
+    }
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if not_found(&e) => continue,
+            entries => entries.map_err(|e| format!("cannot list {}: {e}", dir.display()))?,
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue; // hidden files, editor swap files
+            }
+            let meta = match entry.metadata() {
+                Err(e) if not_found(&e) => continue,
+                meta => meta?,
+            };
+            if meta.is_dir() {
+                dirs.push(path);
+            } else {
+                push(&path, &meta)?;
             }
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// What a path relative to the site root stands for among the inputs:
+/// `(kind, key)` for one file, `(kind, directory)` for the keys under a
+/// directory, `(kind, "")` for all of a kind; `None` for the rest (`static/`,
+/// the cache, hidden files such as editors' swap files).
+fn scope_of(rel: &Path) -> Option<(FileKind, String)> {
+    let rel = rel.to_str()?.replace('\\', "/");
+    if rel == CONFIG {
+        return Some((FileKind::Config, CONFIG.to_string()));
+    }
+    for kind in [FileKind::Page, FileKind::Template] {
+        let Some(rest) = rel.strip_prefix(dir_of(kind)) else {
+            continue;
+        };
+        let key = match rest.strip_prefix('/') {
+            Some(key) => key,
+            None if rest.is_empty() => "",
+            None => continue, // `contents/`, not `content/`
+        };
+        if key.split('/').any(|part| part.starts_with('.')) {
+            return None;
+        }
+        return Some((kind, key.to_string()));
+    }
+    None
+}
+
+/// Whether the scope `sub` (from [`scope_of`]) covers the key `key`.
+fn covers(sub: &str, key: &str) -> bool {
+    sub.is_empty()
+        || key == sub
+        || key
+            .strip_prefix(sub)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Reads `files` on the blocking pool: a few tasks, each reading its share
+/// of the files in turn (one task per file would pay a hop to the pool per
+/// file, and waiting for a CPU on each hop is slow on a busy machine).
+/// Returns the texts, and (sorted) why the others could not be read.
+async fn read_files(
+    root: &Path,
+    files: Vec<(FileKind, String, Stamp)>,
+) -> Result<(Vec<(FileKind, String, Stamp, Arc<str>)>, Vec<String>)> {
+    const READERS: usize = 4;
+    let mut reads = JoinSet::new();
+    for chunk in files.chunks(files.len().div_ceil(READERS).max(1)) {
+        let chunk: Vec<_> = chunk
+            .iter()
+            .map(|(kind, key, stamp)| (*kind, key.clone(), *stamp, root.join(path_of(*kind, key))))
+            .collect();
+        reads.spawn_blocking(move || {
+            chunk
+                .into_iter()
+                .map(|(kind, key, stamp, path)| {
+                    let text = match std::fs::read(&path) {
+                        Ok(bytes) => String::from_utf8(bytes)
+                            .map_err(|_| format!("{} is not valid UTF-8", path.display())),
+                        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+                    };
+                    (kind, key, stamp, text)
+                })
+                .collect::<Vec<_>>()
+        });
+    }
+    let mut fresh = Vec::new();
+    let mut errors = Vec::new();
+    while let Some(joined) = reads.join_next().await {
+        for read in joined? {
+            match read {
+                (kind, key, stamp, Ok(text)) => fresh.push((kind, key, stamp, Arc::from(text))),
+                (_, _, _, Err(e)) => errors.push(e),
+            }
+        }
+    }
+    errors.sort();
+    Ok((fresh, errors))
+}
+
+/// Every file the database holds, as `(kind, key)`.
+fn held_files(db: &Database) -> Result<HashSet<(FileKind, String)>> {
+    let mut held = HashSet::new();
+    for (key, _) in db.inputs::<SourceFile>()? {
+        held.insert((FileKind::Page, key));
+    }
+    for (key, _) in db.inputs::<TemplateFile>()? {
+        held.insert((FileKind::Template, key));
+    }
+    for (key, _) in db.inputs::<ConfigFile>()? {
+        held.insert((FileKind::Config, key));
+    }
+    Ok(held)
 }
 
 // ---------------------------------------------------------------------------
@@ -405,6 +566,16 @@ impl Output {
         };
         let to = self.dir.clone();
         tokio::task::spawn_blocking(move || copy_static(&from, &to)).await?
+    }
+
+    /// The output directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The store the output links its pages from.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// After a warm start: the pages of the loaded cache were written by an
@@ -903,6 +1074,71 @@ impl Delta {
                 "    {:<17} {:>8} {:>8} {:>12} {:>6}",
                 q.name, q.executions, q.cutoffs, q.revalidations, q.hits
             );
+        }
+    }
+}
+
+/// Saves or appends to the cache. A cache that cannot be written is not
+/// worth failing a build for: say so and go on without it.
+pub async fn update_cache(db: &Database, cache: &mut Option<Cache>) {
+    let Some(c) = cache else { return };
+    match c.update(db).await {
+        Ok(line) => println!("  {line}"),
+        Err(e) => {
+            eprintln!("  warning: cannot write the cache, going on without it: {e}");
+            *cache = None;
+        }
+    }
+}
+
+/// One line per step: what changed, what was written, how long the scan
+/// (listing and reading files), the queries and the output step took.
+pub fn print_summary(changed: &[String], build: &BuildReport, scan: Duration) {
+    let new = changed.iter().filter(|c| c.ends_with(" (new)")).count();
+    let changed = match (changed.len(), new) {
+        (0, _) => String::new(),
+        (1, _) => format!("changed: {} · ", changed[0]),
+        (n, new) if n == new => format!("{n} new files · "),
+        (n, _) => format!("{n} files changed · "),
+    };
+    let deleted = match build.deleted.len() {
+        0 => String::new(),
+        n => format!(", {n} deleted"),
+    };
+    let written = match build.written.len() {
+        1 => "1 file".to_string(),
+        n => format!("{n} files"),
+    };
+    let deleted = match build.copied.len() {
+        0 => deleted,
+        n => format!("{deleted}, {n} static copied"),
+    };
+    println!(
+        "  {changed}{} pages · {written} written{deleted} · scan {}, queries {}, output {}",
+        build.pages,
+        millis(scan),
+        millis(build.queries),
+        millis(build.output),
+    );
+}
+
+/// Prints failed pages, one line per distinct error (a broken partial fails
+/// every page that includes it with the same memoized error).
+pub fn print_failures(build: &BuildReport) {
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for (page, e) in &build.failed {
+        let message = e.to_string();
+        match groups.iter_mut().find(|(m, _)| *m == message) {
+            Some((_, pages)) => pages.push(page),
+            None => groups.push((message, vec![page])),
+        }
+    }
+    for (message, pages) in groups {
+        match pages.as_slice() {
+            [page] if message.contains(page) => eprintln!("  error: {message}"),
+            [page] => eprintln!("  error: {page}: {message}"),
+            [first, ..] => eprintln!("  error in {} pages ({first}, …): {message}", pages.len()),
+            [] => {}
         }
     }
 }

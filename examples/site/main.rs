@@ -4,19 +4,24 @@
 //! cargo run --release --example site                 # the story, on the built-in sample site
 //! cargo run --release --example site -- --pages 3000 # the same story on a 3 000-page copy
 //! cargo run --release --example site -- --watch      # build the sample, then rebuild on change
-//! cargo run --release --example site -- PATH [--out DIR] [--watch] [--cache DIR | --no-cache]
+//! cargo run --release --example site -- --serve      # ...and serve it, reloading changed pages
+//! cargo run --release --example site -- PATH [--out DIR] [--watch | --serve [--port N]] [--cache DIR | --no-cache]
 //! ```
 //!
 //! Read it in this order: `queries.rs` (the incremental pipeline, one picante
 //! query per step), `driver.rs` (scan → inputs, build on a snapshot, write,
 //! the on-disk cache), then the story below. `store.rs` is the
 //! content-addressed store that keeps rendered pages out of the cache;
-//! `markup.rs` holds the plain, non-incremental helpers.
+//! `markup.rs` holds the plain, non-incremental helpers. `watch.rs` rebuilds
+//! on change (`--watch`), and `serve.rs` is the dev server (`--serve`),
+//! which reloads a browser's page when `db.watch` says its HTML changed.
 
 mod driver;
 mod markup;
 mod queries;
+mod serve;
 mod store;
+mod watch;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -25,11 +30,15 @@ use std::time::{Duration, Instant};
 
 use picante::Database;
 
-use driver::{BuildReport, Cache, Delta, Output, Result, Scanner, millis};
+use driver::{
+    BuildReport, Cache, Delta, Output, Result, Scanner, millis, print_failures, print_summary,
+    update_cache,
+};
 use queries::{PageList, ParsePage, RenderPage, TemplateFile};
 
 const USAGE: &str = "\
-usage: site [PATH] [--out DIR] [--watch] [--cache DIR | --no-cache] [--pages N]
+usage: site [PATH] [--out DIR] [--watch | --serve [--port N]] [--cache DIR | --no-cache]
+            [--pages N]
 
 Without PATH, tells the story of incremental rebuilds on the built-in sample
 site (a copy in target/site-src, built into target/site-out).
@@ -54,7 +63,12 @@ PATH is a site directory laid out like examples/site/sample:
 Pages go to --out DIR (default PATH/../_site) as content/a/b.md -> DIR/a/b.html.
 
   --out DIR     where to write the HTML (default: PATH/../_site)
-  --watch       after the first build, poll for changes and rebuild
+  --watch       after the first build, rebuild on every change (the file
+                system's events, debounced; Ctrl-C to stop)
+  --serve       --watch, and serve the output on http://127.0.0.1:PORT/;
+                each open page reloads when its HTML changed (and only
+                then), pages that fail show their error
+  --port N      the port for --serve (default 8000; 0 picks a free one)
   --cache DIR   the cache that lets the next run start warm: DIR/cache.bin
                 (page hashes, not pages; changes appended to cache.bin.log)
                 and DIR/store/ (the rendered pages, named by their hash,
@@ -75,6 +89,9 @@ struct Args {
     site: Option<PathBuf>,
     out: Option<PathBuf>,
     watch: bool,
+    /// `--serve`, and its port.
+    serve: Option<u16>,
+    port: Option<u16>,
     cache: CacheArg,
     pages: usize,
 }
@@ -84,6 +101,8 @@ fn parse_args() -> Result<Option<Args>> {
         site: None,
         out: None,
         watch: false,
+        serve: None,
+        port: None,
         cache: CacheArg::Default,
         pages: SAMPLE_PAGES,
     };
@@ -92,6 +111,14 @@ fn parse_args() -> Result<Option<Args>> {
         match arg.as_str() {
             "-h" | "--help" => return Ok(None),
             "--watch" => args.watch = true,
+            "--serve" => args.serve = Some(DEFAULT_PORT),
+            "--port" => {
+                let n = it.next().ok_or("--port needs a number")?;
+                let port = n
+                    .parse()
+                    .map_err(|_| format!("--port: {n:?} is not a port number (0 to 65535)"))?;
+                args.port = Some(port);
+            }
             "--out" => args.out = Some(it.next().ok_or("--out needs a directory")?.into()),
             "--cache" => {
                 args.cache = CacheArg::Dir(it.next().ok_or("--cache needs a directory")?.into());
@@ -113,7 +140,23 @@ fn parse_args() -> Result<Option<Args>> {
             extra => return Err(format!("unexpected argument {extra:?}\n\n{USAGE}").into()),
         }
     }
+    match (args.port, &mut args.serve) {
+        (Some(port), Some(serve)) => *serve = port,
+        (Some(_), None) => return Err("--port goes with --serve".into()),
+        (None, _) => {}
+    }
     Ok(Some(args))
+}
+
+/// The port `--serve` listens on without `--port`.
+const DEFAULT_PORT: u16 = 8000;
+
+/// What to do after the first build.
+#[derive(Clone, Copy)]
+enum Then {
+    Exit,
+    Watch,
+    Serve(u16),
 }
 
 #[tokio::main]
@@ -132,6 +175,14 @@ async fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn then(args: &Args) -> Then {
+    match (args.serve, args.watch) {
+        (Some(port), _) => Then::Serve(port),
+        (None, true) => Then::Watch,
+        (None, false) => Then::Exit,
     }
 }
 
@@ -156,7 +207,7 @@ async fn run(args: Args) -> Result<()> {
             // Beside the sources, not in the output: deploying the output
             // must not publish the cache.
             let cache = cache_at(site.join(".picante"));
-            build_site(&site, out, cache, args.watch).await
+            build_site(&site, out, cache, then(&args)).await
         }
         None => {
             let (src, out) = prepare_sample(args.pages)?;
@@ -166,13 +217,13 @@ async fn run(args: Args) -> Result<()> {
                 SAMPLE_PAGES => "site-cache".to_string(),
                 n => format!("site-cache-{n}"),
             }));
-            if args.watch {
+            if args.watch || args.serve.is_some() {
                 println!(
                     "Building a copy of the sample site, {} → {}",
                     src.display(),
                     out.display()
                 );
-                build_site(&src, out, cache, true).await
+                build_site(&src, out, cache, then(&args)).await
             } else {
                 story(&src, &out, cache).await
             }
@@ -448,7 +499,7 @@ async fn story(src: &Path, out: &Path, cache: Option<PathBuf>) -> Result<()> {
     println!();
     println!("Every count above was checked by the example itself.");
     println!(
-        "Open {} in a browser; try `-- --watch` and edit files under {}.",
+        "Open {} in a browser, or try `-- --serve` and edit files under {}.",
         out.join("index.html").display(),
         src.display()
     );
@@ -553,11 +604,11 @@ async fn append(db: &Database, cache: &mut Cache, s: &Step) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// A site of your own (or the sample with --watch): load the cache, build,
-// save; then, with --watch, rebuild on change.
+// A site of your own (or the sample with --watch or --serve): load the
+// cache, build, save; then, with --watch or --serve, rebuild on change.
 // ---------------------------------------------------------------------------
 
-async fn build_site(src: &Path, out: PathBuf, cache: Option<PathBuf>, watch: bool) -> Result<()> {
+async fn build_site(src: &Path, out: PathBuf, cache: Option<PathBuf>, then: Then) -> Result<()> {
     // Without a cache, the rendered pages still go through a store: a scratch
     // one, deleted at the end (the output keeps its links to the pages).
     let scratch = match &cache {
@@ -577,6 +628,12 @@ async fn build_site(src: &Path, out: PathBuf, cache: Option<PathBuf>, watch: boo
         None => println!("cold start: --no-cache"),
     }
     let mut scanner = Scanner::new(src)?;
+    // Watch from before the first build, so that no edit made during it is
+    // missed.
+    let watcher = match then {
+        Then::Exit => None,
+        Then::Watch | Then::Serve(_) => Some(watch::SourceWatcher::new(src)?),
+    };
     let mut output = Output::new(out, store.clone()).with_static(src.join("static"));
     output.resume(&db)?;
     let before = db.stats();
@@ -599,152 +656,42 @@ async fn build_site(src: &Path, out: PathBuf, cache: Option<PathBuf>, watch: boo
         println!("  cache: up to date");
     }
     let failed = build.failed.len() + sync.errors.len();
-    if watch {
-        watch_site(&db, &mut scanner, &mut output, &mut cache).await
-    } else if failed > 0 {
-        Err(format!("{failed} page(s) failed").into())
-    } else {
-        Ok(())
-    }
-}
-
-/// Saves or appends to the cache. A cache that cannot be written is not
-/// worth failing a build for: say so and go on without it.
-async fn update_cache(db: &Database, cache: &mut Option<Cache>) {
-    let Some(c) = cache else { return };
-    match c.update(db).await {
-        Ok(line) => println!("  {line}"),
-        Err(e) => {
-            eprintln!("  warning: cannot write the cache, going on without it: {e}");
-            *cache = None;
-        }
-    }
-}
-
-/// One line per step: what changed, what was written, how long the scan
-/// (listing and reading files), the queries and the output step took.
-fn print_summary(changed: &[String], build: &BuildReport, scan: Duration) {
-    let new = changed.iter().filter(|c| c.ends_with(" (new)")).count();
-    let changed = match (changed.len(), new) {
-        (0, _) => String::new(),
-        (1, _) => format!("changed: {} · ", changed[0]),
-        (n, new) if n == new => format!("{n} new files · "),
-        (n, _) => format!("{n} files changed · "),
+    let mut site = watch::Site {
+        db,
+        scanner,
+        output,
+        cache,
     };
-    let deleted = match build.deleted.len() {
-        0 => String::new(),
-        n => format!(", {n} deleted"),
+    let ctrl_c = async {
+        // If Ctrl-C cannot be caught, run until killed.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     };
-    let written = match build.written.len() {
-        1 => "1 file".to_string(),
-        n => format!("{n} files"),
-    };
-    let deleted = match build.copied.len() {
-        0 => deleted,
-        n => format!("{deleted}, {n} static copied"),
-    };
-    println!(
-        "  {changed}{} pages · {written} written{deleted} · scan {}, queries {}, output {}",
-        build.pages,
-        millis(scan),
-        millis(build.queries),
-        millis(build.output),
-    );
-}
-
-/// Prints failed pages, one line per distinct error (a broken partial fails
-/// every page that includes it with the same memoized error).
-fn print_failures(build: &BuildReport) {
-    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
-    for (page, e) in &build.failed {
-        let message = e.to_string();
-        match groups.iter_mut().find(|(m, _)| *m == message) {
-            Some((_, pages)) => pages.push(page),
-            None => groups.push((message, vec![page])),
+    match (then, watcher) {
+        (Then::Serve(port), Some(watcher)) => {
+            let server = serve::Server::bind(site, watcher, port).await?;
+            println!();
+            println!(
+                "Serving {} on http://{}/ ; rebuilding on change (Ctrl-C to stop)",
+                server.root().display(),
+                server.addr()
+            );
+            server.run(ctrl_c).await
         }
+        (Then::Watch, Some(watcher)) => {
+            println!();
+            println!(
+                "Watching {} (Ctrl-C to stop)",
+                site.scanner.root().display()
+            );
+            watch::run(&mut site, watcher, ctrl_c, |_, _| {}).await;
+            println!();
+            site.close().await
+        }
+        _ if failed > 0 => Err(format!("{failed} page(s) failed").into()),
+        _ => Ok(()),
     }
-    for (message, pages) in groups {
-        match pages.as_slice() {
-            [page] if message.contains(page) => eprintln!("  error: {message}"),
-            [page] => eprintln!("  error: {page}: {message}"),
-            [first, ..] => eprintln!("  error in {} pages ({first}, …): {message}", pages.len()),
-            [] => {}
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// --watch: poll, apply changes as one batch, rebuild, append to the cache.
-// ---------------------------------------------------------------------------
-
-async fn watch_site(
-    db: &Database,
-    scanner: &mut Scanner,
-    output: &mut Output,
-    cache: &mut Option<Cache>,
-) -> Result<()> {
-    println!();
-    println!(
-        "Watching {} (polling every 300 ms; Ctrl-C to stop)",
-        scanner.root().display()
-    );
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut last_errors = Vec::new();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
-            _ = &mut ctrl_c => break,
-        }
-        let before = db.stats();
-        let start = Instant::now();
-        let sync = scanner.sync(db).await?;
-        // An unreadable file is retried on every poll: report it once.
-        if sync.errors != last_errors {
-            for e in &sync.errors {
-                eprintln!("  error: {e}");
-            }
-            last_errors = sync.errors.clone();
-        }
-        if !sync.new_revision {
-            // No page changed; a stylesheet may have.
-            match output.sync_static().await {
-                Ok(copied) => {
-                    for file in copied {
-                        println!("\n  copied {file}");
-                    }
-                }
-                Err(e) => eprintln!("  error: {e}"),
-            }
-            continue;
-        }
-        let scanned = Instant::now();
-        let build = driver::build(db, output, false).await?;
-        let scan = scanned - start;
-        println!();
-        for file in &sync.changed {
-            println!("  changed: {file}");
-        }
-        Delta::between(&before, &db.stats()).print();
-        print_summary(&[], &build, scan);
-        for url in build.written.iter().take(10) {
-            println!("    wrote {url}");
-        }
-        if build.written.len() > 10 {
-            println!("    … and {} more", build.written.len() - 10);
-        }
-        print_failures(&build);
-        update_cache(db, cache).await;
-    }
-    // Leave a compact cache behind: the log folded into a new base.
-    if let Some(c) = cache
-        && c.log().1 > 0
-    {
-        let (_, line) = c.save(db).await?;
-        println!();
-        println!("  {line}");
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
