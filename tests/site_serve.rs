@@ -68,11 +68,10 @@ async fn serve_reloads_exactly_the_pages_whose_html_changed() {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/site/sample"),
         &src,
     );
+    let listener = serve::listen(0).await.expect("listening on a free port");
     let site = step("the first build", open_site(&src, &tmp.0)).await;
     let watcher = watch::SourceWatcher::new(&src).expect("watching the site");
-    let server = serve::Server::bind(site, watcher, 0)
-        .await
-        .expect("listening on a free port");
+    let server = serve::Server::new(site, watcher, listener).expect("a server");
     let addr = server.addr();
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
     let mut builds = server.builds();

@@ -89,8 +89,8 @@ struct Args {
     site: Option<PathBuf>,
     out: Option<PathBuf>,
     watch: bool,
-    /// `--serve`, and its port.
-    serve: Option<u16>,
+    serve: bool,
+    /// `--port`, for `--serve`.
     port: Option<u16>,
     cache: CacheArg,
     pages: usize,
@@ -101,7 +101,7 @@ fn parse_args() -> Result<Option<Args>> {
         site: None,
         out: None,
         watch: false,
-        serve: None,
+        serve: false,
         port: None,
         cache: CacheArg::Default,
         pages: SAMPLE_PAGES,
@@ -111,7 +111,7 @@ fn parse_args() -> Result<Option<Args>> {
         match arg.as_str() {
             "-h" | "--help" => return Ok(None),
             "--watch" => args.watch = true,
-            "--serve" => args.serve = Some(DEFAULT_PORT),
+            "--serve" => args.serve = true,
             "--port" => {
                 let n = it.next().ok_or("--port needs a number")?;
                 let port = n
@@ -140,10 +140,8 @@ fn parse_args() -> Result<Option<Args>> {
             extra => return Err(format!("unexpected argument {extra:?}\n\n{USAGE}").into()),
         }
     }
-    match (args.port, &mut args.serve) {
-        (Some(port), Some(serve)) => *serve = port,
-        (Some(_), None) => return Err("--port goes with --serve".into()),
-        (None, _) => {}
+    if args.port.is_some() && !args.serve {
+        return Err("--port goes with --serve".into());
     }
     Ok(Some(args))
 }
@@ -180,9 +178,9 @@ async fn main() -> ExitCode {
 
 fn then(args: &Args) -> Then {
     match (args.serve, args.watch) {
-        (Some(port), _) => Then::Serve(port),
-        (None, true) => Then::Watch,
-        (None, false) => Then::Exit,
+        (true, _) => Then::Serve(args.port.unwrap_or(DEFAULT_PORT)),
+        (false, true) => Then::Watch,
+        (false, false) => Then::Exit,
     }
 }
 
@@ -217,7 +215,7 @@ async fn run(args: Args) -> Result<()> {
                 SAMPLE_PAGES => "site-cache".to_string(),
                 n => format!("site-cache-{n}"),
             }));
-            if args.watch || args.serve.is_some() {
+            if args.watch || args.serve {
                 println!(
                     "Building a copy of the sample site, {} → {}",
                     src.display(),
@@ -628,8 +626,12 @@ async fn build_site(src: &Path, out: PathBuf, cache: Option<PathBuf>, then: Then
         None => println!("cold start: --no-cache"),
     }
     let mut scanner = Scanner::new(src)?;
-    // Watch from before the first build, so that no edit made during it is
-    // missed.
+    // Listen and watch from before the first build: a port in use is said at
+    // once, and no edit made during the build is missed.
+    let listener = match then {
+        Then::Serve(port) => Some(serve::listen(port).await?),
+        Then::Exit | Then::Watch => None,
+    };
     let watcher = match then {
         Then::Exit => None,
         Then::Watch | Then::Serve(_) => Some(watch::SourceWatcher::new(src)?),
@@ -668,9 +670,9 @@ async fn build_site(src: &Path, out: PathBuf, cache: Option<PathBuf>, then: Then
             std::future::pending::<()>().await;
         }
     };
-    match (then, watcher) {
-        (Then::Serve(port), Some(watcher)) => {
-            let server = serve::Server::bind(site, watcher, port).await?;
+    match (watcher, listener) {
+        (Some(watcher), Some(listener)) => {
+            let server = serve::Server::new(site, watcher, listener)?;
             println!();
             println!(
                 "Serving {} on http://{}/ ; rebuilding on change (Ctrl-C to stop)",
@@ -679,7 +681,7 @@ async fn build_site(src: &Path, out: PathBuf, cache: Option<PathBuf>, then: Then
             );
             server.run(ctrl_c).await
         }
-        (Then::Watch, Some(watcher)) => {
+        (Some(watcher), None) => {
             println!();
             println!(
                 "Watching {} (Ctrl-C to stop)",

@@ -86,20 +86,28 @@ pub struct Server {
     statics: watch::Sender<u64>,
 }
 
+/// Listens on `127.0.0.1:port` (`0`: a free port). Call it before the
+/// first build, so that a port in use is said at once.
+pub async fn listen(port: u16) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .await
+        .map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => " (--port 0 picks a free port)",
+                _ => "",
+            };
+            format!("cannot listen on 127.0.0.1:{port}: {e}{hint}").into()
+        })
+}
+
 impl Server {
-    /// Listens on `127.0.0.1:port` (`0`: a free port, see
-    /// [`Server::addr`]) for `site`, which must be built; `watcher` watches
-    /// its directory.
-    pub async fn bind(site: Site, watcher: SourceWatcher, port: u16) -> Result<Server> {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-            .await
-            .map_err(|e| {
-                let hint = match e.kind() {
-                    std::io::ErrorKind::AddrInUse => " (--port 0 picks a free port)",
-                    _ => "",
-                };
-                format!("cannot listen on 127.0.0.1:{port}: {e}{hint}")
-            })?;
+    /// The server of `site`, which must be built, on `listener` (from
+    /// [`listen`]); `watcher` watches the site's directory.
+    pub fn new(
+        site: Site,
+        watcher: SourceWatcher,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Server> {
         let addr = listener.local_addr()?;
         let built = Built {
             revision: site.db.revision(),
