@@ -7,12 +7,13 @@
 //! and removed files included, in one batch (one revision); then the site is
 //! rebuilt and the step's story printed: what re-ran, what was reused, why.
 //!
-//! Files are read here, by the driver, and set as inputs: the queries only
-//! ever read those inputs through their `QueryCx`, so every file a page
-//! depends on is a recorded dependency and an edit re-runs exactly what read
-//! it. (A query that read the file system itself would be invisible to
-//! picante, and would need to report an untracked read to be re-run at all;
-//! this example never needs that.)
+//! Files are read the tracked way: here, by the driver, and set as inputs.
+//! The queries only ever read those inputs through their `QueryCx`, so every
+//! file a page depends on is a recorded dependency and an edit re-runs
+//! exactly what read it, and nothing else. A query that read the file system
+//! itself (`tokio::fs` in `execute`) would be invisible to picante: its memo
+//! would be served stale, unless it called `cx.report_untracked_read()`,
+//! which makes it re-run at every revision. This example never needs that.
 
 use std::collections::BTreeSet;
 use std::future::Future;
