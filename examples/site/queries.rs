@@ -536,5 +536,10 @@ pub fn database(store: &Store) -> picante::Result<Database> {
             },
             "site.site-index.v3",
         )
+        // A dev server runs for hours while pages come and go: every rebuild
+        // reads every page, so what 50 rebuilds did not read is the memos of
+        // deleted pages and the tombstones of their files. Collect them
+        // (they would otherwise stay in memory and in the cache).
+        .collect_garbage(picante::Collect::unused_for(50))
         .build()
 }
