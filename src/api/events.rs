@@ -101,8 +101,50 @@ pub enum Event {
 /// The subscription does not keep the database alive; once every handle of
 /// the database is dropped, it ends (`recv` returns `None`).
 pub struct Events {
-    inner: Option<Receiving>,
-    pending: Option<BoxFuture<(Option<Event>, Receiving)>>,
+    relay: Relay<Receiving, Event>,
+}
+
+/// A stream driven by an async step that takes its state by value and gives
+/// it back with the item (`None` ends the stream): the state moves into a
+/// boxed future while a step is pending, so the stream itself is `Unpin`.
+struct Relay<S, T> {
+    state: Option<S>,
+    pending: Option<BoxFuture<(Option<T>, S)>>,
+}
+
+impl<S: Send + 'static, T> Relay<S, T> {
+    fn new(state: S) -> Self {
+        Relay {
+            state: Some(state),
+            pending: None,
+        }
+    }
+
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        step: fn(S) -> BoxFuture<(Option<T>, S)>,
+    ) -> Poll<Option<T>> {
+        if self.pending.is_none() {
+            let Some(state) = self.state.take() else {
+                return Poll::Ready(None);
+            };
+            self.pending = Some(step(state));
+        }
+        let Some(pending) = self.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match pending.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready((item, state)) => {
+                self.pending = None;
+                if item.is_some() {
+                    self.state = Some(state);
+                }
+                Poll::Ready(item)
+            }
+        }
+    }
 }
 
 struct Receiving {
@@ -194,12 +236,11 @@ impl Events {
             shared.events().count_execution_listener(Listening::Started);
         }
         Events {
-            inner: Some(Receiving {
+            relay: Relay::new(Receiving {
                 rx: shared.events().subscribe(),
                 shared: Arc::downgrade(shared),
                 filter,
             }),
-            pending: None,
         }
     }
 
@@ -213,26 +254,7 @@ impl Stream for Events {
     type Item = Event;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        let this = &mut *self;
-        if this.pending.is_none() {
-            let Some(inner) = this.inner.take() else {
-                return Poll::Ready(None);
-            };
-            this.pending = Some(Box::pin(inner.next()));
-        }
-        let Some(pending) = this.pending.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match pending.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready((event, inner)) => {
-                this.pending = None;
-                if event.is_some() {
-                    this.inner = Some(inner);
-                }
-                Poll::Ready(event)
-            }
-        }
+        self.relay.poll_step(cx, |state| Box::pin(state.next()))
     }
 }
 
@@ -255,12 +277,12 @@ impl fmt::Debug for Events {
 /// - Errors are items too (`Err`): a query that fails, then succeeds again,
 ///   yields both.
 pub struct Watch<Q: AsyncQuery> {
-    inner: Option<Watching<Q>>,
-    pending: Option<BoxFuture<Step<Q>>>,
+    relay: Relay<Watching<Q>, Result<Q::Value>>,
 }
 
-/// One item of a watch, and the state to continue from.
-type Step<Q> = (Result<<Q as AsyncQuery>::Value>, Watching<Q>);
+/// One item of a watch (always `Some`: a watch never ends), and the state
+/// to continue from.
+type Step<Q> = (Option<Result<<Q as AsyncQuery>::Value>>, Watching<Q>);
 
 // Never pin-projected: the state moves in and out of the boxed future.
 impl<Q: AsyncQuery> Unpin for Watch<Q> {}
@@ -294,7 +316,7 @@ impl<Q: AsyncQuery> Watching<Q> {
                 continue;
             }
             self.last = Some(result.clone());
-            return (result, self);
+            return (Some(result), self);
         }
     }
 }
@@ -302,13 +324,12 @@ impl<Q: AsyncQuery> Watching<Q> {
 impl<Q: AsyncQuery> Watch<Q> {
     pub(crate) fn new(view: View, key: Q::Key) -> Watch<Q> {
         Watch {
-            inner: Some(Watching {
+            relay: Relay::new(Watching {
                 revisions: view.core().subscribe_revisions(),
                 view,
                 key,
                 last: None,
             }),
-            pending: None,
         }
     }
 
@@ -326,24 +347,7 @@ impl<Q: AsyncQuery> Stream for Watch<Q> {
     type Item = Result<Q::Value>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if this.pending.is_none() {
-            let Some(inner) = this.inner.take() else {
-                return Poll::Ready(None);
-            };
-            this.pending = Some(Box::pin(inner.next()));
-        }
-        let Some(pending) = this.pending.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match pending.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready((item, inner)) => {
-                this.pending = None;
-                this.inner = Some(inner);
-                Poll::Ready(Some(item))
-            }
-        }
+        self.relay.poll_step(cx, |state| Box::pin(state.next()))
     }
 }
 
