@@ -210,17 +210,18 @@ impl DatabaseBuilder {
         self
     }
 
-    /// Registers `ingredient` for the kind `K`, persisted through its
-    /// `PersistKind` side.
-    pub(crate) fn push_persistent<K: ?Sized + 'static, T: Ingredient + PersistKind>(
+    /// Registers `ingredient` for the kind `K`, persisted through `persist`
+    /// (the kind's persisted side: its codec over the ingredient).
+    pub(crate) fn push_persistent<K: ?Sized + 'static>(
         mut self,
-        ingredient: Arc<T>,
+        ingredient: Arc<dyn Ingredient>,
+        persist: Arc<dyn PersistKind>,
     ) -> Self {
         self.entries.push(Entry {
             type_id: TypeId::of::<K>(),
             type_name: std::any::type_name::<K>(),
-            ingredient: ingredient.clone(),
-            persist: Some(ingredient),
+            ingredient,
+            persist: Some(persist),
         });
         self
     }

@@ -35,13 +35,6 @@ pub(crate) struct CodecInfo {
     pub description: String,
 }
 
-/// The identity of a kind that has no codec (never written).
-pub(crate) static NO_CODEC: CodecInfo = CodecInfo {
-    name: String::new(),
-    fingerprint: 0,
-    description: String::new(),
-};
-
 impl<K: Clone, V> Codec<K, V> {
     /// Encodes the keys with these ids, as one blob.
     pub(crate) fn encode_key_ids(

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::engine::view::ViewCore;
-pub(crate) use codec::{Codec, CodecInfo, KIND_INPUT, KIND_INTERNED, KIND_QUERY, NO_CODEC};
+pub(crate) use codec::{Codec, CodecInfo, KIND_INPUT, KIND_INTERNED, KIND_QUERY};
 
 /// Runs blocking cache I/O off the runtime's worker threads
 /// (`spawn_blocking`); inline when called outside a tokio runtime. The work
@@ -202,8 +202,10 @@ pub struct AppendReport {
     pub full_save: bool,
 }
 
-/// How a typed ingredient reads and writes its persisted form. Implemented by
-/// the typed layers when the kind was registered as persistent.
+/// How a persistent kind reads and writes its persisted form: implemented
+/// by the typed layers' persisted sides (`PersistentInput`,
+/// `PersistentQuery`, `PersistentInterned`: a kind's ingredient and its
+/// codec), which exist only for kinds registered as persistent.
 pub(crate) trait PersistKind: Send + Sync {
     /// Name, fingerprint and description of the kind's codec.
     fn info(&self) -> &CodecInfo;
@@ -276,43 +278,6 @@ pub(crate) trait Stage: Send {
     fn input_table(&mut self, key_ids: &[KeyId]) -> Result<Table>;
     /// Queries: the table of `memos`, values decoded lazily on first read.
     fn memo_table(&mut self, memos: Vec<LoadedMemo>) -> Result<Table>;
-}
-
-/// The stage of a kind without a codec (never used: such kinds are not
-/// persistent); every operation fails.
-pub(crate) struct NoStage;
-
-impl Stage for NoStage {
-    fn add_keys(&mut self, _: usize, _: &[u8]) -> Result<()> {
-        Err(Error::internal("not a persistent kind"))
-    }
-    fn key_count(&self) -> usize {
-        0
-    }
-    fn set_inputs(&mut self, _: &[(usize, Revision, bool)], _: &[u8]) -> Result<()> {
-        Err(Error::internal("not a persistent kind"))
-    }
-    fn add_interned(&mut self, _: u32, _: &[u8]) -> Result<()> {
-        Err(Error::internal("not a persistent kind"))
-    }
-    fn interned_count(&self) -> usize {
-        0
-    }
-    fn input_count(&self) -> usize {
-        0
-    }
-    fn install_keys(&mut self) -> Result<Vec<KeyId>> {
-        Ok(Vec::new())
-    }
-    fn install_interned(&mut self) -> Result<()> {
-        Ok(())
-    }
-    fn input_table(&mut self, _: &[KeyId]) -> Result<Table> {
-        Err(Error::internal("not a persistent kind"))
-    }
-    fn memo_table(&mut self, _: Vec<LoadedMemo>) -> Result<Table> {
-        Err(Error::internal("not a persistent kind"))
-    }
 }
 
 /// What persistence keeps per database, attached to the engine's shared

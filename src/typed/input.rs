@@ -13,7 +13,7 @@ use crate::engine::ingredient::{Footprint, Ingredient, IngredientKind, Registry}
 use crate::engine::storage::{InputSlot, InputTable, KeyId, State, Table, new_map};
 use crate::error::{Error, Result};
 use crate::persist::{
-    Codec, CodecInfo, InputsBlob, KIND_INPUT, NO_CODEC, PersistKind, Stage, stage::KeyedStage,
+    Codec, CodecInfo, InputsBlob, KIND_INPUT, PersistKind, Stage, stage::KeyedStage,
 };
 use crate::revision::{Durability, Revision};
 use crate::typed::keys::{KeyTable, MAP_OVERHEAD, key_bytes};
@@ -26,11 +26,20 @@ pub(crate) struct InputIngredient<I: Input> {
     name: String,
     keys: KeyTable<I::Key>,
     counters: Counters,
-    /// Present when registered as persistent.
-    codec: Option<Codec<I::Key, I::Value>>,
+    /// Registered as persistent (its changes are journaled for appends).
+    journaled: bool,
 }
 
 impl<I: Input> InputIngredient<I> {
+    fn new(journaled: bool) -> Self {
+        InputIngredient {
+            name: short_type_name::<I>(),
+            keys: KeyTable::new(),
+            counters: Counters::default(),
+            journaled,
+        }
+    }
+
     /// I's index and typed ingredient in `registry`.
     #[inline]
     pub(crate) fn lookup_in(registry: &Registry) -> Result<(u32, &Self)> {
@@ -102,7 +111,7 @@ impl<I: Input> Ingredient for InputIngredient<I> {
     }
 
     fn journaled(&self) -> bool {
-        self.codec.is_some()
+        self.journaled
     }
 
     fn sweep(&self, table: &Table, before: Revision) -> Option<(Table, usize)> {
@@ -227,21 +236,20 @@ impl<I: Input> PendingWrites for InputWrites<I> {
     }
 }
 
-impl<I: Input> InputIngredient<I> {
-    fn codec(&self) -> Result<&Codec<I::Key, I::Value>> {
-        self.codec
-            .as_ref()
-            .ok_or_else(|| Error::internal("not a persistent kind"))
-    }
+/// The persisted side of a persistent input kind: the ingredient and its
+/// codec (a kind registered with `input` has none, and no such side).
+struct PersistentInput<I: Input> {
+    ing: Arc<InputIngredient<I>>,
+    codec: Codec<I::Key, I::Value>,
 }
 
-impl<I: Input> PersistKind for InputIngredient<I> {
+impl<I: Input> PersistKind for PersistentInput<I> {
     fn info(&self) -> &CodecInfo {
-        self.codec.as_ref().map_or(&NO_CODEC, |c| &c.info)
+        &self.codec.info
     }
 
     fn encode_keys(&self, ids: &[KeyId]) -> Result<Vec<u8>> {
-        self.codec()?.encode_key_ids(&self.keys, ids)
+        self.codec.encode_key_ids(&self.ing.keys, ids)
     }
 
     fn encode_inputs(&self, table: &Table, only: Option<&[KeyId]>) -> Result<InputsBlob> {
@@ -260,29 +268,21 @@ impl<I: Input> PersistKind for InputIngredient<I> {
             None => table.values().for_each(&mut push),
             Some(ids) => ids
                 .iter()
-                .filter_map(|id| table.get(self.keys.value(*id)?))
+                .filter_map(|id| table.get(self.ing.keys.value(*id)?))
                 .for_each(&mut push),
         }
-        Ok((slots, (self.codec()?.encode_values)(&values)?))
+        Ok((slots, (self.codec.encode_values)(&values)?))
     }
 
     fn stage(&self) -> Box<dyn Stage + '_> {
-        match &self.codec {
-            Some(codec) => Box::new(KeyedStage::new(codec, &self.keys)),
-            None => Box::new(crate::persist::NoStage),
-        }
+        Box::new(KeyedStage::new(&self.codec, &self.ing.keys))
     }
 }
 
 impl DatabaseBuilder {
     /// Registers an input kind (kept in memory only).
     pub fn input<I: Input>(self) -> Self {
-        self.push::<I>(Arc::new(InputIngredient::<I> {
-            name: short_type_name::<I>(),
-            keys: KeyTable::new(),
-            counters: Counters::default(),
-            codec: None,
-        }))
+        self.push::<I>(Arc::new(InputIngredient::<I>::new(false)))
     }
 
     /// Registers an input kind whose values are saved by
@@ -305,12 +305,14 @@ impl DatabaseBuilder {
         I::Value: Facet<'static>,
     {
         match Codec::new(name.to_string(), KIND_INPUT) {
-            Ok(codec) => self.push_persistent::<I, _>(Arc::new(InputIngredient::<I> {
-                name: short_type_name::<I>(),
-                keys: KeyTable::new(),
-                counters: Counters::default(),
-                codec: Some(codec),
-            })),
+            Ok(codec) => {
+                let ing = Arc::new(InputIngredient::<I>::new(true));
+                let persist = Arc::new(PersistentInput {
+                    ing: ing.clone(),
+                    codec,
+                });
+                self.push_persistent::<I>(ing, persist)
+            }
             Err(e) => self.fail(e),
         }
     }

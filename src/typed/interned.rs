@@ -10,9 +10,7 @@ use crate::engine::counters::Counters;
 use crate::engine::ingredient::{Ingredient, IngredientKind, Registry};
 use crate::engine::storage::{KeyId, Table};
 use crate::error::{Error, ErrorKind, Result};
-use crate::persist::{
-    Codec, CodecInfo, KIND_INTERNED, NO_CODEC, PersistKind, Stage, stage::InternedStage,
-};
+use crate::persist::{Codec, CodecInfo, KIND_INTERNED, PersistKind, Stage, stage::InternedStage};
 use crate::typed::keys::KeyTable;
 use crate::util::short_type_name;
 use facet::Facet;
@@ -21,11 +19,20 @@ pub(crate) struct InternedIngredient<T: Interned> {
     name: String,
     values: KeyTable<T::Value>,
     counters: Counters,
-    /// Present when registered as persistent.
-    codec: Option<Codec<(), T::Value>>,
+    /// Registered as persistent (new values are journaled for appends).
+    journaled: bool,
 }
 
 impl<T: Interned> InternedIngredient<T> {
+    fn new(journaled: bool) -> Self {
+        InternedIngredient {
+            name: short_type_name::<T>(),
+            values: KeyTable::new(),
+            counters: Counters::default(),
+            journaled,
+        }
+    }
+
     fn register_with() -> String {
         format!(".interned::<{}>()", short_type_name::<T>())
     }
@@ -71,7 +78,7 @@ impl<T: Interned> Ingredient for InternedIngredient<T> {
     }
 
     fn journaled(&self) -> bool {
-        self.codec.is_some()
+        self.journaled
     }
 
     fn debug_key(&self, key: KeyId) -> String {
@@ -79,9 +86,15 @@ impl<T: Interned> Ingredient for InternedIngredient<T> {
     }
 }
 
-impl<T: Interned> PersistKind for InternedIngredient<T> {
+/// The persisted side of a persistent interned kind.
+struct PersistentInterned<T: Interned> {
+    ing: Arc<InternedIngredient<T>>,
+    codec: Codec<(), T::Value>,
+}
+
+impl<T: Interned> PersistKind for PersistentInterned<T> {
     fn info(&self) -> &CodecInfo {
-        self.codec.as_ref().map_or(&NO_CODEC, |c| &c.info)
+        &self.codec.info
     }
 
     fn encode_keys(&self, _ids: &[KeyId]) -> Result<Vec<u8>> {
@@ -89,38 +102,26 @@ impl<T: Interned> PersistKind for InternedIngredient<T> {
     }
 
     fn interned_len(&self) -> u32 {
-        u32::try_from(self.values.len()).unwrap_or(u32::MAX)
+        u32::try_from(self.ing.values.len()).unwrap_or(u32::MAX)
     }
 
     fn encode_interned(&self, from: u32, to: u32) -> Result<Vec<u8>> {
-        let codec = self
-            .codec
-            .as_ref()
-            .ok_or_else(|| Error::internal("not a persistent kind"))?;
         let values = (from..to)
-            .map(|id| self.values.value(id).cloned())
+            .map(|id| self.ing.values.value(id).cloned())
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::internal("unknown interned id"))?;
-        (codec.encode_values)(&values)
+        (self.codec.encode_values)(&values)
     }
 
     fn stage(&self) -> Box<dyn Stage + '_> {
-        match &self.codec {
-            Some(codec) => Box::new(InternedStage::new(codec, &self.values)),
-            None => Box::new(crate::persist::NoStage),
-        }
+        Box::new(InternedStage::new(&self.codec, &self.ing.values))
     }
 }
 
 impl DatabaseBuilder {
     /// Registers an interned kind.
     pub fn interned<T: Interned>(self) -> Self {
-        self.push::<T>(Arc::new(InternedIngredient::<T> {
-            name: short_type_name::<T>(),
-            values: KeyTable::new(),
-            counters: Counters::default(),
-            codec: None,
-        }))
+        self.push::<T>(Arc::new(InternedIngredient::<T>::new(false)))
     }
 
     /// Registers an interned kind whose values (and so their ids) are saved
@@ -139,12 +140,14 @@ impl DatabaseBuilder {
         T::Value: Facet<'static>,
     {
         match Codec::new(name.to_string(), KIND_INTERNED) {
-            Ok(codec) => self.push_persistent::<T, _>(Arc::new(InternedIngredient::<T> {
-                name: short_type_name::<T>(),
-                values: KeyTable::new(),
-                counters: Counters::default(),
-                codec: Some(codec),
-            })),
+            Ok(codec) => {
+                let ing = Arc::new(InternedIngredient::<T>::new(true));
+                let persist = Arc::new(PersistentInterned {
+                    ing: ing.clone(),
+                    codec,
+                });
+                self.push_persistent::<T>(ing, persist)
+            }
             Err(e) => self.fail(e),
         }
     }

@@ -18,9 +18,7 @@ use crate::engine::storage::{
     typed_memo,
 };
 use crate::error::{Error, Result};
-use crate::persist::{
-    Codec, CodecInfo, KIND_QUERY, NO_CODEC, PersistKind, Stage, stage::KeyedStage,
-};
+use crate::persist::{Codec, CodecInfo, KIND_QUERY, PersistKind, Stage, stage::KeyedStage};
 use crate::revision::Revision;
 use crate::typed::keys::{ARC_OVERHEAD, KeyTable, MAP_OVERHEAD, key_bytes};
 use crate::util::{BoxFuture, CatchUnwind, SafeDebug, debug_string, short_type_name, values_equal};
@@ -33,11 +31,21 @@ pub(crate) struct QueryIngredient<Q: AsyncQuery> {
     name: String,
     keys: KeyTable<Q::Key>,
     counters: Counters,
-    /// Present when registered as persistent.
-    codec: Option<Codec<Q::Key, Q::Value>>,
+    /// Registered as persistent (its new memos are journaled for appends).
+    journaled: bool,
 }
 
 impl<Q: AsyncQuery> QueryIngredient<Q> {
+    fn new(query: Q, journaled: bool) -> Self {
+        QueryIngredient {
+            query: Arc::new(query),
+            name: short_type_name::<Q>(),
+            keys: KeyTable::new(),
+            counters: Counters::default(),
+            journaled,
+        }
+    }
+
     pub(crate) fn register_with() -> String {
         format!(".query({})", short_type_name::<Q>())
     }
@@ -107,7 +115,7 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
     }
 
     fn journaled(&self) -> bool {
-        self.codec.is_some()
+        self.journaled
     }
 
     fn empty_table(&self) -> Table {
@@ -282,9 +290,15 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
     }
 }
 
-impl<Q: AsyncQuery> PersistKind for QueryIngredient<Q> {
+/// The persisted side of a persistent query kind.
+struct PersistentQuery<Q: AsyncQuery> {
+    ing: Arc<QueryIngredient<Q>>,
+    codec: Codec<Q::Key, Q::Value>,
+}
+
+impl<Q: AsyncQuery> PersistKind for PersistentQuery<Q> {
     fn info(&self) -> &CodecInfo {
-        self.codec.as_ref().map_or(&NO_CODEC, |c| &c.info)
+        &self.codec.info
     }
 
     fn version(&self) -> u32 {
@@ -292,33 +306,23 @@ impl<Q: AsyncQuery> PersistKind for QueryIngredient<Q> {
     }
 
     fn encode_keys(&self, ids: &[KeyId]) -> Result<Vec<u8>> {
-        self.codec
-            .as_ref()
-            .ok_or_else(|| Error::internal("not a persistent kind"))?
-            .encode_key_ids(&self.keys, ids)
+        self.codec.encode_key_ids(&self.ing.keys, ids)
     }
 
     fn encode_memo_value(&self, memo: &MemoRef) -> Result<Option<Vec<u8>>> {
-        let codec = self
-            .codec
-            .as_ref()
-            .ok_or_else(|| Error::internal("not a persistent kind"))?;
         let memo = typed_memo::<Q::Value>(memo)?;
         // A memo loaded from disk and saved again keeps its bytes.
         if let Some(bytes) = memo.encoded_bytes() {
             return Ok(Some(bytes.to_vec()));
         }
         match memo.result() {
-            Ok(value) => (codec.encode_value)(value).map(Some),
+            Ok(value) => (self.codec.encode_value)(value).map(Some),
             Err(_) => Ok(None),
         }
     }
 
     fn stage(&self) -> Box<dyn Stage + '_> {
-        match &self.codec {
-            Some(codec) => Box::new(KeyedStage::new(codec, &self.keys)),
-            None => Box::new(crate::persist::NoStage),
-        }
+        Box::new(KeyedStage::new(&self.codec, &self.ing.keys))
     }
 }
 
@@ -326,13 +330,7 @@ impl DatabaseBuilder {
     /// Registers a derived query kind. `query` is an instance: it may hold
     /// state its body uses (an RPC client, a thread pool handle…).
     pub fn query<Q: AsyncQuery>(self, query: Q) -> Self {
-        self.push::<Q>(Arc::new(QueryIngredient {
-            query: Arc::new(query),
-            name: short_type_name::<Q>(),
-            keys: KeyTable::new(),
-            counters: Counters::default(),
-            codec: None,
-        }))
+        self.push::<Q>(Arc::new(QueryIngredient::new(query, false)))
     }
 
     /// Registers a derived query kind whose memos are saved by
@@ -356,13 +354,14 @@ impl DatabaseBuilder {
         Q::Value: Facet<'static>,
     {
         match Codec::new(name.to_string(), KIND_QUERY) {
-            Ok(codec) => self.push_persistent::<Q, _>(Arc::new(QueryIngredient {
-                query: Arc::new(query),
-                name: short_type_name::<Q>(),
-                keys: KeyTable::new(),
-                counters: Counters::default(),
-                codec: Some(codec),
-            })),
+            Ok(codec) => {
+                let ing = Arc::new(QueryIngredient::new(query, true));
+                let persist = Arc::new(PersistentQuery {
+                    ing: ing.clone(),
+                    codec,
+                });
+                self.push_persistent::<Q>(ing, persist)
+            }
             Err(e) => self.fail(e),
         }
     }
