@@ -225,7 +225,9 @@ pub(crate) trait PersistKind: Send + Sync {
     /// Encodes the keys with these ids, as one blob.
     fn encode_keys(&self, ids: &[KeyId]) -> Result<Vec<u8>>;
     /// Inputs: the slots of `table` (all, or only `only`) as (key id,
-    /// changed_at, present), and the present values as one blob.
+    /// changed_at, present), and the present values as one blob. An id of
+    /// `only` without a slot (a collected tombstone) is an absent slot
+    /// changed at `Revision::ZERO`: what the key reads as now.
     fn encode_inputs(&self, _table: &Table, _only: Option<&[KeyId]>) -> Result<InputsBlob> {
         Ok((Vec::new(), Vec::new()))
     }

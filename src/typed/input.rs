@@ -266,10 +266,25 @@ impl<I: Input> PersistKind for PersistentInput<I> {
         };
         match only {
             None => table.values().for_each(&mut push),
-            Some(ids) => ids
-                .iter()
-                .filter_map(|id| table.get(self.ing.keys.value(*id)?))
-                .for_each(&mut push),
+            Some(ids) => {
+                for &id in ids {
+                    let Some(key) = self.ing.keys.value(id) else {
+                        continue;
+                    };
+                    match table.get(key) {
+                        Some(slot) => push(slot),
+                        // A slot that changed and is gone since (a collected
+                        // tombstone) reads as never set: say so, or the
+                        // record it replaces (the value the base holds)
+                        // would come back at the next load.
+                        None => push(&InputSlot {
+                            key: id,
+                            value: None,
+                            changed_at: Revision::ZERO,
+                        }),
+                    }
+                }
+            }
         }
         Ok((slots, (self.codec.encode_values)(&values)?))
     }
