@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{Count, TempDir};
@@ -92,6 +94,103 @@ async fn append_after_a_tombstone_is_collected_still_records_the_removal() {
         assert!(len2.take() <= 1);
         assert_eq!(fresh.query::<Len>(1).await.unwrap(), 0);
         assert_eq!(len2.take(), 0);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Untracked reads + append: an older record of an untracked query must not
+// vouch for a dependent after a load.
+
+/// "The outside world": a value the engine cannot see.
+#[derive(Clone, Default)]
+struct World(Arc<AtomicU32>);
+impl World {
+    fn set(&self, v: u32) {
+        self.0.store(v, Ordering::SeqCst);
+    }
+    fn get(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct Mode;
+impl Input for Mode {
+    type Key = ();
+    type Value = u32;
+}
+
+/// `Mode * 100`, except in mode 0, where it reads the world (untracked).
+struct Sometimes(Count, World);
+#[async_trait]
+impl AsyncQuery for Sometimes {
+    type Key = ();
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+        self.0.hit();
+        let mode = cx.input::<Mode>(&())?;
+        if mode == 0 {
+            cx.report_untracked_read()?;
+            return Ok(self.1.get());
+        }
+        Ok(mode * 100)
+    }
+}
+
+/// Whatever `Sometimes` says.
+struct Echo(Count);
+#[async_trait]
+impl AsyncQuery for Echo {
+    type Key = ();
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+        self.0.hit();
+        cx.query::<Sometimes>(()).await
+    }
+}
+
+fn sometimes_db(sometimes: &Count, echo: &Count, world: &World) -> Database {
+    Database::builder()
+        .persistent_input::<Mode>()
+        .persistent_query(Sometimes(sometimes.clone(), world.clone()))
+        .persistent_query(Echo(echo.clone()))
+        .build()
+        .expect("build")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_never_lets_an_older_record_vouch_for_an_untracked_read() {
+    within(async {
+        let dir = TempDir::new("attack-untracked-append");
+        let path = dir.join("cache.bin");
+        let (sometimes, echo, world) = (Count::new(), Count::new(), World::default());
+        let db = sometimes_db(&sometimes, &echo, &world);
+        db.set::<Mode>((), 1).unwrap();
+        assert_eq!(db.query::<Echo>(()).await.unwrap(), 100);
+        // The base holds a tracked `Sometimes` memo.
+        db.save_cache(&path).await.unwrap();
+
+        // Mode 0: it now reads the world, untracked; `Echo` follows.
+        db.set::<Mode>((), 0).unwrap();
+        world.set(1);
+        assert_eq!(db.query::<Echo>(()).await.unwrap(), 1);
+        assert_eq!((sometimes.take(), echo.take()), (2, 2));
+        db.append_cache(&path).await.unwrap();
+
+        // Next run: the world changed while the program was not running.
+        let (sometimes2, echo2, world2) = (Count::new(), Count::new(), World::default());
+        world2.set(2);
+        let fresh = sometimes_db(&sometimes2, &echo2, &world2);
+        assert!(
+            fresh
+                .load_cache(&path, LoadOptions::default())
+                .await
+                .unwrap()
+                .loaded
+        );
+        assert_eq!(fresh.query::<Echo>(()).await.unwrap(), 2, "stale Echo");
+        assert_eq!(fresh.query::<Sometimes>(()).await.unwrap(), 2);
+        assert_eq!((sometimes2.take(), echo2.take()), (1, 1));
     })
     .await;
 }

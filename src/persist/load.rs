@@ -584,7 +584,12 @@ fn install(
     // loaded revision, and its new `changed_at` could equal the one the
     // edge saw in the process that saved it. Such edges never match, so the
     // dependent re-verifies by re-running (and cutoff spares its parents).
-    let loaded: Vec<Option<Vec<bool>>> = image
+    // The same holds for an edge that saw another identity than the loaded
+    // memo's: the memo it read was not saved (an append skips memos that
+    // are not persistable — an untracked read — and memos evicted since),
+    // the loaded one is older, and re-running it at the loaded revision
+    // could again produce that identity with another value.
+    let loaded: Vec<Option<Vec<Option<Revision>>>> = image
         .sections
         .iter()
         .enumerate()
@@ -594,10 +599,10 @@ fn install(
                 stage,
                 ..
             } => {
-                let mut has = vec![false; stage.key_count()];
+                let mut has = vec![None; stage.key_count()];
                 for m in memos.get(s).into_iter().flatten() {
                     if let Some(slot) = has.get_mut(m.file_key) {
-                        *slot = true;
+                        *slot = Some(m.changed_at);
                     }
                 }
                 Some(has)
@@ -607,11 +612,11 @@ fn install(
         .collect();
     for m in memos.iter_mut().flatten() {
         for e in &mut m.deps {
-            let missing = loaded
+            let unmatched = loaded
                 .get(e.dep.ingredient as usize)
                 .and_then(Option::as_ref)
-                .is_some_and(|has| !has.get(e.dep.key as usize).copied().unwrap_or(false));
-            if missing {
+                .is_some_and(|has| has.get(e.dep.key as usize).copied().flatten() != Some(e.seen));
+            if unmatched {
                 e.seen = NEVER_SEEN;
             }
         }
