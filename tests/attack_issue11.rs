@@ -8,7 +8,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{Count, TempDir};
@@ -191,6 +191,72 @@ async fn append_never_lets_an_older_record_vouch_for_an_untracked_read() {
         assert_eq!(fresh.query::<Echo>(()).await.unwrap(), 2, "stale Echo");
         assert_eq!(fresh.query::<Sometimes>(()).await.unwrap(), 2);
         assert_eq!((sometimes2.take(), echo2.take()), (1, 1));
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// A user `Hash` that panics while the engine evicts.
+
+static PANIC_ON_KEY_ZERO: AtomicBool = AtomicBool::new(false);
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Touchy(u32);
+impl std::hash::Hash for Touchy {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if self.0 == 0 && PANIC_ON_KEY_ZERO.load(Ordering::SeqCst) {
+            panic!("user Hash panics");
+        }
+        self.0.hash(state);
+    }
+}
+
+struct ByTouchy(Count);
+#[async_trait]
+impl AsyncQuery for ByTouchy {
+    type Key = Touchy;
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, k: Touchy) -> Result<u32> {
+        self.0.hit();
+        Ok(cx.input_opt::<File>(&k.0)?.unwrap_or(0) + k.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_hash_during_eviction_is_survived() {
+    within(async {
+        let runs = Count::new();
+        let db = Database::builder()
+            .input::<File>()
+            .query(ByTouchy(runs.clone()))
+            .capacity::<ByTouchy>(1)
+            .build()
+            .unwrap();
+        assert_eq!(db.query::<ByTouchy>(Touchy(0)).await.unwrap(), 0);
+        // Publishing `ByTouchy(1)` evicts `ByTouchy(0)`, whose Hash panics.
+        PANIC_ON_KEY_ZERO.store(true, Ordering::SeqCst);
+        let task = {
+            let db = db.clone();
+            tokio::spawn(async move { db.query::<ByTouchy>(Touchy(1)).await })
+        };
+        let result = task.await;
+        // So does a collection that would drop it.
+        let collected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            db.collect(Collect::unused_for(0))
+        }));
+        PANIC_ON_KEY_ZERO.store(false, Ordering::SeqCst);
+        assert!(collected.is_ok(), "collect let a user panic through");
+        assert_eq!(
+            result.expect("eviction let a user panic through").unwrap(),
+            1
+        );
+        assert_eq!(runs.take(), 2);
+        assert_eq!(db.stats().in_flight, 0);
+        // The engine still works.
+        db.set::<File>(1, 10).unwrap();
+        assert_eq!(db.query::<ByTouchy>(Touchy(1)).await.unwrap(), 11);
+        assert_eq!(db.query::<ByTouchy>(Touchy(0)).await.unwrap(), 0);
+        assert!(db.memory().kind("ByTouchy").unwrap().entries <= 1);
     })
     .await;
 }

@@ -560,10 +560,11 @@ impl ViewCore {
     }
 }
 
-/// `ing.insert_memos`, surviving a panic in the user's `Hash`/`Eq` of a key:
-/// the items are then inserted one by one and those that panic are dropped
-/// (their memos simply re-run when next needed). A merge never leaves the
-/// engine degraded because of user code.
+/// `ing.insert_memos`, then `ing.evict` for a kind with a capacity,
+/// surviving a panic in the user's `Hash`/`Eq` of a key: the items are then
+/// inserted one by one and those that panic are dropped (their memos simply
+/// re-run when next needed), and an eviction that panics evicts nothing. A
+/// merge never leaves the engine degraded because of user code.
 fn insert_guarded(
     ing: &dyn Ingredient,
     table: &Table,
@@ -572,12 +573,20 @@ fn insert_guarded(
     capacity: Option<usize>,
 ) -> Option<Table> {
     let inserted = insert_caught(ing, table, items, state)?;
-    match capacity {
-        Some(keep) => Some(
-            ing.evict(&inserted, keep, History::of(state.fork), items)
-                .unwrap_or(inserted),
-        ),
-        None => Some(inserted),
+    let Some(keep) = capacity else {
+        return Some(inserted);
+    };
+    // Eviction removes keys, which runs their Hash and Eq: a panic there
+    // keeps the table as inserted (over capacity until the next eviction).
+    match catch(|| ing.evict(&inserted, keep, History::of(state.fork), items)) {
+        Some(evicted) => Some(evicted.unwrap_or(inserted)),
+        None => {
+            tracing::warn!(
+                kind = ing.name(),
+                "a key's Hash or Eq panicked while evicting memos; none were evicted"
+            );
+            Some(inserted)
+        }
     }
 }
 
