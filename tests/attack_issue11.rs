@@ -196,6 +196,72 @@ async fn append_never_lets_an_older_record_vouch_for_an_untracked_read() {
 }
 
 // ---------------------------------------------------------------------------
+// Untracked reads + eviction: an untracked memo evicted and re-run at the
+// same revision is a twin with the same identity and maybe another value;
+// its dependents must not be validated against the wrong twin.
+
+/// Samples the world, untracked (the key only names the sample).
+struct Sample(Count, World);
+#[async_trait]
+impl AsyncQuery for Sample {
+    type Key = u32;
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, _: u32) -> Result<u32> {
+        self.0.hit();
+        cx.report_untracked_read()?;
+        Ok(self.1.get())
+    }
+}
+
+/// Whatever `Sample(0)` says (the key only names the reader).
+struct Reader(Count);
+#[async_trait]
+impl AsyncQuery for Reader {
+    type Key = u32;
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, _: u32) -> Result<u32> {
+        self.0.hit();
+        cx.query::<Sample>(0).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_untracked_memo_never_vouches_for_readers_of_its_twin() {
+    within(async {
+        let (sample, reader, world) = (Count::new(), Count::new(), World::default());
+        let db = Database::builder()
+            .input::<File>()
+            .query(Sample(sample.clone(), world.clone()))
+            .query(Reader(reader.clone()))
+            .capacity::<Sample>(1)
+            .build()
+            .unwrap();
+        world.set(1);
+        assert_eq!(db.query::<Reader>(0).await.unwrap(), 1);
+        // Another sample would evict `Sample(0)`; the world moves; a second
+        // reader asks for `Sample(0)` at the same revision. An untracked
+        // memo of the current revision is not evicted (a re-run would be a
+        // twin with its identity and another value): within one revision,
+        // every reader agrees with it.
+        assert_eq!(db.query::<Sample>(1).await.unwrap(), 1);
+        world.set(2);
+        assert_eq!(db.query::<Reader>(1).await.unwrap(), 1);
+        assert_eq!(db.query::<Sample>(0).await.unwrap(), 1);
+        assert_eq!((sample.take(), reader.take()), (2, 2));
+
+        // A new revision: every reader of `Sample(0)` must agree with it.
+        db.set::<File>(99, 1).unwrap();
+        let s = db.query::<Sample>(0).await.unwrap();
+        assert_eq!(s, 2);
+        assert_eq!(db.query::<Reader>(1).await.unwrap(), 2);
+        assert_eq!(db.query::<Reader>(0).await.unwrap(), 2, "stale reader");
+        // `Sample(0)` ran once at this revision, both readers re-ran.
+        assert_eq!((sample.take(), reader.take()), (1, 2));
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
 // A user `Hash` that panics while the engine evicts.
 
 static PANIC_ON_KEY_ZERO: AtomicBool = AtomicBool::new(false);

@@ -81,12 +81,16 @@ pub(crate) trait Ingredient: Any + Send + Sync {
     /// re-execute on demand), or `None` if it holds few enough (an eighth
     /// over `keep` is tolerated, so that eviction runs once per many
     /// inserts). Among memos verified at one revision, those of `fresh`
-    /// (just inserted) are kept first.
+    /// (just inserted) are kept first. A memo that read something untracked
+    /// and is verified at `now` (the state's revision) is never dropped: a
+    /// re-execution at that revision would be a twin with its identity and
+    /// maybe another value, and could vouch for the first one's dependents.
     fn evict(
         &self,
         _table: &Table,
         _keep: usize,
         _history: History,
+        _now: Revision,
         _fresh: &[Publish],
     ) -> Option<Table> {
         None

@@ -8,6 +8,15 @@
 //! reader's pinned revision. Dropping costs work, never correctness — which
 //! is why eviction and collection can use a cheap recency signal (the
 //! revision a memo was last verified at) instead of exact reachability.
+//!
+//! One exception: a memo that read something untracked is not a pure
+//! function of its revision. Re-executed at the same revision after being
+//! dropped, it is a twin with the same `changed_at` and maybe another value,
+//! and the twin would vouch for the dependents of the first one (at the
+//! next revision, early cutoff compares with the twin). So eviction keeps
+//! untracked memos verified at the state's revision (collection never drops
+//! memos verified at it anyway); they may be dropped once it moves on, when
+//! a re-execution gets a new identity.
 
 /// When unused memos and old tombstones are collected automatically.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

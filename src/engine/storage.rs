@@ -172,6 +172,11 @@ impl MemoMeta {
             .fold(changed_at, Revision::max)
     }
 
+    /// Whether the body reported an untracked read (`UNTRACKED` edge).
+    pub(crate) fn untracked(&self) -> bool {
+        self.deps.iter().any(|e| e.dep == UNTRACKED)
+    }
+
     pub(crate) fn verified_main(&self) -> Revision {
         Revision::from_u64(self.verified_main.load(Ordering::Acquire))
     }

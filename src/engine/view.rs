@@ -578,7 +578,15 @@ fn insert_guarded(
     };
     // Eviction removes keys, which runs their Hash and Eq: a panic there
     // keeps the table as inserted (over capacity until the next eviction).
-    match catch(|| ing.evict(&inserted, keep, History::of(state.fork), items)) {
+    match catch(|| {
+        ing.evict(
+            &inserted,
+            keep,
+            History::of(state.fork),
+            state.revision,
+            items,
+        )
+    }) {
         Some(evicted) => Some(evicted.unwrap_or(inserted)),
         None => {
             tracing::warn!(

@@ -180,6 +180,7 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
         table: &Table,
         keep: usize,
         history: History,
+        now: Revision,
         fresh: &[Publish],
     ) -> Option<Table> {
         let current = table.downcast_ref::<TableOf<Q>>()?;
@@ -191,19 +192,32 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
             fresh.iter().map(|(k, _, _)| *k).collect();
         // Least recently verified first, and among equals, what was not
         // just inserted; other ties are broken arbitrarily.
-        let mut by_age: Vec<((Revision, bool), &Q::Key)> = current
+        let mut by_age: Vec<((Revision, bool), &Q::Key, &Entry<Q::Value>)> = current
             .iter()
             .map(|(k, e)| {
                 let at = e.memo.meta.latest_verified(e.verified_at, history);
-                ((at, fresh.contains(&e.memo.meta.key)), k)
+                ((at, fresh.contains(&e.memo.meta.key)), k, e)
             })
             .collect();
-        by_age.sort_unstable_by_key(|(age, _)| *age);
+        by_age.sort_unstable_by_key(|(age, _, _)| *age);
         let mut next = current.clone();
-        for (_, key) in &by_age[..len - keep] {
+        let mut dropped = 0;
+        for ((at, _), key, entry) in &by_age {
+            if dropped == len - keep {
+                break;
+            }
+            // Untracked and current: a re-run now could be a twin with
+            // another value (see `Ingredient::evict`).
+            if *at >= now && entry.memo.meta.untracked() {
+                continue;
+            }
             next.remove(*key);
+            dropped += 1;
         }
-        self.counters.evictions.add((len - keep) as u64);
+        if dropped == 0 {
+            return None;
+        }
+        self.counters.evictions.add(dropped as u64);
         Some(Arc::new(next))
     }
 
