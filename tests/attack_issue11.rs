@@ -7,12 +7,14 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{Count, TempDir};
 use picante::*;
+use tokio::sync::{Notify, Semaphore};
 
 async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
     common::within("the probe", Duration::from_secs(20), fut).await
@@ -323,6 +325,375 @@ async fn a_panicking_hash_during_eviction_is_survived() {
         assert_eq!(db.query::<ByTouchy>(Touchy(1)).await.unwrap(), 11);
         assert_eq!(db.query::<ByTouchy>(Touchy(0)).await.unwrap(), 0);
         assert!(db.memory().kind("ByTouchy").unwrap().entries <= 1);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Capacity 1 everywhere, on a diamond, read concurrently from snapshots
+// while the database changes and callers are aborted: never a stale value.
+
+/// `File(k)`, or 0.
+struct Leaf(Count);
+#[async_trait]
+impl AsyncQuery for Leaf {
+    type Key = u32;
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+        self.0.hit();
+        Ok(cx.input_opt::<File>(&k)?.unwrap_or(0))
+    }
+}
+
+/// `Leaf(i) * 3 + Leaf((i + 1) % 3)`: the three mids share leaves.
+struct Mid(Count);
+#[async_trait]
+impl AsyncQuery for Mid {
+    type Key = u32;
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, i: u32) -> Result<u32> {
+        self.0.hit();
+        let (a, b) = tokio::join!(cx.query::<Leaf>(i), cx.query::<Leaf>((i + 1) % 3));
+        Ok(a? * 3 + b?)
+    }
+}
+
+/// Sum of the three mids.
+struct Top(Count);
+#[async_trait]
+impl AsyncQuery for Top {
+    type Key = ();
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+        self.0.hit();
+        let (a, b, c) = tokio::join!(cx.query::<Mid>(0), cx.query::<Mid>(1), cx.query::<Mid>(2));
+        Ok(a? + b? + c?)
+    }
+}
+
+fn top_from_scratch(v: impl Fn(u32) -> u32) -> u32 {
+    (0..3).map(|i| v(i) * 3 + v((i + 1) % 3)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_one_on_a_diamond_under_concurrent_snapshots_and_aborts_is_never_stale() {
+    within(async {
+        let (leaf, mid, top) = (Count::new(), Count::new(), Count::new());
+        let db = Database::builder()
+            .input::<File>()
+            .query(Leaf(leaf.clone()))
+            .query(Mid(mid.clone()))
+            .query(Top(top.clone()))
+            .capacity::<Leaf>(1)
+            .capacity::<Mid>(1)
+            .capacity::<Top>(1)
+            .collect_garbage(Collect::unused_for(1).every(2))
+            .build()
+            .unwrap();
+        let mut old: Vec<(Snapshot, u32)> = Vec::new();
+        for step in 0..40u32 {
+            db.set::<File>(step % 3, step * 7 % 11).unwrap();
+            let snap = db.snapshot();
+            let expect = top_from_scratch(|k| snap.input_opt::<File>(&k).unwrap().unwrap_or(0));
+            let mut tasks = Vec::new();
+            for t in 0..6 {
+                let view: View = if t % 2 == 0 {
+                    View::clone(&snap)
+                } else {
+                    View::clone(&db)
+                };
+                tasks.push(tokio::spawn(async move {
+                    (view.revision(), view.query::<Top>(()).await)
+                }));
+            }
+            // Abort one caller mid-flight.
+            tasks[step as usize % 6].abort();
+            for task in tasks {
+                if let Ok((rev, result)) = task.await {
+                    assert_eq!(rev, snap.revision());
+                    assert_eq!(result.unwrap(), expect, "step {step}");
+                }
+            }
+            // An older snapshot still answers for its own revision.
+            if step % 5 == 0 {
+                old.push((snap.clone(), expect));
+            }
+            for (s, e) in &old {
+                assert_eq!(s.query::<Top>(()).await.unwrap(), *e);
+            }
+        }
+        // A repeated read at the current revision is a hit.
+        let _ = (leaf.take(), mid.take(), top.take());
+        let expect = top_from_scratch(|k| db.input_opt::<File>(&k).unwrap().unwrap_or(0));
+        assert_eq!(db.query::<Top>(()).await.unwrap(), expect);
+        assert_eq!(db.query::<Top>(()).await.unwrap(), expect);
+        assert!(top.take() <= 1);
+        assert_eq!(db.stats().in_flight, 0);
+        assert!(db.memory().kind("Mid").unwrap().entries <= 1);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Collection while an execution pinned to an older revision is in flight:
+// it publishes after the collection; results stay right.
+
+struct GatedLen {
+    runs: Count,
+    started: Arc<Notify>,
+    permits: Arc<Semaphore>,
+}
+#[async_trait]
+impl AsyncQuery for GatedLen {
+    type Key = u32;
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+        self.runs.hit();
+        let v = cx.input_opt::<File>(&k)?.unwrap_or(0);
+        self.started.notify_one();
+        self.permits.acquire().await.map_err(Error::new)?.forget();
+        Ok(v + 1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_while_an_older_execution_is_in_flight_changes_no_result() {
+    within(async {
+        let runs = Count::new();
+        let started = Arc::new(Notify::new());
+        let permits = Arc::new(Semaphore::new(0));
+        let db = Database::builder()
+            .input::<File>()
+            .query(GatedLen {
+                runs: runs.clone(),
+                started: started.clone(),
+                permits: permits.clone(),
+            })
+            .capacity::<GatedLen>(1)
+            .build()
+            .unwrap();
+        db.set::<File>(1, 10).unwrap();
+        let old = db.snapshot();
+        let task = {
+            let old = old.clone();
+            tokio::spawn(async move { old.query::<GatedLen>(1).await })
+        };
+        started.notified().await;
+        // The database moves on, removes the key and collects everything.
+        db.remove::<File>(&1).unwrap();
+        for n in 0..5 {
+            db.set::<File>(2, n).unwrap();
+        }
+        let swept = db.collect(Collect::unused_for(0));
+        assert_eq!(swept.tombstones, 1);
+        permits.add_permits(1);
+        assert_eq!(task.await.unwrap().unwrap(), 11);
+        assert_eq!(runs.take(), 1);
+        // The memo published for the old revision is not the current answer.
+        permits.add_permits(10);
+        assert_eq!(db.query::<GatedLen>(1).await.unwrap(), 1);
+        assert_eq!(runs.take(), 1);
+        assert_eq!(old.query::<GatedLen>(1).await.unwrap(), 11);
+        assert_eq!(db.query::<GatedLen>(1).await.unwrap(), 1);
+        assert_eq!(runs.take(), 0);
+        assert_eq!(db.stats().in_flight, 0);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Collection on a snapshot, then fork it, then snapshot the fork.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_on_a_snapshot_then_fork_and_fork_again_keeps_every_view_right() {
+    within(async {
+        let len = Count::new();
+        let db = Database::builder()
+            .input::<File>()
+            .query(Len(len.clone()))
+            .capacity::<Len>(2)
+            .build()
+            .unwrap();
+        for k in 0..4 {
+            db.set::<File>(k, k * 10).unwrap();
+        }
+        db.remove::<File>(&3).unwrap();
+        for n in 0..6 {
+            db.set::<File>(9, n).unwrap();
+        }
+        for k in 0..4 {
+            db.query::<Len>(k).await.unwrap();
+        }
+        let snap = db.snapshot();
+        let swept = snap.collect(Collect::unused_for(2));
+        assert_eq!(swept.tombstones, 1);
+        // The database keeps its own tombstone.
+        assert_eq!(db.memory().kind("File").unwrap().tombstones, 1);
+        assert_eq!(snap.query::<Len>(3).await.unwrap(), 0);
+        assert_eq!(db.query::<Len>(3).await.unwrap(), 0);
+        // Fork the collected snapshot, then a fork of the fork.
+        snap.set::<File>(3, 5).unwrap();
+        assert!(snap.is_forked());
+        assert_eq!(snap.query::<Len>(3).await.unwrap(), 6);
+        let fork2 = snap.snapshot();
+        fork2.remove::<File>(&0).unwrap();
+        fork2.collect(Collect::unused_for(0));
+        assert_eq!(fork2.query::<Len>(0).await.unwrap(), 0);
+        assert_eq!(fork2.query::<Len>(3).await.unwrap(), 6);
+        fork2.set::<File>(0, 1).unwrap();
+        assert_eq!(fork2.query::<Len>(0).await.unwrap(), 2);
+        // Nothing leaked back.
+        assert_eq!(snap.query::<Len>(0).await.unwrap(), 1);
+        assert_eq!(db.query::<Len>(0).await.unwrap(), 1);
+        assert_eq!(db.query::<Len>(3).await.unwrap(), 0);
+        assert_eq!(db.input_opt::<File>(&3).unwrap(), None);
+        for k in 0..3 {
+            assert_eq!(db.query::<Len>(k).await.unwrap(), k * 10 + 1);
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Collected tombstones and the durability shortcut (S8): set / remove /
+// collect / set again, with dependents at high and low durability.
+
+struct Stable;
+impl Input for Stable {
+    type Key = u32;
+    type Value = u32;
+    const DURABILITY: Durability = Durability::High;
+}
+
+/// `Stable(k)` or 0: high durability.
+struct OnStable(Count);
+#[async_trait]
+impl AsyncQuery for OnStable {
+    type Key = u32;
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+        self.0.hit();
+        Ok(cx.input_opt::<Stable>(&k)?.unwrap_or(0))
+    }
+}
+
+/// `OnStable(k) + File(k)`: low durability.
+struct Both(Count);
+#[async_trait]
+impl AsyncQuery for Both {
+    type Key = u32;
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+        self.0.hit();
+        Ok(cx.query::<OnStable>(k).await? + cx.input_opt::<File>(&k)?.unwrap_or(0))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collected_tombstones_with_the_durability_shortcut_never_serve_a_stale_value() {
+    within(async {
+        let (on, both) = (Count::new(), Count::new());
+        let db = Database::builder()
+            .input::<File>()
+            .input::<Stable>()
+            .query(OnStable(on.clone()))
+            .query(Both(both.clone()))
+            .build()
+            .unwrap();
+        db.set::<File>(1, 1).unwrap();
+        for round in 0..3u32 {
+            let v = 100 + round;
+            db.set::<Stable>(1, v).unwrap();
+            assert_eq!(db.query::<Both>(1).await.unwrap(), v + 1);
+            assert_eq!((on.take(), both.take()), (1, 1), "round {round}: set");
+            db.remove::<Stable>(&1).unwrap();
+            assert_eq!(db.query::<Both>(1).await.unwrap(), 1);
+            assert_eq!((on.take(), both.take()), (1, 1), "round {round}: remove");
+            // Low-durability churn, then the tombstone is collected: the
+            // high-durability memo stays valid by the shortcut, rightly.
+            for n in 0..4 {
+                db.set::<File>(7, n).unwrap();
+                assert_eq!(db.query::<Both>(1).await.unwrap(), 1);
+            }
+            assert_eq!((on.take(), both.take()), (0, 0), "round {round}: churn");
+            assert_eq!(db.collect(Collect::unused_for(2)).tombstones, 1);
+            assert_eq!(db.query::<OnStable>(1).await.unwrap(), 0);
+            assert_eq!(db.query::<Both>(1).await.unwrap(), 1);
+            assert_eq!((on.take(), both.take()), (0, 0), "round {round}: collect");
+            db.set::<File>(1, 1 + round).unwrap();
+            db.set::<File>(1, 1).unwrap();
+            assert_eq!(db.query::<Both>(1).await.unwrap(), 1);
+            assert_eq!(on.take(), 0, "round {round}: low edit");
+            both.take();
+        }
+        // Set the same value the collected tombstone's key once had.
+        db.set::<Stable>(1, 100).unwrap();
+        assert_eq!(db.query::<Both>(1).await.unwrap(), 101);
+        assert_eq!((on.take(), both.take()), (1, 1));
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Automatic collection at every revision of everything not used at it.
+
+/// Sum of `Len(0..n)`.
+struct Sum(Count);
+#[async_trait]
+impl AsyncQuery for Sum {
+    type Key = u32;
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, n: u32) -> Result<u32> {
+        self.0.hit();
+        let mut total = 0;
+        for k in 0..n {
+            total += cx.query::<Len>(k).await?;
+        }
+        Ok(total)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collecting_everything_after_every_revision_changes_no_result() {
+    within(async {
+        let (len, sum) = (Count::new(), Count::new());
+        let db = Database::builder()
+            .input::<File>()
+            .query(Len(len.clone()))
+            .query(Sum(sum.clone()))
+            .collect_garbage(Collect::unused_for(0).every(1))
+            .build()
+            .unwrap();
+        let mut model: HashMap<u32, u32> = HashMap::new();
+        let mut snaps: Vec<(Snapshot, u32)> = Vec::new();
+        let mut revisions = 0;
+        for step in 0..60u32 {
+            let k = step * 5 % 8;
+            let before = db.revision();
+            if step % 4 == 3 {
+                db.remove::<File>(&k).unwrap();
+                model.remove(&k);
+            } else {
+                db.set::<File>(k, step).unwrap();
+                model.insert(k, step);
+            }
+            revisions += usize::from(db.revision() != before);
+            let expect: u32 = (0..8).map(|k| model.get(&k).map_or(0, |v| v + 1)).sum();
+            assert_eq!(db.query::<Sum>(8).await.unwrap(), expect, "step {step}");
+            assert_eq!(db.query::<Sum>(8).await.unwrap(), expect);
+            if step % 10 == 0 {
+                snaps.push((db.snapshot(), expect));
+            }
+        }
+        for (s, e) in &snaps {
+            assert_eq!(s.query::<Sum>(8).await.unwrap(), *e);
+        }
+        // Everything was collected after each revision: one Sum and every
+        // Len per revision, exactly; the snapshots kept their own memos.
+        assert_eq!(sum.get(), revisions);
+        assert_eq!(len.get(), 8 * revisions);
+        let mem = db.memory();
+        assert!(mem.kind("File").unwrap().tombstones <= 1);
     })
     .await;
 }
