@@ -697,3 +697,162 @@ async fn collecting_everything_after_every_revision_changes_no_result() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Watches and events.
+
+/// Drains what `events` has buffered right now.
+async fn drain(events: &mut Events) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(50), events.recv()).await {
+        out.push(e);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_snapshot_is_watched_on_its_own_and_its_work_is_never_reported() {
+    within(async {
+        let len = Count::new();
+        let db = Database::builder()
+            .input::<File>()
+            .query(Len(len.clone()))
+            .build()
+            .unwrap();
+        db.set::<File>(1, 1).unwrap();
+        let mut events = db.subscribe_events(EventFilter::InputsAndExecutions);
+        // An unforked snapshot's executions are the database's history.
+        let snap = db.snapshot();
+        assert_eq!(snap.query::<Len>(1).await.unwrap(), 2);
+        let seen = drain(&mut events).await;
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(matches!(&seen[0], Event::Executed { kind, .. } if kind == "Len"));
+
+        let mut watch = snap.watch::<Len>(1);
+        let mut db_watch = db.watch::<Len>(1);
+        assert_eq!(watch.next_value().await.unwrap(), 2);
+        assert_eq!(db_watch.next_value().await.unwrap(), 2);
+        assert_eq!(len.take(), 1);
+        // The snapshot forks: its watch follows it, the database's does not
+        // move, and nothing of the fork is reported.
+        snap.set::<File>(1, 5).unwrap();
+        assert_eq!(watch.next_value().await.unwrap(), 6);
+        let fork2 = snap.snapshot();
+        fork2.set::<File>(1, 7).unwrap();
+        assert_eq!(fork2.query::<Len>(1).await.unwrap(), 8);
+        assert_eq!(len.take(), 2);
+        let seen = drain(&mut events).await;
+        assert!(seen.is_empty(), "fork events reported: {seen:?}");
+        // The database changes: its watch moves, the fork's does not.
+        db.set::<File>(1, 2).unwrap();
+        assert_eq!(db_watch.next_value().await.unwrap(), 3);
+        let seen = drain(&mut events).await;
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        let next = tokio::time::timeout(Duration::from_millis(50), watch.next_value()).await;
+        assert!(next.is_err(), "the fork's watch moved: {next:?}");
+        assert_eq!(snap.query::<Len>(1).await.unwrap(), 6);
+        assert_eq!(len.take(), 1);
+    })
+    .await;
+}
+
+/// `File(k)`, but panics on 13 and needs itself on 7 (a cycle).
+struct Moody(Count);
+#[async_trait]
+impl AsyncQuery for Moody {
+    type Key = u32;
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+        self.0.hit();
+        let v = cx.input::<File>(&k)?;
+        if v == 13 {
+            panic!("thirteen");
+        }
+        if v == 7 {
+            return cx.query::<Moody>(k).await;
+        }
+        Ok(v)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_yields_panics_cycles_and_recoveries_once_each() {
+    within(async {
+        let runs = Count::new();
+        let db = Database::builder()
+            .input::<File>()
+            .query(Moody(runs.clone()))
+            .build()
+            .unwrap();
+        let mut watch = db.watch::<Moody>(1);
+        // Absent: an error.
+        assert!(watch.next_value().await.is_err());
+        db.set::<File>(1, 13).unwrap();
+        let e = watch.next_value().await.unwrap_err();
+        assert!(e.to_string().contains("thirteen"), "{e}");
+        // Another revision, the same panic: nothing to yield.
+        db.set::<File>(2, 0).unwrap();
+        db.set::<File>(1, 7).unwrap();
+        let e = watch.next_value().await.unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Cycle { .. }), "{e}");
+        db.set::<File>(1, 3).unwrap();
+        assert_eq!(watch.next_value().await.unwrap(), 3);
+        assert_eq!(db.stats().in_flight, 0);
+        // One run per revision the watch computed at (the cycle's body ran
+        // once: the inner request is the cycle).
+        assert!(runs.take() <= 5);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_watchers_with_aborts_share_executions_and_leave_nothing_in_flight() {
+    within(async {
+        let len = Count::new();
+        let db = Database::builder()
+            .input::<File>()
+            .query(Len(len.clone()))
+            .build()
+            .unwrap();
+        db.set::<File>(1, 0).unwrap();
+        let last = 20u32;
+        let mut tasks = Vec::new();
+        for w in 0..30 {
+            let mut watch = db.watch::<Len>(1);
+            tasks.push((
+                w,
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    loop {
+                        let v = watch.next_value().await.unwrap();
+                        seen.push(v);
+                        if v == last + 1 {
+                            return seen;
+                        }
+                    }
+                }),
+            ));
+        }
+        for n in 1..=last {
+            db.set::<File>(1, n).unwrap();
+            if n % 5 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        for (w, task) in tasks {
+            if w % 3 == 0 {
+                task.abort();
+                let _ = task.await;
+                continue;
+            }
+            let seen = task.await.unwrap();
+            // Increasing: a watch never goes back to an older value.
+            assert!(seen.windows(2).all(|p| p[0] < p[1]), "{seen:?}");
+            assert_eq!(seen.last(), Some(&(last + 1)));
+        }
+        // Watchers shared executions: at most one per revision.
+        assert!(len.take() <= last as usize + 1);
+        assert_eq!(db.stats().in_flight, 0);
+    })
+    .await;
+}
