@@ -21,7 +21,9 @@ use crate::error::{Error, Result};
 use crate::persist::{Codec, CodecInfo, KIND_QUERY, PersistKind, Stage, stage::KeyedStage};
 use crate::revision::Revision;
 use crate::typed::keys::{ARC_OVERHEAD, KeyTable, MAP_OVERHEAD, key_bytes};
-use crate::util::{BoxFuture, CatchUnwind, SafeDebug, debug_string, short_type_name, values_equal};
+use crate::util::{
+    BoxFuture, CatchUnwind, SafeDebug, debug_string, lock, short_type_name, values_equal,
+};
 use facet::Facet;
 
 type TableOf<Q> = MemoTable<<Q as AsyncQuery>::Key, <Q as AsyncQuery>::Value>;
@@ -33,6 +35,11 @@ pub(crate) struct QueryIngredient<Q: AsyncQuery> {
     counters: Counters,
     /// Registered as persistent (its new memos are journaled for appends).
     journaled: bool,
+    /// After an eviction that could not get down to the capacity (untracked
+    /// memos of the current revision are kept), the revision and the size it
+    /// stopped at: until the table grows by another eighth at that revision,
+    /// evicting again would only sort it again (quadratic in a burst).
+    stuck: std::sync::Mutex<Option<(Revision, usize)>>,
 }
 
 impl<Q: AsyncQuery> QueryIngredient<Q> {
@@ -43,6 +50,7 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
             keys: KeyTable::new(),
             counters: Counters::default(),
             journaled,
+            stuck: std::sync::Mutex::new(None),
         }
     }
 
@@ -188,6 +196,12 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
         if len <= keep + keep / 8 {
             return None;
         }
+        if let Some((at, floor)) = *lock(&self.stuck)
+            && at == now
+            && len <= floor + floor / 8
+        {
+            return None;
+        }
         let fresh: std::collections::HashSet<KeyId, ahash::RandomState> =
             fresh.iter().map(|(k, _, _)| *k).collect();
         // Least recently verified first, and among equals, what was not
@@ -214,6 +228,8 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
             next.remove(*key);
             dropped += 1;
         }
+        let left = len - dropped;
+        *lock(&self.stuck) = (left > keep + keep / 8).then_some((now, left));
         if dropped == 0 {
             return None;
         }
