@@ -856,3 +856,144 @@ async fn many_watchers_with_aborts_share_executions_and_leave_nothing_in_flight(
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// User `Drop` and `PartialEq` that panic while the engine evicts, collects
+// and compares for a watch: the panic surfaces (Rust semantics for a
+// panicking drop), the engine stays consistent and usable.
+
+static PANIC_ON_DROP: AtomicBool = AtomicBool::new(false);
+static PANIC_ON_EQ: AtomicBool = AtomicBool::new(false);
+
+#[derive(Clone, Debug)]
+struct Fragile(u32);
+impl PartialEq for Fragile {
+    fn eq(&self, other: &Self) -> bool {
+        if PANIC_ON_EQ.load(Ordering::SeqCst) {
+            panic!("user PartialEq panics");
+        }
+        self.0 == other.0
+    }
+}
+impl Drop for Fragile {
+    fn drop(&mut self) {
+        if PANIC_ON_DROP.swap(false, Ordering::SeqCst) && !std::thread::panicking() {
+            panic!("user Drop panics");
+        }
+    }
+}
+
+struct MakeFragile(Count);
+#[async_trait]
+impl AsyncQuery for MakeFragile {
+    type Key = u32;
+    type Value = Fragile;
+    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<Fragile> {
+        self.0.hit();
+        Ok(Fragile(cx.input_opt::<File>(&k)?.unwrap_or(0)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_user_drop_and_eq_leave_the_engine_consistent() {
+    within(async {
+        let runs = Count::new();
+        let db = Database::builder()
+            .input::<File>()
+            .query(MakeFragile(runs.clone()))
+            .capacity::<MakeFragile>(1)
+            .build()
+            .unwrap();
+        for k in 0..3 {
+            db.set::<File>(k, k).unwrap();
+        }
+        assert_eq!(db.query::<MakeFragile>(0).await.unwrap().0, 0);
+        // Evicting key 0 drops its value, which panics, somewhere.
+        PANIC_ON_DROP.store(true, Ordering::SeqCst);
+        for k in 1..3 {
+            let db = db.clone();
+            let _ = tokio::spawn(async move { db.query::<MakeFragile>(k).await }).await;
+        }
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            db.collect(Collect::unused_for(0))
+        }));
+        PANIC_ON_DROP.store(false, Ordering::SeqCst);
+        assert_eq!(db.stats().in_flight, 0);
+        for k in 0..3 {
+            assert_eq!(db.query::<MakeFragile>(k).await.unwrap().0, k);
+        }
+        runs.take();
+
+        // A watch whose comparison panics: it yields (a value it cannot
+        // compare counts as changed) and keeps working.
+        let mut watch = db.watch::<MakeFragile>(1);
+        assert_eq!(watch.next_value().await.unwrap().0, 1);
+        PANIC_ON_EQ.store(true, Ordering::SeqCst);
+        db.set::<File>(1, 5).unwrap();
+        assert_eq!(watch.next_value().await.unwrap().0, 5);
+        PANIC_ON_EQ.store(false, Ordering::SeqCst);
+        db.set::<File>(1, 6).unwrap();
+        assert_eq!(watch.next_value().await.unwrap().0, 6);
+        // Key 1 was evicted (capacity 1) before the watch: three runs.
+        assert_eq!(runs.take(), 3);
+        assert_eq!(db.stats().in_flight, 0);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Untracked reads with cycles, snapshots and high durability.
+
+/// Reads the world untracked, then (in mode 1) needs itself.
+struct Loop(Count, World);
+#[async_trait]
+impl AsyncQuery for Loop {
+    type Key = ();
+    type Value = u32;
+    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+        self.0.hit();
+        cx.report_untracked_read()?;
+        if cx.input_opt::<Stable>(&0)? == Some(1) {
+            return cx.query::<Loop>(()).await;
+        }
+        Ok(self.1.get())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untracked_reads_with_a_cycle_an_old_snapshot_and_high_durability() {
+    within(async {
+        let (runs, world) = (Count::new(), World::default());
+        let db = Database::builder()
+            .input::<File>()
+            .input::<Stable>()
+            .query(Loop(runs.clone(), world.clone()))
+            .build()
+            .unwrap();
+        db.set::<Stable>(0, 1).unwrap();
+        let e = db.query::<Loop>(()).await.unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Cycle { .. }), "{e}");
+        // The error is memoized for the revision.
+        assert!(db.query::<Loop>(()).await.is_err());
+        assert_eq!(runs.take(), 1);
+        db.set::<Stable>(0, 0).unwrap();
+        world.set(3);
+        assert_eq!(db.query::<Loop>(()).await.unwrap(), 3);
+        let old = db.snapshot();
+        assert_eq!(runs.take(), 1);
+        // Only a low input changes: the memo read only a high one, but is
+        // untracked, so it re-runs; the old snapshot keeps its value.
+        world.set(4);
+        db.set::<File>(0, 1).unwrap();
+        assert_eq!(db.query::<Loop>(()).await.unwrap(), 4);
+        assert_eq!(old.query::<Loop>(()).await.unwrap(), 3);
+        assert_eq!(runs.take(), 1);
+        // A fork of the old snapshot re-reads the world at its new revision.
+        old.set::<File>(0, 2).unwrap();
+        assert_eq!(old.query::<Loop>(()).await.unwrap(), 4);
+        assert_eq!(runs.take(), 1);
+        assert_eq!(db.query::<Loop>(()).await.unwrap(), 4);
+        assert_eq!(runs.take(), 0);
+    })
+    .await;
+}
