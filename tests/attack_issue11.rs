@@ -997,3 +997,43 @@ async fn untracked_reads_with_a_cycle_an_old_snapshot_and_high_durability() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Untracked reads + an older snapshot: re-running an untracked memo at an
+// old revision whose value the history already fixed makes a twin.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_snapshot_never_makes_a_twin_of_an_untracked_memo_of_its_revision() {
+    within(async {
+        let (sample, reader, world) = (Count::new(), Count::new(), World::default());
+        let db = Database::builder()
+            .input::<File>()
+            .query(Sample(sample.clone(), world.clone()))
+            .query(Reader(reader.clone()))
+            .build()
+            .unwrap();
+        world.set(1);
+        let old = db.snapshot();
+        assert_eq!(db.query::<Reader>(0).await.unwrap(), 1);
+        // The database moves on; the sample re-runs and is cut off (its
+        // identity stays the old revision's).
+        db.set::<File>(99, 1).unwrap();
+        assert_eq!(db.query::<Sample>(0).await.unwrap(), 1);
+        assert_eq!((sample.take(), reader.take()), (2, 1));
+        // The world moves; the old snapshot's reader needs the sample at the
+        // old revision, where the history already says 1.
+        world.set(2);
+        assert_eq!(old.query::<Reader>(1).await.unwrap(), 1);
+        assert_eq!(old.query::<Sample>(0).await.unwrap(), 1);
+        assert_eq!((sample.take(), reader.take()), (0, 1));
+        // The world goes back; a new revision: every reader agrees.
+        world.set(1);
+        db.set::<File>(98, 1).unwrap();
+        assert_eq!(db.query::<Sample>(0).await.unwrap(), 1);
+        assert_eq!(db.query::<Reader>(0).await.unwrap(), 1);
+        assert_eq!(db.query::<Reader>(1).await.unwrap(), 1, "stale reader");
+        // The sample re-ran once and was cut off: both readers kept theirs.
+        assert_eq!((sample.take(), reader.take()), (1, 0));
+    })
+    .await;
+}

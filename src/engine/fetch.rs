@@ -21,6 +21,7 @@ use crate::engine::revalidate::{Stale, Verdict, Walk};
 use crate::engine::storage::{Dep, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo};
 use crate::engine::view::{Access, Shared};
 use crate::error::{Error, ErrorKind, Result};
+use crate::revision::Revision;
 use crate::util::BoxFuture;
 
 /// Every this many nested executions, the next one continues on a fresh tokio
@@ -113,6 +114,11 @@ async fn fetch_inner(
                 ing.counters().hits.incr();
                 return Ok(memo.clone());
             }
+            if fixed_at(memo, *verified_at, r) {
+                ing.counters().revalidations.incr();
+                acc.verified(index, &*ing, key, memo);
+                return Ok(memo.clone());
+            }
             if matches!(hint, Hint::None)
                 && acc
                     .pinned()
@@ -167,7 +173,7 @@ async fn fetch_inner(
             acc.lookup(index, &*ing, key)
         };
         if let Some((memo, verified_at)) = &found
-            && *verified_at == r
+            && (*verified_at == r || fixed_at(memo, *verified_at, r))
             && !hint.rejects(memo)
         {
             owner.complete(memo.clone());
@@ -218,6 +224,18 @@ async fn fetch_inner(
         owner.complete(memo.clone());
         return Ok(memo);
     }
+}
+
+/// Whether `memo`, found verified at `verified_at` after `r` (a later
+/// revision of the reader's own history), is an untracked memo whose value
+/// is the one its query had at `r`: its identity is `r` itself, and an
+/// identity is created by an execution at that revision (later ones only
+/// keep it for an equal value). Running the body again at `r` would read
+/// the outside world as it is now, and a different value would be a twin
+/// with the same identity, which would then vouch for the dependents of
+/// either one (S22: one value per revision).
+fn fixed_at(memo: &MemoRef, verified_at: Revision, r: Revision) -> bool {
+    verified_at > r && memo.meta().changed_at == r && memo.meta().untracked()
 }
 
 /// Runs the body of (`index`, `key`) once under a fresh `QueryCx`.

@@ -16,7 +16,9 @@
 //! next revision, early cutoff compares with the twin). So eviction keeps
 //! untracked memos verified at the state's revision (collection never drops
 //! memos verified at it anyway); they may be dropped once it moves on, when
-//! a re-execution gets a new identity.
+//! a re-execution gets a new identity. (An access pinned to an older
+//! revision that finds a later memo whose identity is its revision uses it
+//! instead of re-running: `fetch::fixed_at`.)
 
 /// When unused memos and old tombstones are collected automatically.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
