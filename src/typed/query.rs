@@ -206,23 +206,24 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
             fresh.iter().map(|(k, _, _)| *k).collect();
         // Least recently verified first, and among equals, what was not
         // just inserted; other ties are broken arbitrarily.
-        let mut by_age: Vec<((Revision, bool), &Q::Key, &Entry<Q::Value>)> = current
+        // Untracked and current memos are kept: a re-run now could be a
+        // twin with another value (see `Ingredient::evict`).
+        let mut by_age: Vec<((Revision, bool), &Q::Key, bool)> = current
             .iter()
             .map(|(k, e)| {
                 let at = e.memo.meta.latest_verified(e.verified_at, history);
-                ((at, fresh.contains(&e.memo.meta.key)), k, e)
+                let kept = at >= now && e.memo.meta.untracked();
+                ((at, fresh.contains(&e.memo.meta.key)), k, kept)
             })
             .collect();
         by_age.sort_unstable_by_key(|(age, _, _)| *age);
         let mut next = current.clone();
         let mut dropped = 0;
-        for ((at, _), key, entry) in &by_age {
+        for (_, key, kept) in &by_age {
             if dropped == len - keep {
                 break;
             }
-            // Untracked and current: a re-run now could be a twin with
-            // another value (see `Ingredient::evict`).
-            if *at >= now && entry.memo.meta.untracked() {
+            if *kept {
                 continue;
             }
             next.remove(*key);
