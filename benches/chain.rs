@@ -28,7 +28,7 @@ struct Chain;
 impl AsyncQuery for Chain {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, i: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, i: u32) -> QueryResult<u64> {
         if i == 0 {
             // Level 1 of the chain: integer halving makes 2 → 3 a cutoff.
             Ok(cx.input::<Base>(&())? / 2)

@@ -26,7 +26,7 @@ struct Len;
 impl AsyncQuery for Len {
     type Key = u64;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: u64) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: u64) -> QueryResult<u64> {
         Ok(cx.input_opt::<File>(&k)?.map_or(0, |v| v + 1))
     }
 }

@@ -20,7 +20,7 @@ struct Heavy;
 impl AsyncQuery for Heavy {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u64> {
         let mut x = cx.input::<Seed>(&())? ^ u64::from(k);
         for i in 0..2_000_000u64 {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(i) ^ (x >> 29);

@@ -23,7 +23,7 @@ struct Item;
 impl AsyncQuery for Item {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u64> {
         let seed = cx.input::<Seed>(&0)?;
         Ok(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(k))
     }
@@ -34,7 +34,7 @@ struct Text;
 impl AsyncQuery for Text {
     type Key = u32;
     type Value = String;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<String> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<String> {
         let seed = cx.input::<Seed>(&0)?;
         Ok(format!("{k:08}-{seed:016x}-").repeat(40)) // ~1 KB
     }

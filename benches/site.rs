@@ -46,7 +46,7 @@ struct ParseFile;
 impl AsyncQuery for ParseFile {
     type Key = u32;
     type Value = Arc<Parsed>;
-    async fn execute(&self, cx: &QueryCx, file: u32) -> Result<Arc<Parsed>> {
+    async fn execute(&self, cx: &QueryCx, file: u32) -> QueryResult<Arc<Parsed>> {
         let text = cx.input::<SourceFile>(&file)?;
         let mut lines = text.lines();
         let title = lines.next().unwrap_or_default().trim().to_string();
@@ -75,8 +75,8 @@ struct LoadTemplate;
 impl AsyncQuery for LoadTemplate {
     type Key = u32;
     type Value = Arc<str>;
-    async fn execute(&self, cx: &QueryCx, t: u32) -> Result<Arc<str>> {
-        cx.input::<TemplateFile>(&t)
+    async fn execute(&self, cx: &QueryCx, t: u32) -> QueryResult<Arc<str>> {
+        Ok(cx.input::<TemplateFile>(&t)?)
     }
 }
 
@@ -85,7 +85,7 @@ struct RenderPage;
 impl AsyncQuery for RenderPage {
     type Key = u32;
     type Value = Arc<str>;
-    async fn execute(&self, cx: &QueryCx, file: u32) -> Result<Arc<str>> {
+    async fn execute(&self, cx: &QueryCx, file: u32) -> QueryResult<Arc<str>> {
         let page = cx.query::<ParseFile>(file).await?;
         let template = cx.query::<LoadTemplate>(page.template).await?;
         Ok(template
@@ -100,7 +100,7 @@ struct AllRendered;
 impl AsyncQuery for AllRendered {
     type Key = ();
     type Value = Arc<[Arc<str>]>;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<Arc<[Arc<str>]>> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<Arc<[Arc<str>]>> {
         let mut pages = Vec::with_capacity(FILES as usize);
         for file in 0..FILES {
             pages.push(cx.query::<RenderPage>(file).await?);
@@ -114,7 +114,7 @@ struct BuildSite;
 impl AsyncQuery for BuildSite {
     type Key = ();
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u64> {
         let pages = cx.query::<AllRendered>(()).await?;
         Ok(pages.iter().map(|p| p.len() as u64).sum())
     }

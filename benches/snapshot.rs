@@ -19,7 +19,7 @@ struct Derived;
 impl AsyncQuery for Derived {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u64> {
         Ok(cx.input::<Base>(&k)? + 1)
     }
 }

@@ -20,7 +20,7 @@ struct Derived;
 impl AsyncQuery for Derived {
     type Key = u32;
     type Value = Arc<u64>;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<Arc<u64>> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<Arc<u64>> {
         Ok(Arc::new(cx.input::<Base>(&k)? + 1))
     }
 }
@@ -30,7 +30,7 @@ struct Reader;
 impl AsyncQuery for Reader {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, n: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, n: u32) -> QueryResult<u64> {
         // Reads `n` warm memos through the QueryCx (recorded reads).
         let mut sum = 0;
         for k in 0..n {

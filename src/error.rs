@@ -1,36 +1,123 @@
-//! `picante::Error`: cheap to clone (errors are memoized and handed to every
-//! waiter), carries user errors with their source, and names the query and key
-//! for panics and cycles.
+//! `picante::Error`, what every picante call returns on failure, and
+//! `picante::QueryError`, what a query body returns.
+//!
+//! The split is what lets both compose: `Error` implements
+//! `std::error::Error` (so `?` carries it into `anyhow::Error`,
+//! `Box<dyn Error>` or a thiserror `#[from]`), and `QueryError` has the
+//! blanket `From<E: std::error::Error>` that makes `?` on an `io::Error` work
+//! inside `execute` (S11). One type cannot have both: the blanket impl would
+//! overlap `From<T> for T` (the reason `anyhow::Error` is not a
+//! `std::error::Error` either). `QueryError` lives in the `picante-error`
+//! crate: smallvec 2.0 (a dependency of facet) has an impl whose self type
+//! is a projection, which makes every blanket `From<E: Error>` impl *defined
+//! in picante* a coherence conflict; defined in a crate without
+//! dependencies, it is fine. Errors stay cheap to clone: memoized errors are
+//! handed to every waiter and dependent as an `Arc`.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 
-/// `Result<T, picante::Error>`.
+use picante_error::QueryErrorParts;
+
+/// `Result<T, picante::Error>`: what [`Database::query`](crate::View::query),
+/// [`QueryCx::query`](crate::QueryCx::query) and every other picante call
+/// return.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `Result<T, picante::QueryError>`: what a query body
+/// ([`AsyncQuery::execute`](crate::AsyncQuery::execute)) returns.
+///
+/// `?` works on anything a body meets: picante's own calls (`cx.query`,
+/// `cx.input`), `io::Error`, parse errors, your own `thiserror` types — any
+/// `std::error::Error + Send + Sync + 'static`.
+///
+/// ```
+/// use picante::{async_trait, AsyncQuery, QueryCx, QueryError, QueryResult};
+///
+/// struct ReadPort;
+/// #[async_trait]
+/// impl AsyncQuery for ReadPort {
+///     type Key = String;
+///     type Value = u16;
+///     async fn execute(&self, _cx: &QueryCx, path: String) -> QueryResult<u16> {
+///         let text = std::fs::read_to_string(&path)?;       // io::Error
+///         let port = text.trim().parse::<u16>()?;            // ParseIntError
+///         if port == 0 {
+///             return Err(QueryError::msg(format!("{path}: port 0")));
+///         }
+///         Ok(port)
+///     }
+/// }
+/// ```
+#[doc(inline)]
+pub use picante_error::QueryResult;
+
+/// The error a query body returns: any error, on its way to becoming the
+/// memoized [`picante::Error`](Error) that the query's callers see.
+///
+/// Converting it into [`Error`] (what picante does with a body's result)
+/// unboxes a `picante::Error` instead of wrapping it again, so an error a
+/// dependency returned reaches this query's callers as the same error:
+///
+/// ```
+/// use picante::{Error, ErrorKind, QueryError, QueryResult};
+///
+/// fn body(fail: bool) -> QueryResult<u32> {
+///     if fail {
+///         return Err(QueryError::msg("bad front matter"));
+///     }
+///     Ok("12".parse::<u32>()?)
+/// }
+/// assert_eq!(body(false).unwrap(), 12);
+/// let err: Error = body(true).unwrap_err().into();
+/// assert!(matches!(err.kind(), ErrorKind::Message(_)));
+///
+/// // A picante::Error passed on with `?` is the same error, not a wrapper.
+/// let original = Error::msg("from a dependency");
+/// let carried: Error = QueryError::from(original.clone()).into();
+/// assert!(carried.same(&original));
+/// ```
+#[doc(inline)]
+pub use picante_error::QueryError;
+
+impl From<QueryError> for Error {
+    fn from(error: QueryError) -> Self {
+        match error.into_parts() {
+            QueryErrorParts::Error(e) => Error::from_boxed(e),
+            QueryErrorParts::Message(m) => ErrorKind::Message(m).into(),
+        }
+    }
+}
 
 /// An error from picante or from a query body.
 ///
-/// `?` on any `std::error::Error + Send + Sync + 'static` (an `io::Error`, a
-/// parse error…) converts into it, keeping the original so it can be
-/// [downcast](Error::downcast_ref) later, also from dependents the error
-/// propagated to. Errors are memoized like values: cloning is a pointer copy.
+/// It implements `std::error::Error + Send + Sync + 'static`, so it composes
+/// with the rest of a program: `?` turns it into an `anyhow::Error` or a
+/// `Box<dyn std::error::Error>`, and a thiserror enum can hold it with
+/// `#[from]`. A user error a body returned (an `io::Error`, a parse
+/// error…) is kept: [`source()`](std::error::Error::source) is that error,
+/// and [`downcast_ref`](Error::downcast_ref) finds it (or anything in its
+/// `source()` chain), also from dependents the error propagated to. Errors
+/// are memoized like values: cloning is a pointer copy.
 ///
-/// Like `anyhow::Error`, this type does not itself implement
-/// `std::error::Error` (that would conflict with the blanket `From`); it
-/// converts into `Box<dyn std::error::Error + Send + Sync>` when needed.
+/// Inside a query body, errors travel as [`QueryError`] (see
+/// [`QueryResult`]); `?` converts either way.
 ///
 /// ```
 /// use picante::{Error, ErrorKind};
 ///
 /// fn read() -> picante::Result<String> {
-///     let text = std::fs::read_to_string("/definitely/not/here")?; // io::Error -> Error
+///     let text = std::fs::read_to_string("/definitely/not/here").map_err(Error::new)?;
 ///     Ok(text)
 /// }
 /// let err = read().unwrap_err();
 /// assert!(err.downcast_ref::<std::io::Error>().is_some());
 /// assert!(matches!(err.kind(), ErrorKind::User(_)));
 ///
+/// // It is a std error: it boxes, and its source is the io::Error.
+/// use std::error::Error as _;
+/// assert!(err.source().is_some_and(|s| s.is::<std::io::Error>()));
 /// let boxed: Box<dyn std::error::Error + Send + Sync> = Error::msg("bad front matter").into();
 /// assert_eq!(boxed.to_string(), "bad front matter");
 /// ```
@@ -125,9 +212,33 @@ pub enum ErrorKind {
 }
 
 impl Error {
-    /// Wraps any error value, keeping it for [`downcast_ref`](Self::downcast_ref).
+    /// Wraps any error value, keeping it for [`downcast_ref`](Self::downcast_ref)
+    /// and as the [`source()`](std::error::Error::source). A `picante::Error`
+    /// is returned as it is, not wrapped again.
+    ///
+    /// ```
+    /// let e = picante::Error::new(std::io::Error::other("disk on fire"));
+    /// assert_eq!(e.to_string(), "disk on fire");
+    /// assert!(e.downcast_ref::<std::io::Error>().is_some());
+    /// ```
     pub fn new<E: StdError + Send + Sync + 'static>(error: E) -> Self {
-        ErrorKind::User(Box::new(error)).into()
+        Error::from_boxed(Box::new(error))
+    }
+
+    /// Wraps a boxed error (what `anyhow::Error` and many libraries convert
+    /// into), like [`new`](Self::new). A boxed `picante::Error` is unboxed,
+    /// not wrapped again.
+    ///
+    /// ```
+    /// let boxed: Box<dyn std::error::Error + Send + Sync> = "not a number".into();
+    /// let e = picante::Error::from_boxed(boxed);
+    /// assert_eq!(e.to_string(), "not a number");
+    /// ```
+    pub fn from_boxed(error: Box<dyn StdError + Send + Sync + 'static>) -> Self {
+        match error.downcast::<Error>() {
+            Ok(error) => *error,
+            Err(other) => ErrorKind::User(other).into(),
+        }
     }
 
     /// An error from a message.
@@ -231,12 +342,6 @@ impl From<ErrorKind> for Error {
     }
 }
 
-impl<E: StdError + Send + Sync + 'static> From<E> for Error {
-    fn from(error: E) -> Self {
-        Error::new(error)
-    }
-}
-
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self.kind(), f)
@@ -303,38 +408,13 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// Adapter so a `picante::Error` can travel as a `Box<dyn std::error::Error>`.
-struct StdAdapter(Error);
-
-impl fmt::Display for StdAdapter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl fmt::Debug for StdAdapter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
-
-impl StdError for StdAdapter {
+/// `source()` is the user's error for [`ErrorKind::User`] (so reporters and
+/// `anyhow`'s `chain()` reach it), `None` otherwise.
+impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        match self.0.kind() {
+        match self.kind() {
             ErrorKind::User(e) => Some(e.as_ref()),
             _ => None,
         }
-    }
-}
-
-impl From<Error> for Box<dyn StdError + Send + Sync + 'static> {
-    fn from(error: Error) -> Self {
-        Box::new(StdAdapter(error))
-    }
-}
-
-impl From<Error> for Box<dyn StdError + 'static> {
-    fn from(error: Error) -> Self {
-        Box::new(StdAdapter(error))
     }
 }

@@ -23,7 +23,7 @@
 //! impl AsyncQuery for Title {
 //!     type Key = String;
 //!     type Value = Arc<str>;
-//!     async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Arc<str>> {
+//!     async fn execute(&self, cx: &QueryCx, path: String) -> picante::QueryResult<Arc<str>> {
 //!         let text = cx.input::<SourceFile>(&path)?; // a recorded dependency
 //!         Ok(text.lines().next().unwrap_or_default().into())
 //!     }
@@ -35,7 +35,7 @@
 //! impl AsyncQuery for Shout {
 //!     type Key = String;
 //!     type Value = String;
-//!     async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<String> {
+//!     async fn execute(&self, cx: &QueryCx, path: String) -> picante::QueryResult<String> {
 //!         Ok(cx.query::<Title>(path).await?.to_uppercase())
 //!     }
 //! }
@@ -86,7 +86,7 @@ pub use api::kinds::{AsyncQuery, Id, Input, Interned, Key, Value};
 pub use api::memory::{Collect, CollectReport, KindMemory, MemoryReport};
 pub use api::registry::DatabaseBuilder;
 pub use api::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, QueryError, QueryResult, Result};
 pub use persist::{AppendReport, LoadOptions, LoadReport, OnError, SaveReport};
 pub use revision::{Durability, Revision};
 

@@ -36,7 +36,7 @@ struct Len(Count);
 impl AsyncQuery for Len {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.0.hit();
         Ok(cx.input_opt::<File>(&k)?.map_or(0, |v| v + 1))
     }
@@ -128,7 +128,7 @@ struct Sometimes(Count, World);
 impl AsyncQuery for Sometimes {
     type Key = ();
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u32> {
         self.0.hit();
         let mode = cx.input::<Mode>(&())?;
         if mode == 0 {
@@ -145,9 +145,9 @@ struct Echo(Count);
 impl AsyncQuery for Echo {
     type Key = ();
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u32> {
         self.0.hit();
-        cx.query::<Sometimes>(()).await
+        Ok(cx.query::<Sometimes>(()).await?)
     }
 }
 
@@ -208,7 +208,7 @@ struct Sample(Count, World);
 impl AsyncQuery for Sample {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, _: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, _: u32) -> QueryResult<u32> {
         self.0.hit();
         cx.report_untracked_read()?;
         Ok(self.1.get())
@@ -221,9 +221,9 @@ struct Reader(Count);
 impl AsyncQuery for Reader {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, _: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, _: u32) -> QueryResult<u32> {
         self.0.hit();
-        cx.query::<Sample>(0).await
+        Ok(cx.query::<Sample>(0).await?)
     }
 }
 
@@ -284,7 +284,7 @@ struct ByTouchy(Count);
 impl AsyncQuery for ByTouchy {
     type Key = Touchy;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: Touchy) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: Touchy) -> QueryResult<u32> {
         self.0.hit();
         Ok(cx.input_opt::<File>(&k.0)?.unwrap_or(0) + k.0)
     }
@@ -339,7 +339,7 @@ struct Leaf(Count);
 impl AsyncQuery for Leaf {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.0.hit();
         Ok(cx.input_opt::<File>(&k)?.unwrap_or(0))
     }
@@ -351,7 +351,7 @@ struct Mid(Count);
 impl AsyncQuery for Mid {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, i: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, i: u32) -> QueryResult<u32> {
         self.0.hit();
         let (a, b) = tokio::join!(cx.query::<Leaf>(i), cx.query::<Leaf>((i + 1) % 3));
         Ok(a? * 3 + b?)
@@ -364,7 +364,7 @@ struct Top(Count);
 impl AsyncQuery for Top {
     type Key = ();
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u32> {
         self.0.hit();
         let (a, b, c) = tokio::join!(cx.query::<Mid>(0), cx.query::<Mid>(1), cx.query::<Mid>(2));
         Ok(a? + b? + c?)
@@ -447,7 +447,7 @@ struct GatedLen {
 impl AsyncQuery for GatedLen {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.runs.hit();
         let v = cx.input_opt::<File>(&k)?.unwrap_or(0);
         self.started.notify_one();
@@ -571,7 +571,7 @@ struct OnStable(Count);
 impl AsyncQuery for OnStable {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.0.hit();
         Ok(cx.input_opt::<Stable>(&k)?.unwrap_or(0))
     }
@@ -583,7 +583,7 @@ struct Both(Count);
 impl AsyncQuery for Both {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.0.hit();
         Ok(cx.query::<OnStable>(k).await? + cx.input_opt::<File>(&k)?.unwrap_or(0))
     }
@@ -643,7 +643,7 @@ struct Sum(Count);
 impl AsyncQuery for Sum {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, n: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, n: u32) -> QueryResult<u32> {
         self.0.hit();
         let mut total = 0;
         for k in 0..n {
@@ -762,14 +762,14 @@ struct Moody(Count);
 impl AsyncQuery for Moody {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.0.hit();
         let v = cx.input::<File>(&k)?;
         if v == 13 {
             panic!("thirteen");
         }
         if v == 7 {
-            return cx.query::<Moody>(k).await;
+            return Ok(cx.query::<Moody>(k).await?);
         }
         Ok(v)
     }
@@ -888,7 +888,7 @@ struct MakeFragile(Count);
 impl AsyncQuery for MakeFragile {
     type Key = u32;
     type Value = Fragile;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<Fragile> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<Fragile> {
         self.0.hit();
         Ok(Fragile(cx.input_opt::<File>(&k)?.unwrap_or(0)))
     }
@@ -950,11 +950,11 @@ struct Loop(Count, World);
 impl AsyncQuery for Loop {
     type Key = ();
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u32> {
         self.0.hit();
         cx.report_untracked_read()?;
         if cx.input_opt::<Stable>(&0)? == Some(1) {
-            return cx.query::<Loop>(()).await;
+            return Ok(cx.query::<Loop>(()).await?);
         }
         Ok(self.1.get())
     }

@@ -36,7 +36,7 @@ struct Len(Count);
 impl AsyncQuery for Len {
     type Key = String;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, key: String) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, key: String) -> QueryResult<u64> {
         self.0.hit();
         Ok(cx.input::<Src>(&key)?.len() as u64)
     }
@@ -48,7 +48,7 @@ struct Shout(Count);
 impl AsyncQuery for Shout {
     type Key = String;
     type Value = String;
-    async fn execute(&self, cx: &QueryCx, key: String) -> Result<String> {
+    async fn execute(&self, cx: &QueryCx, key: String) -> QueryResult<String> {
         self.0.hit();
         Ok(cx.input::<Src>(&key)?.to_uppercase())
     }
@@ -466,7 +466,7 @@ impl<const V: u32> AsyncQuery for LenAt<V> {
     type Key = String;
     type Value = u64;
     const VERSION: u32 = V;
-    async fn execute(&self, cx: &QueryCx, key: String) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, key: String) -> QueryResult<u64> {
         self.0.hit();
         // What version 1 computes differs from version 0.
         Ok(cx.input::<Src>(&key)?.len() as u64 + 1000 * u64::from(V))
@@ -479,7 +479,7 @@ struct TwiceAt<const V: u32>(Count);
 impl<const V: u32> AsyncQuery for TwiceAt<V> {
     type Key = String;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, key: String) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, key: String) -> QueryResult<u64> {
         self.0.hit();
         Ok(cx.query::<LenAt<V>>(key).await? * 2)
     }
@@ -942,7 +942,7 @@ struct Linked(Count);
 impl AsyncQuery for Linked {
     type Key = Id<Label>;
     type Value = (Option<Id<Label>>, Vec<String>);
-    async fn execute(&self, cx: &QueryCx, key: Id<Label>) -> Result<Self::Value> {
+    async fn execute(&self, cx: &QueryCx, key: Id<Label>) -> QueryResult<Self::Value> {
         self.0.hit();
         let links = cx.input::<Links>(&key)?;
         let mut names = Vec::new();

@@ -84,7 +84,7 @@ struct Gated {
 impl AsyncQuery for Gated {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         let v = cx.input::<Num>(&k)?;
         self.gate.pass().await;
@@ -102,11 +102,11 @@ struct GatedFail {
 impl AsyncQuery for GatedFail {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         let _ = cx.input_opt::<Num>(&k)?;
         self.gate.pass().await;
-        Err(Error::msg(format!("boom {k}")))
+        Err(QueryError::msg(format!("boom {k}")))
     }
 }
 
@@ -118,7 +118,7 @@ struct Double {
 impl AsyncQuery for Double {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.input::<Num>(&k)? * 2)
     }
@@ -132,7 +132,7 @@ struct Triple {
 impl AsyncQuery for Triple {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.input::<Num>(&k)? * 3)
     }
@@ -350,7 +350,7 @@ struct FirstHangs {
 impl AsyncQuery for FirstHangs {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         let v = cx.input::<Num>(&k)?;
         if self.runs.get() == 1 {
@@ -369,7 +369,7 @@ struct Outer {
 impl AsyncQuery for Outer {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.query::<FirstHangs>(k).await? * 100)
     }
@@ -551,7 +551,7 @@ struct Pair {
 impl AsyncQuery for Pair {
     type Key = ();
     type Value = (i64, i64);
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<(i64, i64)> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<(i64, i64)> {
         self.runs.hit();
         let a = cx.input::<Num>(&0)?;
         tokio::task::yield_now().await; // let writers in between the two reads
@@ -667,7 +667,7 @@ struct LabelLen {
 impl AsyncQuery for LabelLen {
     type Key = Id<Label>;
     type Value = usize;
-    async fn execute(&self, cx: &QueryCx, id: Id<Label>) -> Result<usize> {
+    async fn execute(&self, cx: &QueryCx, id: Id<Label>) -> QueryResult<usize> {
         self.runs.hit();
         Ok(cx.lookup::<Label>(id)?.len())
     }
@@ -820,7 +820,7 @@ struct TimesTen {
 impl AsyncQuery for TimesTen {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.query::<Double>(k).await? * 10)
     }
@@ -872,7 +872,7 @@ struct Meet {
 impl AsyncQuery for Meet {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         let v = cx.input::<Num>(&k)?;
         if self.meet.load(Ordering::SeqCst) {
@@ -974,12 +974,10 @@ struct CycA {
 impl AsyncQuery for CycA {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         let cx = cx.clone();
-        tokio::spawn(async move { cx.query::<CycB>(k).await })
-            .await
-            .map_err(Error::new)?
+        Ok(tokio::spawn(async move { cx.query::<CycB>(k).await }).await??)
     }
 }
 
@@ -991,7 +989,7 @@ struct CycB {
 impl AsyncQuery for CycB {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.query::<CycA>(k).await? + 1)
     }
@@ -1064,7 +1062,7 @@ struct JoinCycA {
 impl AsyncQuery for JoinCycA {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         let (c1, c2) = (cx.clone(), cx.clone());
         let (x, y) = tokio::join!(async move { c1.input::<Num>(&k) }, async move {
@@ -1079,11 +1077,9 @@ struct JoinCycB;
 impl AsyncQuery for JoinCycB {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         let cx2 = cx.clone();
-        tokio::spawn(async move { cx2.query::<JoinCycA>(k).await })
-            .await
-            .map_err(Error::new)?
+        Ok(tokio::spawn(async move { cx2.query::<JoinCycA>(k).await }).await??)
     }
 }
 
@@ -1118,7 +1114,7 @@ struct SlowLeaf {
 impl AsyncQuery for SlowLeaf {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         let v = cx.input::<Num>(&k)?;
         tokio::time::sleep(Duration::from_millis(20)).await; // overlap only
@@ -1134,9 +1130,9 @@ struct Mid {
 impl AsyncQuery for Mid {
     type Key = (u8, u32);
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, (_, k): (u8, u32)) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, (_, k): (u8, u32)) -> QueryResult<i64> {
         self.runs.hit();
-        cx.query::<SlowLeaf>(k).await
+        Ok(cx.query::<SlowLeaf>(k).await?)
     }
 }
 
@@ -1149,7 +1145,7 @@ struct Siblings {
 impl AsyncQuery for Siblings {
     type Key = (u8, u32);
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, (mode, k): (u8, u32)) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, (mode, k): (u8, u32)) -> QueryResult<i64> {
         self.runs.hit();
         let (c1, c2) = (cx.clone(), cx.clone());
         let (x, y) = match mode {
@@ -1202,7 +1198,7 @@ struct FanIn {
 impl AsyncQuery for FanIn {
     type Key = ();
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<i64> {
         self.runs.hit();
         let (c1, c2, c3, c4) = (cx.clone(), cx.clone(), cx.clone(), cx.clone());
         let (a, b) = tokio::join!(async move { c1.input::<Num>(&1) }, async move {
@@ -1284,7 +1280,7 @@ struct Leaky {
 impl AsyncQuery for Leaky {
     type Key = ();
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<i64> {
         self.runs.hit();
         let report = self.report.lock().unwrap().take();
         let (cx2, release) = (cx.clone(), self.release.clone());
@@ -1296,7 +1292,7 @@ impl AsyncQuery for Leaky {
                 let _ = tx.send((input, query));
             }
         });
-        cx.input::<Num>(&1)
+        Ok(cx.input::<Num>(&1)?)
     }
 }
 

@@ -35,7 +35,7 @@ struct ReadA {
 impl AsyncQuery for ReadA {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.input::<A>(&k)? * 10)
     }
@@ -49,9 +49,9 @@ struct OptA {
 impl AsyncQuery for OptA {
     type Key = u32;
     type Value = Option<i64>;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<Option<i64>> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<Option<i64>> {
         self.runs.hit();
-        cx.input_opt::<A>(&k)
+        Ok(cx.input_opt::<A>(&k)?)
     }
 }
 
@@ -63,7 +63,7 @@ struct SumAB {
 impl AsyncQuery for SumAB {
     type Key = u32;
     type Value = (i64, i64);
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<(i64, i64)> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<(i64, i64)> {
         self.runs.hit();
         Ok((cx.input::<A>(&k)?, cx.input::<B>(&k)?))
     }
@@ -351,9 +351,9 @@ struct InnerA {
 impl AsyncQuery for InnerA {
     type Key = ();
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<i64> {
         self.runs.hit();
-        cx.input::<A>(&0)
+        Ok(cx.input::<A>(&0)?)
     }
 }
 
@@ -368,7 +368,7 @@ struct Straddle {
 impl AsyncQuery for Straddle {
     type Key = ();
     type Value = (u64, i64, i64, i64, Option<i64>);
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<Self::Value> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<Self::Value> {
         self.runs.hit();
         let at = cx.revision().as_u64();
         let first = cx.input::<A>(&0)?;
@@ -448,9 +448,9 @@ struct Dep5 {
 impl AsyncQuery for Dep5 {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
-        cx.input::<A>(&k)
+        Ok(cx.input::<A>(&k)?)
     }
 }
 
@@ -463,7 +463,7 @@ struct Reader5 {
 impl AsyncQuery for Reader5 {
     type Key = ();
     type Value = Vec<Option<i64>>;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<Vec<Option<i64>>> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<Vec<Option<i64>>> {
         self.runs.hit();
         let a1 = cx.input::<A>(&1)?;
         let a2 = cx.input_opt::<A>(&2)?;
@@ -576,9 +576,9 @@ struct Leaf6 {
 impl AsyncQuery for Leaf6 {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
-        cx.input::<A>(&k)
+        Ok(cx.input::<A>(&k)?)
     }
 }
 
@@ -589,7 +589,7 @@ struct Mid6 {
 impl AsyncQuery for Mid6 {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.query::<Leaf6>(k).await? + 1)
     }
@@ -602,7 +602,7 @@ struct Top6 {
 impl AsyncQuery for Top6 {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.query::<Mid6>(k).await? * 2)
     }
@@ -677,9 +677,9 @@ struct D7 {
 impl AsyncQuery for D7 {
     type Key = ();
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<i64> {
         self.runs.hit();
-        cx.input::<A>(&0)
+        Ok(cx.input::<A>(&0)?)
     }
 }
 
@@ -691,7 +691,7 @@ struct Q7 {
 impl AsyncQuery for Q7 {
     type Key = ();
     type Value = bool;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<bool> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<bool> {
         self.runs.hit();
         Ok(cx.query::<D7>(()).await? > 100)
     }
@@ -705,7 +705,7 @@ struct Top7 {
 impl AsyncQuery for Top7 {
     type Key = ();
     type Value = String;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<String> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<String> {
         self.runs.hit();
         Ok(format!("big: {}", cx.query::<Q7>(()).await?))
     }
@@ -762,7 +762,7 @@ struct Tens {
 impl AsyncQuery for Tens {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.input::<A>(&k)? / 10)
     }
@@ -775,7 +775,7 @@ struct AfterTens {
 impl AsyncQuery for AfterTens {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.query::<Tens>(k).await? + cx.query::<Tens>(k + 1).await?)
     }
@@ -847,7 +847,7 @@ struct CfgMid {
 impl AsyncQuery for CfgMid {
     type Key = ();
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.input::<Cfg>(&())? * 2)
     }
@@ -860,7 +860,7 @@ struct CfgTop {
 impl AsyncQuery for CfgTop {
     type Key = ();
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.query::<CfgMid>(()).await? + 1)
     }
@@ -874,7 +874,7 @@ struct WithTpl {
 impl AsyncQuery for WithTpl {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.query::<CfgTop>(()).await? + cx.input::<Tpl>(&k)?)
     }
@@ -888,7 +888,7 @@ struct Mixed {
 impl AsyncQuery for Mixed {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.query::<CfgTop>(()).await? + cx.input::<Src>(&k)?)
     }
@@ -1013,7 +1013,7 @@ struct CfgOnly<C>(Count, PhantomData<fn() -> C>);
 impl<C: Input<Key = (), Value = i64>> AsyncQuery for CfgOnly<C> {
     type Key = ();
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<i64> {
         self.0.hit();
         Ok(cx.input_opt::<C>(&())?.unwrap_or(-1) % 7)
     }
@@ -1024,7 +1024,7 @@ struct Combine<C>(Count, PhantomData<fn() -> C>);
 impl<C: Input<Key = (), Value = i64>> AsyncQuery for Combine<C> {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.0.hit();
         let c = cx.query::<CfgOnly<C>>(()).await?;
         Ok(c * 1000 + cx.input_opt::<Src>(&k)?.unwrap_or(-1))
@@ -1092,7 +1092,7 @@ struct LabelLen {
 impl AsyncQuery for LabelLen {
     type Key = Id<Label>;
     type Value = usize;
-    async fn execute(&self, cx: &QueryCx, id: Id<Label>) -> Result<usize> {
+    async fn execute(&self, cx: &QueryCx, id: Id<Label>) -> QueryResult<usize> {
         self.runs.hit();
         Ok(cx.lookup::<Label>(id)?.len())
     }
@@ -1106,12 +1106,12 @@ struct MakeLabel {
 impl AsyncQuery for MakeLabel {
     type Key = u32;
     type Value = Id<Label>;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<Id<Label>> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<Id<Label>> {
         self.runs.hit();
         let a = cx.input::<A>(&k)?;
         // Interning more than it returns must not matter either.
         cx.intern::<Label>(format!("scratch-{a}"))?;
-        cx.intern::<Label>(format!("n{a}"))
+        Ok(cx.intern::<Label>(format!("n{a}"))?)
     }
 }
 
@@ -1208,11 +1208,11 @@ struct Fallible {
 impl AsyncQuery for Fallible {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         let v = cx.input::<A>(&k)?;
         if v < 0 {
-            return Err(Error::msg(format!("negative: {v}")));
+            return Err(QueryError::msg(format!("negative: {v}")));
         }
         Ok(v)
     }
@@ -1226,7 +1226,7 @@ struct Panicky {
 impl AsyncQuery for Panicky {
     type Key = String;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, path: String) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, path: String) -> QueryResult<i64> {
         self.runs.hit();
         let v = cx.input::<Src>(&0)?;
         if v == 13 {
@@ -1244,7 +1244,7 @@ struct AfterPanicky {
 impl AsyncQuery for AfterPanicky {
     type Key = String;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, path: String) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, path: String) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.query::<Panicky>(path).await? + 1)
     }
@@ -1400,7 +1400,7 @@ async fn s10_non_string_panic_payload_is_an_error() -> Result<()> {
     impl AsyncQuery for PanicAny {
         type Key = u8;
         type Value = u8;
-        async fn execute(&self, _cx: &QueryCx, k: u8) -> Result<u8> {
+        async fn execute(&self, _cx: &QueryCx, k: u8) -> QueryResult<u8> {
             self.runs.hit();
             std::panic::panic_any(k);
         }
@@ -1426,7 +1426,7 @@ struct ReadFile {
 impl AsyncQuery for ReadFile {
     type Key = std::path::PathBuf;
     type Value = String;
-    async fn execute(&self, _cx: &QueryCx, path: std::path::PathBuf) -> Result<String> {
+    async fn execute(&self, _cx: &QueryCx, path: std::path::PathBuf) -> QueryResult<String> {
         self.runs.hit();
         Ok(std::fs::read_to_string(&path)?) // `?` on io::Error
     }
@@ -1439,7 +1439,7 @@ struct FileLen {
 impl AsyncQuery for FileLen {
     type Key = std::path::PathBuf;
     type Value = usize;
-    async fn execute(&self, cx: &QueryCx, path: std::path::PathBuf) -> Result<usize> {
+    async fn execute(&self, cx: &QueryCx, path: std::path::PathBuf) -> QueryResult<usize> {
         self.runs.hit();
         Ok(cx.query::<ReadFile>(path).await?.len())
     }
@@ -1475,7 +1475,7 @@ struct ParseNum {
 impl AsyncQuery for ParseNum {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         let text = cx.input::<Text>(&k)?;
         if k == 0 {
@@ -1494,7 +1494,7 @@ struct Doubled {
 impl AsyncQuery for Doubled {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.query::<ParseNum>(k).await? * 2)
     }
@@ -1508,7 +1508,7 @@ struct OrZero {
 impl AsyncQuery for OrZero {
     type Key = u32;
     type Value = (i64, Option<String>);
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<(i64, Option<String>)> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<(i64, Option<String>)> {
         self.runs.hit();
         Ok(match cx.query::<Doubled>(k).await {
             Ok(v) => (v, None),
@@ -1633,7 +1633,7 @@ struct UnregisteredQuery;
 impl AsyncQuery for UnregisteredQuery {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, _cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, _cx: &QueryCx, k: u32) -> QueryResult<u32> {
         Ok(k)
     }
 }
@@ -1651,9 +1651,9 @@ struct ReadsUnregistered {
 impl AsyncQuery for ReadsUnregistered {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.runs.hit();
-        cx.input::<Unregistered>(&k)
+        Ok(cx.input::<Unregistered>(&k)?)
     }
 }
 
@@ -1734,7 +1734,7 @@ impl Input for Both {
 impl AsyncQuery for Both {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, _cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, _cx: &QueryCx, k: u32) -> QueryResult<u32> {
         Ok(k)
     }
 }

@@ -30,7 +30,7 @@ struct SelfCycle {
 impl AsyncQuery for SelfCycle {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.runs.hit();
         Ok(cx.query::<SelfCycle>(k).await? + 1)
     }
@@ -44,7 +44,7 @@ struct A {
 impl AsyncQuery for A {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.runs.hit();
         Ok(cx.query::<B>(k).await? + 1)
     }
@@ -58,7 +58,7 @@ struct B {
 impl AsyncQuery for B {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.runs.hit();
         if cx.input::<Toggle>(&k)? {
             Ok(cx.query::<A>(k).await? * 10)
@@ -141,7 +141,7 @@ struct Ring {
 impl AsyncQuery for Ring {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.runs.hit();
         Ok(cx.query::<Ring>((k + 1) % 3).await? + 1)
     }
@@ -179,7 +179,7 @@ struct SlowLeaf {
 impl AsyncQuery for SlowLeaf {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, _cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, _cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.runs.hit();
         for _ in 0..5 {
             tokio::task::yield_now().await;
@@ -197,7 +197,7 @@ struct Joiner {
 impl AsyncQuery for Joiner {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.runs.hit();
         let (x, y, z) = tokio::join!(cx.query::<SlowLeaf>(k), cx.query::<SlowLeaf>(k), async {
             if k % 2 == 1 {

@@ -35,10 +35,10 @@ struct Chain {
 impl AsyncQuery for Chain {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u64> {
         self.runs[k as usize].fetch_add(1, Ordering::Relaxed);
         match k {
-            0 => cx.input::<Base>(&()),
+            0 => Ok(cx.input::<Base>(&())?),
             1 => Ok(cx.query::<Chain>(0).await? / 2),
             _ => Ok(cx.query::<Chain>(k - 1).await? + 1),
         }

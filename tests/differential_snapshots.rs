@@ -101,7 +101,7 @@ struct Node {
 impl AsyncQuery for Node {
     type Key = u16;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u16) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u16) -> QueryResult<i64> {
         self.runs[k as usize].fetch_add(1, Ordering::SeqCst);
         let spec = &self.graph[k as usize];
         let mut sum = i64::from(k);

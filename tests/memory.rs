@@ -27,7 +27,7 @@ struct Len(Count);
 impl AsyncQuery for Len {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
         self.0.hit();
         Ok(cx.input_opt::<File>(&k)?.map_or(0, |v| v + 1))
     }
@@ -39,7 +39,7 @@ struct Sum(Count);
 impl AsyncQuery for Sum {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, n: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, n: u32) -> QueryResult<u32> {
         self.0.hit();
         let mut total = 0;
         for k in 0..n {

@@ -27,7 +27,7 @@ struct Leaf {
 impl AsyncQuery for Leaf {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.input::<A>(&k)? / 10)
     }
@@ -41,7 +41,7 @@ struct Top {
 impl AsyncQuery for Top {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<i64> {
         self.runs.hit();
         Ok(cx.query::<Leaf>(k).await? + cx.input_opt::<A>(&100)?.unwrap_or(0))
     }

@@ -40,8 +40,8 @@ struct Q<T>(PhantomData<fn() -> T>);
 impl<T: Value + Debug + Facet<'static>> AsyncQuery for Q<T> {
     type Key = u32;
     type Value = T;
-    async fn execute(&self, cx: &QueryCx, key: u32) -> Result<T> {
-        cx.input::<In<T>>(&key)
+    async fn execute(&self, cx: &QueryCx, key: u32) -> QueryResult<T> {
+        Ok(cx.input::<In<T>>(&key)?)
     }
 }
 

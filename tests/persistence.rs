@@ -86,7 +86,7 @@ struct Len(Count);
 impl AsyncQuery for Len {
     type Key = String;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<u64> {
         self.0.hit();
         Ok(cx.input::<Src>(&k)?.len() as u64)
     }
@@ -98,7 +98,7 @@ struct Parity(Count);
 impl AsyncQuery for Parity {
     type Key = String;
     type Value = bool;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<bool> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<bool> {
         self.0.hit();
         Ok(cx.query::<Len>(k).await? % 2 == 0)
     }
@@ -110,7 +110,7 @@ struct Shout(Count);
 impl AsyncQuery for Shout {
     type Key = String;
     type Value = String;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<String> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<String> {
         self.0.hit();
         let even = cx.query::<Parity>(k.clone()).await?;
         Ok(format!("{}:{k}", if even { "EVEN" } else { "ODD" }))
@@ -123,7 +123,7 @@ struct Total(Count);
 impl AsyncQuery for Total {
     type Key = Vec<String>;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, keys: Vec<String>) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, keys: Vec<String>) -> QueryResult<u64> {
         self.0.hit();
         let mut sum = 0;
         for k in keys {
@@ -139,12 +139,13 @@ struct Words(Count);
 impl AsyncQuery for Words {
     type Key = String;
     type Value = Vec<u32>;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<Vec<u32>> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<Vec<u32>> {
         self.0.hit();
         let text = cx.input::<Src>(&k)?;
-        text.split_whitespace()
+        Ok(text
+            .split_whitespace()
             .map(|w| cx.intern::<Label>(w.to_string()).map(|id| id.raw()))
-            .collect()
+            .collect::<Result<_>>()?)
     }
 }
 
@@ -154,7 +155,7 @@ struct Upper(Count);
 impl AsyncQuery for Upper {
     type Key = u32;
     type Value = String;
-    async fn execute(&self, cx: &QueryCx, id: u32) -> Result<String> {
+    async fn execute(&self, cx: &QueryCx, id: u32) -> QueryResult<String> {
         self.0.hit();
         Ok(cx.lookup::<Label>(Id::from_raw(id))?.to_uppercase())
     }
@@ -166,7 +167,7 @@ struct Flagged(Count);
 impl AsyncQuery for Flagged {
     type Key = String;
     type Value = String;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<String> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<String> {
         self.0.hit();
         let text = cx.input::<Src>(&k)?;
         let flag = cx.input_opt::<Flag>(&k)?.unwrap_or(false);
@@ -180,7 +181,7 @@ struct Mem(Count);
 impl AsyncQuery for Mem {
     type Key = String;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<u64> {
         self.0.hit();
         Ok(cx.query::<Len>(k).await? * 10)
     }
@@ -192,7 +193,7 @@ struct AfterMem(Count);
 impl AsyncQuery for AfterMem {
     type Key = String;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<u64> {
         self.0.hit();
         Ok(cx.query::<Mem>(k).await? + 1)
     }
@@ -204,7 +205,7 @@ struct Wrap(Count);
 impl AsyncQuery for Wrap {
     type Key = String;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<u64> {
         self.0.hit();
         Ok(cx.query::<AfterMem>(k).await? * 2)
     }
@@ -216,11 +217,11 @@ struct Fails(Count);
 impl AsyncQuery for Fails {
     type Key = String;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<u64> {
         self.0.hit();
         let text = cx.input::<Src>(&k)?;
         if text.contains("bad") {
-            return Err(Error::msg(format!("bad input at {k}")));
+            return Err(QueryError::msg(format!("bad input at {k}")));
         }
         Ok(text.len() as u64)
     }
@@ -724,7 +725,7 @@ macro_rules! page_query {
         impl AsyncQuery for $name {
             type Key = String;
             type Value = $value;
-            async fn execute(&self, cx: &QueryCx, k: String) -> Result<$value> {
+            async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<$value> {
                 self.0.hit();
                 let text = cx.input::<Src>(&k)?;
                 let make: fn(String, u64) -> $value = $make;
@@ -770,7 +771,7 @@ struct Twice32(Count);
 impl AsyncQuery for Twice32 {
     type Key = String;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<u64> {
         self.0.hit();
         Ok(u64::from(cx.input::<Num32>(&k)?) * 2)
     }
@@ -781,7 +782,7 @@ struct Twice64(Count);
 impl AsyncQuery for Twice64 {
     type Key = String;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<u64> {
         self.0.hit();
         Ok(cx.input::<Num64>(&k)? * 2)
     }
@@ -793,7 +794,7 @@ struct Extra(Count);
 impl AsyncQuery for Extra {
     type Key = String;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<u64> {
         self.0.hit();
         Ok(cx.input::<Src>(&k)?.len() as u64 + 100)
     }
@@ -1730,7 +1731,7 @@ struct PageOf(Count);
 impl AsyncQuery for PageOf {
     type Key = String;
     type Value = Page;
-    async fn execute(&self, _cx: &QueryCx, k: String) -> Result<Page> {
+    async fn execute(&self, _cx: &QueryCx, k: String) -> QueryResult<Page> {
         self.0.hit();
         Ok(Page {
             title: k.clone(),

@@ -71,7 +71,7 @@ struct Len(Count);
 impl AsyncQuery for Len {
     type Key = String;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<u64> {
         self.0.hit();
         Ok(cx.input::<Src>(&k)?.len() as u64)
     }
@@ -82,7 +82,7 @@ struct Upper(Count);
 impl AsyncQuery for Upper {
     type Key = String;
     type Value = String;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<String> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<String> {
         self.0.hit();
         Ok(cx.input::<Src>(&k)?.to_uppercase())
     }
@@ -93,12 +93,13 @@ struct Words(Count);
 impl AsyncQuery for Words {
     type Key = String;
     type Value = Vec<u32>;
-    async fn execute(&self, cx: &QueryCx, k: String) -> Result<Vec<u32>> {
+    async fn execute(&self, cx: &QueryCx, k: String) -> QueryResult<Vec<u32>> {
         self.0.hit();
-        cx.input::<Src>(&k)?
+        Ok(cx
+            .input::<Src>(&k)?
             .split_whitespace()
             .map(|w| cx.intern::<Label>(w.to_string()).map(|id| id.raw()))
-            .collect()
+            .collect::<Result<_>>()?)
     }
 }
 
@@ -107,7 +108,7 @@ struct Total(Count);
 impl AsyncQuery for Total {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, n: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, n: u32) -> QueryResult<u64> {
         self.0.hit();
         let mut sum = 0;
         for i in 0..n {

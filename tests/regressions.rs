@@ -52,12 +52,12 @@ struct Pick(Count);
 impl AsyncQuery for Pick {
     type Key = ();
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u32> {
         self.0.hit();
         if cx.input::<SelHigh>(&())? {
-            cx.input::<LowOnly>(&())
+            Ok(cx.input::<LowOnly>(&())?)
         } else {
-            cx.input::<HighOnly>(&())
+            Ok(cx.input::<HighOnly>(&())?)
         }
     }
 }
@@ -66,9 +66,9 @@ struct OverPick(Count);
 impl AsyncQuery for OverPick {
     type Key = ();
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u32> {
         self.0.hit();
-        cx.query::<Pick>(()).await
+        Ok(cx.query::<Pick>(()).await?)
     }
 }
 
@@ -131,7 +131,7 @@ struct Mod3(Count);
 impl AsyncQuery for Mod3 {
     type Key = ();
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<i64> {
         self.0.hit();
         Ok(cx.input::<Num>(&())? % 3)
     }
@@ -141,7 +141,7 @@ struct Over(Count);
 impl AsyncQuery for Over {
     type Key = i64;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, k: i64) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, k: i64) -> QueryResult<i64> {
         self.0.hit();
         Ok(cx.query::<Mod3>(()).await? + k)
     }
@@ -183,9 +183,9 @@ struct Leaf(Count);
 impl AsyncQuery for Leaf {
     type Key = ();
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<i64> {
         self.0.hit();
-        cx.input::<Num>(&())
+        Ok(cx.input::<Num>(&())?)
     }
 }
 struct Above(Count);
@@ -193,7 +193,7 @@ struct Above(Count);
 impl AsyncQuery for Above {
     type Key = ();
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<i64> {
         self.0.hit();
         Ok(cx.query::<Leaf>(()).await? * 10)
     }
@@ -251,7 +251,7 @@ struct Blocker(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>);
 impl AsyncQuery for Blocker {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u64> {
         if k == 0 {
             self.1.notify_one(); // the bottom is reached
             self.0.notified().await; // never notified
@@ -369,7 +369,7 @@ struct Touchy(Count);
 impl AsyncQuery for Touchy {
     type Key = TouchyKey;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: TouchyKey) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, k: TouchyKey) -> QueryResult<u32> {
         self.0.hit();
         Ok(cx.input::<Gate>(&())? + k.0)
     }
@@ -420,9 +420,9 @@ struct SelfViaHandle(Arc<OnceLock<Database>>);
 impl AsyncQuery for SelfViaHandle {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, _cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, _cx: &QueryCx, k: u32) -> QueryResult<u32> {
         let db = self.0.get().expect("set after build");
-        db.query::<SelfViaHandle>(k).await
+        Ok(db.query::<SelfViaHandle>(k).await?)
     }
 }
 struct Viaother(Arc<OnceLock<Database>>);
@@ -430,9 +430,9 @@ struct Viaother(Arc<OnceLock<Database>>);
 impl AsyncQuery for Viaother {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, _cx: &QueryCx, k: u32) -> Result<u32> {
+    async fn execute(&self, _cx: &QueryCx, k: u32) -> QueryResult<u32> {
         let db = self.0.get().expect("set after build");
-        db.query::<Back>(k).await
+        Ok(db.query::<Back>(k).await?)
     }
 }
 struct Back;
@@ -440,8 +440,8 @@ struct Back;
 impl AsyncQuery for Back {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u32> {
-        cx.query::<Viaother>(k).await
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
+        Ok(cx.query::<Viaother>(k).await?)
     }
 }
 
@@ -481,7 +481,7 @@ struct DupJoin(Count);
 impl AsyncQuery for DupJoin {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u64> {
         self.0.hit();
         if k == 0 {
             return Ok(cx.input::<Gate>(&())?.into());
@@ -495,7 +495,7 @@ struct Plain(Count);
 impl AsyncQuery for Plain {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u64> {
         self.0.hit();
         if k == 0 {
             return Ok(cx.input::<Gate>(&())?.into());
@@ -570,7 +570,7 @@ struct Explodes(Count);
 impl AsyncQuery for Explodes {
     type Key = BadDebug;
     type Value = u32;
-    async fn execute(&self, _cx: &QueryCx, _k: BadDebug) -> Result<u32> {
+    async fn execute(&self, _cx: &QueryCx, _k: BadDebug) -> QueryResult<u32> {
         self.0.hit();
         panic!("the body panics")
     }

@@ -33,7 +33,7 @@ struct Outside(Count, World);
 impl AsyncQuery for Outside {
     type Key = ();
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u32> {
         self.0.hit();
         cx.report_untracked_read()?;
         Ok(self.1.0.load(Ordering::SeqCst))
@@ -46,7 +46,7 @@ struct Above(Count);
 impl AsyncQuery for Above {
     type Key = ();
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u32> {
         self.0.hit();
         Ok(cx.query::<Outside>(()).await? + cx.input_opt::<Src>(&0)?.unwrap_or(0))
     }
@@ -58,7 +58,7 @@ struct Tracked(Count);
 impl AsyncQuery for Tracked {
     type Key = ();
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u32> {
         self.0.hit();
         Ok(cx.input_opt::<Src>(&0)?.unwrap_or(0) * 2)
     }
@@ -138,7 +138,7 @@ async fn untracked_reads_survive_high_durability_and_tracked_memos_are_unaffecte
     impl AsyncQuery for Mixed {
         type Key = ();
         type Value = u32;
-        async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u32> {
+        async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u32> {
             self.0.hit();
             let stable = cx.input::<Stable>(&())?;
             cx.report_untracked_read()?;

@@ -37,7 +37,7 @@ struct Double;
 impl AsyncQuery for Double {
     type Key = u32;
     type Value = std::sync::Arc<u64>;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<std::sync::Arc<u64>> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<std::sync::Arc<u64>> {
         Ok(std::sync::Arc::new(cx.input::<Base>(&k)? * 2))
     }
 }

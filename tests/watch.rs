@@ -34,7 +34,7 @@ struct Words(Count);
 impl AsyncQuery for Words {
     type Key = u32;
     type Value = usize;
-    async fn execute(&self, cx: &QueryCx, key: u32) -> Result<usize> {
+    async fn execute(&self, cx: &QueryCx, key: u32) -> QueryResult<usize> {
         self.0.hit();
         Ok(cx.input::<Text>(&key)?.split_whitespace().count())
     }
@@ -46,7 +46,7 @@ struct Square(Count);
 impl AsyncQuery for Square {
     type Key = u32;
     type Value = usize;
-    async fn execute(&self, cx: &QueryCx, key: u32) -> Result<usize> {
+    async fn execute(&self, cx: &QueryCx, key: u32) -> QueryResult<usize> {
         self.0.hit();
         let n = cx.query::<Words>(key).await?;
         Ok(n * n)
@@ -167,7 +167,7 @@ impl Drop for OnDrop {
 impl AsyncQuery for Gated {
     type Key = u32;
     type Value = u32;
-    async fn execute(&self, cx: &QueryCx, key: u32) -> Result<u32> {
+    async fn execute(&self, cx: &QueryCx, key: u32) -> QueryResult<u32> {
         self.runs.hit();
         let value = cx.input::<Other>(&key)?;
         let guard = OnDrop(self.dropped.clone());

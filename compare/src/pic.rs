@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use picante::{AsyncQuery, Database, Input, QueryCx, Result, async_trait};
+use picante::{AsyncQuery, Database, Input, QueryCx, QueryResult, async_trait};
 
 use crate::common::{self, OTHER, PARSE, RENDER, SITE, bump};
 
@@ -33,7 +33,7 @@ pub struct Parse;
 impl AsyncQuery for Parse {
     type Key = u32;
     type Value = Arc<common::Parsed>;
-    async fn execute(&self, cx: &QueryCx, file: u32) -> Result<Arc<common::Parsed>> {
+    async fn execute(&self, cx: &QueryCx, file: u32) -> QueryResult<Arc<common::Parsed>> {
         bump(&PARSE);
         let text = cx.input::<SourceFile>(&file)?;
         Ok(Arc::new(common::parse_text(&text)))
@@ -45,7 +45,7 @@ pub struct Render;
 impl AsyncQuery for Render {
     type Key = u32;
     type Value = Arc<str>;
-    async fn execute(&self, cx: &QueryCx, file: u32) -> Result<Arc<str>> {
+    async fn execute(&self, cx: &QueryCx, file: u32) -> QueryResult<Arc<str>> {
         bump(&RENDER);
         let page = cx.query::<Parse>(file).await?;
         let template = cx.input::<TemplateFile>(&page.template)?;
@@ -58,7 +58,7 @@ pub struct Site;
 impl AsyncQuery for Site {
     type Key = ();
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u64> {
         bump(&SITE);
         let n = cx.input::<FileCount>(&())?;
         let mut total = 0;
@@ -112,7 +112,7 @@ pub struct Derived;
 impl AsyncQuery for Derived {
     type Key = u32;
     type Value = Arc<u64>;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<Arc<u64>> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<Arc<u64>> {
         Ok(Arc::new(cx.input::<Base>(&k)? + 1))
     }
 }
@@ -124,7 +124,7 @@ pub struct Reader;
 impl AsyncQuery for Reader {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, n: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, n: u32) -> QueryResult<u64> {
         bump(&OTHER);
         let mut sum = cx.input::<Nonce>(&())?;
         for k in 0..n {
@@ -170,7 +170,7 @@ pub struct Chain;
 impl AsyncQuery for Chain {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, i: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, i: u32) -> QueryResult<u64> {
         bump(&OTHER);
         if i == 0 {
             Ok(cx.input::<ChainBase>(&())? / 2)
@@ -213,7 +213,7 @@ pub struct Item;
 impl AsyncQuery for Item {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u64> {
         bump(&OTHER);
         Ok(common::item_value(cx.input::<Seed>(&0)?, k))
     }
@@ -241,7 +241,7 @@ pub struct RemoteParse;
 impl AsyncQuery for RemoteParse {
     type Key = u32;
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, page: u32) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, page: u32) -> QueryResult<u64> {
         bump(&PARSE);
         let _ = cx.input::<PageCount>(&())?;
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -255,7 +255,7 @@ pub struct FanSite;
 impl AsyncQuery for FanSite {
     type Key = ();
     type Value = u64;
-    async fn execute(&self, cx: &QueryCx, _: ()) -> Result<u64> {
+    async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u64> {
         bump(&SITE);
         let n = cx.input::<PageCount>(&())?;
         let mut set = tokio::task::JoinSet::new();

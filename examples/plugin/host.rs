@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use picante::{AsyncQuery, Database, Error, Input, QueryCx, async_trait};
+use picante::{AsyncQuery, Database, Error, Input, QueryCx, QueryError, QueryResult, async_trait};
 use remoc::rch;
 use remoc::rtc::ServerShared;
 use tokio::process::Command;
@@ -295,16 +295,18 @@ pub struct ResolvedPartial;
 impl AsyncQuery for ResolvedPartial {
     type Key = String;
     type Value = Arc<str>;
-    async fn execute(&self, cx: &QueryCx, name: String) -> picante::Result<Arc<str>> {
+    async fn execute(&self, cx: &QueryCx, name: String) -> QueryResult<Arc<str>> {
         let Some(text) = cx.input_opt::<TemplateFile>(&name)? else {
-            return Err(Error::msg(format!("no template or partial named {name:?}")));
+            return Err(QueryError::msg(format!(
+                "no template or partial named {name:?}"
+            )));
         };
         let mut out = String::with_capacity(text.len());
         let mut rest = &*text;
         while let Some(start) = rest.find("{{!") {
             out.push_str(&rest[..start]);
             let Some(end) = rest[start..].find("}}") else {
-                return Err(Error::msg(format!("{name}: `{{{{!` is never closed")));
+                return Err(QueryError::msg(format!("{name}: `{{{{!` is never closed")));
             };
             rest = &rest[start + end + 2..];
         }
@@ -340,7 +342,7 @@ pub struct RenderPage {
 impl AsyncQuery for RenderPage {
     type Key = String;
     type Value = Arc<str>;
-    async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Arc<str>> {
+    async fn execute(&self, cx: &QueryCx, path: String) -> QueryResult<Arc<str>> {
         let page = cx.input::<Page>(&path)?;
 
         // A callback server for this call only, answering through *this*

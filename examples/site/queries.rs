@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior, context};
-use picante::{AsyncQuery, Database, Durability, Error, Input, QueryCx, async_trait};
+use picante::{
+    AsyncQuery, Database, Durability, Error, Input, QueryCx, QueryError, QueryResult, async_trait,
+};
 
 use crate::markup;
 use crate::store::{Hash, Store};
@@ -168,7 +170,7 @@ pub struct ParsePage;
 impl AsyncQuery for ParsePage {
     type Key = String;
     type Value = Arc<Page>;
-    async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Arc<Page>> {
+    async fn execute(&self, cx: &QueryCx, path: String) -> QueryResult<Arc<Page>> {
         // Reading an input through `cx` records it as a dependency of this
         // execution: ParsePage(path) re-runs when (and only when) this file
         // changes.
@@ -194,7 +196,7 @@ pub struct SiteConfig;
 impl AsyncQuery for SiteConfig {
     type Key = ();
     type Value = Arc<Config>;
-    async fn execute(&self, cx: &QueryCx, (): ()) -> picante::Result<Arc<Config>> {
+    async fn execute(&self, cx: &QueryCx, (): ()) -> QueryResult<Arc<Config>> {
         let mut config = Config {
             title: "Untitled site".to_string(),
             tagline: String::new(),
@@ -211,7 +213,7 @@ impl AsyncQuery for SiteConfig {
                 "title" => &mut config.title,
                 "tagline" => &mut config.tagline,
                 _ => {
-                    return Err(Error::msg(format!(
+                    return Err(QueryError::msg(format!(
                         "site.toml: unknown key `{key}` (known keys: title, tagline)"
                     )));
                 }
@@ -219,7 +221,7 @@ impl AsyncQuery for SiteConfig {
             match value {
                 toml::Value::String(s) => *field = s,
                 other => {
-                    return Err(Error::msg(format!(
+                    return Err(QueryError::msg(format!(
                         "site.toml: `{key}` must be a string, not {}",
                         other.type_str()
                     )));
@@ -241,7 +243,7 @@ pub struct PageTitle;
 impl AsyncQuery for PageTitle {
     type Key = String;
     type Value = Arc<str>;
-    async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Arc<str>> {
+    async fn execute(&self, cx: &QueryCx, path: String) -> QueryResult<Arc<str>> {
         Ok(cx.query::<ParsePage>(path).await?.title.clone())
     }
 }
@@ -253,7 +255,7 @@ pub struct SiteNav;
 impl AsyncQuery for SiteNav {
     type Key = ();
     type Value = Arc<Nav>;
-    async fn execute(&self, cx: &QueryCx, (): ()) -> picante::Result<Arc<Nav>> {
+    async fn execute(&self, cx: &QueryCx, (): ()) -> QueryResult<Arc<Nav>> {
         let pages = cx.input::<PageList>(&())?;
         // A `QueryCx` is cheap to clone and `Send + 'static`: fan the title
         // reads out on tasks. Reads through any clone are recorded as
@@ -299,7 +301,7 @@ pub struct SectionNav;
 impl AsyncQuery for SectionNav {
     type Key = String;
     type Value = Arc<Vec<(String, Arc<str>)>>;
-    async fn execute(&self, cx: &QueryCx, section: String) -> picante::Result<Self::Value> {
+    async fn execute(&self, cx: &QueryCx, section: String) -> QueryResult<Self::Value> {
         let nav = cx.query::<SiteNav>(()).await?;
         let links = nav
             .sections
@@ -422,7 +424,7 @@ pub struct RenderPage {
 impl AsyncQuery for RenderPage {
     type Key = String;
     type Value = Hash;
-    async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<Hash> {
+    async fn execute(&self, cx: &QueryCx, path: String) -> QueryResult<Hash> {
         let (page, config) = tokio::join!(
             cx.query::<ParsePage>(path.clone()),
             cx.query::<SiteConfig>(())
@@ -474,7 +476,7 @@ pub struct SiteIndex {
 impl AsyncQuery for SiteIndex {
     type Key = ();
     type Value = Hash;
-    async fn execute(&self, cx: &QueryCx, (): ()) -> picante::Result<Hash> {
+    async fn execute(&self, cx: &QueryCx, (): ()) -> QueryResult<Hash> {
         // Two independent reads: run them concurrently with `join!`.
         let (nav, config) = tokio::join!(cx.query::<SiteNav>(()), cx.query::<SiteConfig>(()));
         let (nav, config) = (nav?, config?);

@@ -35,7 +35,7 @@ use crate::typed::query::{QueryIngredient, Warm};
 /// impl AsyncQuery for Words {
 ///     type Key = u32;
 ///     type Value = usize;
-///     async fn execute(&self, cx: &QueryCx, page: u32) -> picante::Result<usize> {
+///     async fn execute(&self, cx: &QueryCx, page: u32) -> picante::QueryResult<usize> {
 ///         Ok(cx.input::<Page>(&page)?.split_whitespace().count())
 ///     }
 /// }
@@ -46,7 +46,7 @@ use crate::typed::query::{QueryIngredient, Warm};
 /// impl AsyncQuery for TotalWords {
 ///     type Key = u32;
 ///     type Value = usize;
-///     async fn execute(&self, cx: &QueryCx, n: u32) -> picante::Result<usize> {
+///     async fn execute(&self, cx: &QueryCx, n: u32) -> picante::QueryResult<usize> {
 ///         let mut tasks = Vec::new();
 ///         for page in 0..n {
 ///             let cx = cx.clone();
@@ -191,7 +191,7 @@ impl QueryCx {
     /// impl AsyncQuery for Config {
     ///     type Key = std::path::PathBuf;
     ///     type Value = String;
-    ///     async fn execute(&self, cx: &QueryCx, path: std::path::PathBuf) -> picante::Result<String> {
+    ///     async fn execute(&self, cx: &QueryCx, path: std::path::PathBuf) -> picante::QueryResult<String> {
     ///         cx.report_untracked_read()?;
     ///         Ok(tokio::fs::read_to_string(&path).await.unwrap_or_default())
     ///     }

@@ -52,7 +52,7 @@ pub struct View {
 /// impl AsyncQuery for Lines {
 ///     type Key = String;
 ///     type Value = usize;
-///     async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<usize> {
+///     async fn execute(&self, cx: &QueryCx, path: String) -> picante::QueryResult<usize> {
 ///         RUNS.fetch_add(1, Ordering::SeqCst);
 ///         Ok(cx.input::<Source>(&path)?.lines().count())
 ///     }
@@ -171,7 +171,7 @@ impl Database {
     /// impl AsyncQuery for Len {
     ///     type Key = String;
     ///     type Value = u64;
-    ///     async fn execute(&self, cx: &QueryCx, k: String) -> picante::Result<u64> {
+    ///     async fn execute(&self, cx: &QueryCx, k: String) -> picante::QueryResult<u64> {
     ///         Ok(cx.input::<Source>(&k)?.len() as u64)
     ///     }
     /// }
@@ -328,7 +328,7 @@ impl View {
     /// # impl Input for File { type Key = u32; type Value = u32; }
     /// # struct Len;
     /// # #[async_trait] impl AsyncQuery for Len { type Key = u32; type Value = u32;
-    /// #   async fn execute(&self, cx: &QueryCx, k: u32) -> picante::Result<u32> {
+    /// #   async fn execute(&self, cx: &QueryCx, k: u32) -> picante::QueryResult<u32> {
     /// #     Ok(cx.input_opt::<File>(&k)?.unwrap_or(0)) } }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> picante::Result<()> {
@@ -370,7 +370,7 @@ impl View {
     /// impl AsyncQuery for Words {
     ///     type Key = &'static str;
     ///     type Value = usize;
-    ///     async fn execute(&self, cx: &QueryCx, path: &'static str) -> picante::Result<usize> {
+    ///     async fn execute(&self, cx: &QueryCx, path: &'static str) -> picante::QueryResult<usize> {
     ///         Ok(cx.input::<File>(&path)?.split_whitespace().count())
     ///     }
     /// }
@@ -584,7 +584,7 @@ impl View {
     /// # struct N; impl Input for N { type Key = (); type Value = u32; }
     /// # struct Double;
     /// # #[async_trait] impl AsyncQuery for Double { type Key = (); type Value = u32;
-    /// #   async fn execute(&self, cx: &QueryCx, _: ()) -> picante::Result<u32> { Ok(cx.input::<N>(&())? * 2) } }
+    /// #   async fn execute(&self, cx: &QueryCx, _: ()) -> picante::QueryResult<u32> { Ok(cx.input::<N>(&())? * 2) } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> picante::Result<()> {
     /// let db = Database::builder().input::<N>().query(Double).build()?;
     /// db.set::<N>((), 1)?;

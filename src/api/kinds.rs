@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 
 use async_trait::async_trait;
 
-use crate::{Durability, QueryCx, Result};
+use crate::{Durability, QueryCx, QueryResult};
 
 /// Bounds every key satisfies: `Clone + Eq + Hash + Debug + Send + Sync + 'static`.
 ///
@@ -69,7 +69,7 @@ pub trait Input: Send + Sync + 'static {
 /// impl AsyncQuery for WordCount {
 ///     type Key = String;
 ///     type Value = usize;
-///     async fn execute(&self, cx: &QueryCx, path: String) -> picante::Result<usize> {
+///     async fn execute(&self, cx: &QueryCx, path: String) -> picante::QueryResult<usize> {
 ///         let text = cx.input::<SourceFile>(&path)?;
 ///         Ok(text.split_whitespace().count())
 ///     }
@@ -92,7 +92,7 @@ pub trait AsyncQuery: Send + Sync + 'static {
 
     /// Computes the value for `key`. Returning `Err` (or panicking) memoizes
     /// the error for this revision.
-    async fn execute(&self, cx: &QueryCx, key: Self::Key) -> Result<Self::Value>;
+    async fn execute(&self, cx: &QueryCx, key: Self::Key) -> QueryResult<Self::Value>;
 }
 
 /// An interned kind: values mapped to small copyable [`Id`]s, deduplicated by

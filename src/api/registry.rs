@@ -66,7 +66,7 @@ const DEFAULT_CACHE_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// impl AsyncQuery for Len {
 ///     type Key = u32;
 ///     type Value = usize;
-///     async fn execute(&self, cx: &QueryCx, k: u32) -> picante::Result<usize> {
+///     async fn execute(&self, cx: &QueryCx, k: u32) -> picante::QueryResult<usize> {
 ///         Ok(cx.input::<Text>(&k)?.len())
 ///     }
 /// }
@@ -115,7 +115,7 @@ impl DatabaseBuilder {
     /// # use picante::{async_trait, AsyncQuery, Database, QueryCx};
     /// # struct Render;
     /// # #[async_trait] impl AsyncQuery for Render { type Key = u32; type Value = u32;
-    /// #   async fn execute(&self, _: &QueryCx, k: u32) -> picante::Result<u32> { Ok(k) } }
+    /// #   async fn execute(&self, _: &QueryCx, k: u32) -> picante::QueryResult<u32> { Ok(k) } }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> picante::Result<()> {
     /// let db = Database::builder().query(Render).capacity::<Render>(100).build()?;

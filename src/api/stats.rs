@@ -64,7 +64,7 @@ impl Stats {
     /// # struct N; impl Input for N { type Key = (); type Value = u32; }
     /// # struct Twice;
     /// # #[async_trait] impl AsyncQuery for Twice { type Key = (); type Value = u32;
-    /// #   async fn execute(&self, cx: &QueryCx, _: ()) -> picante::Result<u32> { Ok(cx.input::<N>(&())? * 2) } }
+    /// #   async fn execute(&self, cx: &QueryCx, _: ()) -> picante::QueryResult<u32> { Ok(cx.input::<N>(&())? * 2) } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> picante::Result<()> {
     /// let db = Database::builder().input::<N>().query(Twice).build()?;
     /// db.set::<N>((), 1)?;

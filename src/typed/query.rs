@@ -297,7 +297,7 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
             let cx = QueryCx::new(execution.clone());
             let body = self.query.execute(&cx, key.clone());
             let value = match CatchUnwind::new(body).instrument(span).await {
-                Ok(result) => result,
+                Ok(result) => result.map_err(Error::from),
                 Err(payload) => {
                     let err = Error::panic(&self.name, debug_string(&key), &*payload);
                     tracing::warn!(error = %err, "query panicked");

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use picante::{AsyncQuery, Error, Input, QueryCx, Result, async_trait};
+use picante::{AsyncQuery, Input, QueryCx, QueryError, QueryResult, async_trait};
 use tokio::sync::Notify;
 
 #[derive(Clone, Copy, Debug)]
@@ -133,7 +133,7 @@ async fn read_dep<S: Spec>(cx: &QueryCx, dep: Dep, absent: i64) -> Outcome {
 impl<S: Spec> AsyncQuery for NodeQ<S> {
     type Key = u32;
     type Value = i64;
-    async fn execute(&self, cx: &QueryCx, j: u32) -> Result<i64> {
+    async fn execute(&self, cx: &QueryCx, j: u32) -> QueryResult<i64> {
         self.runs[j as usize].fetch_add(1, Ordering::Relaxed);
         let spec = &self.graph[j as usize];
         for _ in 0..spec.yields() {
@@ -179,7 +179,7 @@ impl<S: Spec> AsyncQuery for NodeQ<S> {
                 }
                 let mut slots: Vec<Option<Outcome>> = vec![None; deps.len()];
                 while let Some(joined) = set.join_next().await {
-                    let (pos, v) = joined.map_err(Error::new)?;
+                    let (pos, v) = joined?;
                     slots[pos] = Some(v);
                 }
                 values = slots
@@ -188,6 +188,6 @@ impl<S: Spec> AsyncQuery for NodeQ<S> {
                     .collect();
             }
         }
-        spec.combine(j, &values).map_err(Error::msg)
+        spec.combine(j, &values).map_err(QueryError::msg)
     }
 }
