@@ -257,23 +257,17 @@ impl AsyncQuery for SiteNav {
     type Value = Arc<Nav>;
     async fn execute(&self, cx: &QueryCx, (): ()) -> QueryResult<Arc<Nav>> {
         let pages = cx.input::<PageList>(&())?;
-        // A `QueryCx` is cheap to clone and `Send + 'static`: fan the title
-        // reads out on tasks. Reads through any clone are recorded as
-        // dependencies of this one SiteNav execution.
-        let tasks: Vec<_> = pages
-            .iter()
-            .map(|path| {
-                let (cx, path) = (cx.clone(), path.clone());
-                tokio::spawn(async move { cx.query::<PageTitle>(path).await })
-            })
-            .collect();
+        // Fan the title reads out: `query_all` runs them concurrently (on
+        // tasks, in parallel), records each as a dependency of this one
+        // SiteNav execution, and returns the results in page order.
+        let titles = cx.query_all::<PageTitle>(pages.iter().cloned()).await;
         let mut sections: Vec<NavSection> = Vec::new();
-        for (path, task) in pages.iter().zip(tasks) {
+        for (path, title) in pages.iter().zip(titles) {
             // Errors are values too: a page whose front matter is broken
             // fails to render on its own, but should not take the sidebar of
             // every other page down with it. Its read is recorded all the
             // same, so fixing the page re-runs SiteNav.
-            let title = match task.await.map_err(Error::new)? {
+            let title = match title {
                 Ok(title) => title,
                 Err(_) => path.rsplit('/').next().unwrap_or(path).into(),
             };

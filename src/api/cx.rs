@@ -2,14 +2,17 @@
 //! read as a dependency of the one execution it belongs to, from any clone,
 //! any `join!` branch, any spawned task.
 
+use std::future::Future;
 use std::sync::{Arc, Weak};
+
+use tracing::Instrument;
 
 use crate::api::kinds::{AsyncQuery, Id, Input, Interned};
 use crate::engine::execution::Execution;
 use crate::engine::fetch::Fault;
 use crate::engine::fetch::{Hint, fetch};
 use crate::engine::ingredient::Registry;
-use crate::engine::storage::{AnyMemo, Dep, History, Memo, UNSEEN, typed_memo};
+use crate::engine::storage::{AnyMemo, Dep, History, Memo, State, UNSEEN, typed_memo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::revision::{Durability, Revision};
 use crate::typed::input::InputIngredient;
@@ -21,11 +24,15 @@ use crate::typed::query::{QueryIngredient, Warm};
 /// Cheap to clone, `Send + Sync + 'static`: move clones into `join!` branches
 /// or `tokio::spawn`ed tasks; every read through any clone is recorded as a
 /// dependency of this execution. Reads that arrive after the execution
-/// returned are refused with [`ErrorKind::ExecutionFinished`].
+/// returned are refused with [`ErrorKind::ExecutionFinished`], so await
+/// what you spawn. For a dynamic set of sub-queries,
+/// [`query_all`](Self::query_all) and [`try_query_all`](Self::try_query_all)
+/// run them concurrently (in parallel on a multi-thread runtime) and abort
+/// them if the body is dropped.
 ///
 /// ```
 /// use std::sync::Arc;
-/// use picante::{async_trait, AsyncQuery, Database, Input, QueryCx};
+/// use picante::{async_trait, AsyncQuery, Database, Input, QueryCx, QueryResult};
 ///
 /// struct Page;
 /// impl Input for Page { type Key = u32; type Value = Arc<str>; }
@@ -35,7 +42,7 @@ use crate::typed::query::{QueryIngredient, Warm};
 /// impl AsyncQuery for Words {
 ///     type Key = u32;
 ///     type Value = usize;
-///     async fn execute(&self, cx: &QueryCx, page: u32) -> picante::QueryResult<usize> {
+///     async fn execute(&self, cx: &QueryCx, page: u32) -> QueryResult<usize> {
 ///         Ok(cx.input::<Page>(&page)?.split_whitespace().count())
 ///     }
 /// }
@@ -46,26 +53,36 @@ use crate::typed::query::{QueryIngredient, Warm};
 /// impl AsyncQuery for TotalWords {
 ///     type Key = u32;
 ///     type Value = usize;
-///     async fn execute(&self, cx: &QueryCx, n: u32) -> picante::QueryResult<usize> {
-///         let mut tasks = Vec::new();
-///         for page in 0..n {
-///             let cx = cx.clone();
-///             tasks.push(tokio::spawn(async move { cx.query::<Words>(page).await }));
-///         }
-///         let mut total = 0;
-///         for t in tasks {
-///             total += t.await.map_err(picante::Error::new)??;
-///         }
-///         Ok(total)
+///     async fn execute(&self, cx: &QueryCx, n: u32) -> QueryResult<usize> {
+///         Ok(cx.try_query_all::<Words>(0..n).await?.into_iter().sum())
+///     }
+/// }
+///
+/// /// A fixed number of reads: `join!` (the branches record into this execution).
+/// struct FirstTwo;
+/// #[async_trait]
+/// impl AsyncQuery for FirstTwo {
+///     type Key = ();
+///     type Value = usize;
+///     async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<usize> {
+///         let (a, b) = tokio::join!(cx.query::<Words>(0), cx.query::<Words>(1));
+///         Ok(a? + b?)
 ///     }
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> picante::Result<()> {
-/// let db = Database::builder().input::<Page>().query(Words).query(TotalWords).build()?;
+/// let db = Database::builder()
+///     .input::<Page>()
+///     .query(Words)
+///     .query(TotalWords)
+///     .query(FirstTwo)
+///     .build()?;
 /// db.set::<Page>(0, "a b c".into())?;
 /// db.set::<Page>(1, "d e".into())?;
 /// assert_eq!(db.query::<TotalWords>(2).await?, 5);
+/// assert_eq!(db.query::<FirstTwo>(()).await?, 5);
+/// assert_eq!(db.stats().query("Words").unwrap().executions, 2); // shared
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -98,9 +115,30 @@ impl QueryCx {
     pub async fn query<Q: AsyncQuery>(&self, key: Q::Key) -> Result<Q::Value> {
         let access = self.exec.access();
         let (index, ing) = QueryIngredient::<Q>::lookup_in(access.view().shared().registry())?;
-        let state = access.view().load();
+        let hint = {
+            let state = access.view().load();
+            match self.warm::<Q>(ing, &state, index, &key)? {
+                Ok(result) => return result,
+                Err(hint) => hint,
+            }
+        };
+        self.cold::<Q>(ing, index, key, hint).await
+    }
+
+    /// The warm-hit path of [`query`](Self::query): a memo verified at this
+    /// execution's revision is recorded and its result returned (`Ok`);
+    /// otherwise how to fetch it (`Err`).
+    #[inline]
+    fn warm<Q: AsyncQuery>(
+        &self,
+        ing: &QueryIngredient<Q>,
+        state: &State,
+        index: u32,
+        key: &Q::Key,
+    ) -> Result<std::result::Result<Result<Q::Value>, Hint>> {
+        let access = self.exec.access();
         let history = History::of(access.pinned().fork);
-        let hint = match ing.warm(&state, index, &key, access.revision(), history)? {
+        match ing.warm(state, index, key, access.revision(), history)? {
             Warm::Hit(memo, result) => {
                 let dep = Dep {
                     ingredient: index,
@@ -108,10 +146,22 @@ impl QueryCx {
                 };
                 let weak: Weak<dyn AnyMemo> = Arc::downgrade(memo) as Weak<Memo<Q::Value>>;
                 self.record(dep, memo.meta.changed_at, memo.meta.durability, Some(weak))?;
-                return result;
+                Ok(Ok(result))
             }
-            Warm::Miss(hint) => hint,
-        };
+            Warm::Miss(hint) => Ok(Err(hint)),
+        }
+    }
+
+    /// The rest of [`query`](Self::query) after a warm miss: fetch (reuse,
+    /// revalidate or execute) and record.
+    async fn cold<Q: AsyncQuery>(
+        &self,
+        ing: &QueryIngredient<Q>,
+        index: u32,
+        key: Q::Key,
+        hint: Hint,
+    ) -> Result<Q::Value> {
+        let access = self.exec.access();
         let mut hint = hint;
         self.exec.check_open()?;
         let key_id = ing.key_id(&key)?;
@@ -145,6 +195,240 @@ impl QueryCx {
         }
     }
 
+    /// Reads query `Q` at every key, concurrently: the fan-out of a query
+    /// over a dynamic set (a site's index over all its pages). The results
+    /// come back in the order of `keys`, one per key; each read is a
+    /// recorded dependency of this execution, exactly as with
+    /// [`query`](Self::query), and cycles are detected through it as
+    /// through `query`. Use [`try_query_all`](Self::try_query_all) to stop
+    /// at the first error.
+    ///
+    /// Keys whose memo is already verified at this revision are answered
+    /// at once, without a task. The others each run on their own tokio task
+    /// (in a `JoinSet`), so on a multi-thread runtime CPU-heavy sub-queries
+    /// run in parallel on every worker — `join!` or polling futures together
+    /// would keep them on one thread. Dropping the returned future (the
+    /// parent body being cancelled, or another `try_join!` branch failing)
+    /// aborts the sub-queries still running, releasing their claims (S14).
+    /// A panic outside a sub-query's body (its body's own panics are
+    /// memoized errors) is resumed in the caller, as `join!` would.
+    /// Without a tokio runtime, the misses are read one after another.
+    ///
+    /// `keys` is consumed before this returns; the future is `Send`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use picante::{async_trait, AsyncQuery, Database, Input, QueryCx, QueryResult};
+    ///
+    /// struct Page;
+    /// impl Input for Page { type Key = u32; type Value = Arc<str>; }
+    ///
+    /// struct Words;
+    /// #[async_trait]
+    /// impl AsyncQuery for Words {
+    ///     type Key = u32;
+    ///     type Value = usize;
+    ///     async fn execute(&self, cx: &QueryCx, page: u32) -> QueryResult<usize> {
+    ///         Ok(cx.input::<Page>(&page)?.split_whitespace().count())
+    ///     }
+    /// }
+    ///
+    /// /// The word count of pages 0..n, or how many of them are missing.
+    /// struct Report;
+    /// #[async_trait]
+    /// impl AsyncQuery for Report {
+    ///     type Key = u32;
+    ///     type Value = (usize, usize);
+    ///     async fn execute(&self, cx: &QueryCx, n: u32) -> QueryResult<(usize, usize)> {
+    ///         let (mut words, mut missing) = (0, 0);
+    ///         for result in cx.query_all::<Words>(0..n).await {
+    ///             match result {
+    ///                 Ok(w) => words += w,
+    ///                 Err(_) => missing += 1,
+    ///             }
+    ///         }
+    ///         Ok((words, missing))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> picante::Result<()> {
+    /// let db = Database::builder().input::<Page>().query(Words).query(Report).build()?;
+    /// db.set::<Page>(0, "a b c".into())?;
+    /// db.set::<Page>(2, "d e".into())?;
+    /// assert_eq!(db.query::<Report>(3).await?, (5, 1));
+    /// # Ok(()) }
+    /// ```
+    pub fn query_all<Q: AsyncQuery>(
+        &self,
+        keys: impl IntoIterator<Item = Q::Key>,
+    ) -> impl Future<Output = Vec<Result<Q::Value>>> + Send {
+        let keys: Vec<Q::Key> = keys.into_iter().collect();
+        let cx = self.clone();
+        async move {
+            cx.fan_out::<Q>(keys, false)
+                .await
+                .into_iter()
+                .map(|slot| slot.unwrap_or_else(|| Err(ErrorKind::Cancelled.into())))
+                .collect()
+        }
+    }
+
+    /// Like [`query_all`](Self::query_all), but all values or the first
+    /// error: the error of the first failing key in the order of `keys`
+    /// (not the first to fail in time, so the result does not depend on
+    /// scheduling). As soon as that error is decided, the sub-queries still
+    /// running are aborted.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use picante::{async_trait, AsyncQuery, Database, Input, QueryCx, QueryResult};
+    ///
+    /// struct Page;
+    /// impl Input for Page { type Key = String; type Value = Arc<str>; }
+    /// struct Pages;
+    /// impl Input for Pages { type Key = (); type Value = Arc<Vec<String>>; }
+    ///
+    /// struct Title;
+    /// #[async_trait]
+    /// impl AsyncQuery for Title {
+    ///     type Key = String;
+    ///     type Value = Arc<str>;
+    ///     async fn execute(&self, cx: &QueryCx, path: String) -> QueryResult<Arc<str>> {
+    ///         Ok(cx.input::<Page>(&path)?.lines().next().unwrap_or_default().into())
+    ///     }
+    /// }
+    ///
+    /// /// The site's index: every page's title, read concurrently.
+    /// struct Index;
+    /// #[async_trait]
+    /// impl AsyncQuery for Index {
+    ///     type Key = ();
+    ///     type Value = Vec<Arc<str>>;
+    ///     async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<Vec<Arc<str>>> {
+    ///         let pages = cx.input::<Pages>(&())?;
+    ///         Ok(cx.try_query_all::<Title>(pages.iter().cloned()).await?)
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> picante::Result<()> {
+    /// let db = Database::builder()
+    ///     .input::<Page>()
+    ///     .input::<Pages>()
+    ///     .query(Title)
+    ///     .query(Index)
+    ///     .build()?;
+    /// db.set::<Pages>((), Arc::new(vec!["a.md".into(), "b.md".into()]))?;
+    /// db.set::<Page>("a.md".into(), "Peppers\nhot".into())?;
+    /// // b.md is missing: the index fails with that error.
+    /// let err = db.query::<Index>(()).await.unwrap_err();
+    /// assert_eq!(err.to_string(), "input Page(\"b.md\") has no value");
+    /// db.set::<Page>("b.md".into(), "Sauces\nred".into())?;
+    /// assert_eq!(db.query::<Index>(()).await?, vec!["Peppers".into(), "Sauces".into()]);
+    /// # Ok(()) }
+    /// ```
+    pub fn try_query_all<Q: AsyncQuery>(
+        &self,
+        keys: impl IntoIterator<Item = Q::Key>,
+    ) -> impl Future<Output = Result<Vec<Q::Value>>> + Send {
+        let keys: Vec<Q::Key> = keys.into_iter().collect();
+        let cx = self.clone();
+        async move {
+            let mut values = Vec::with_capacity(keys.len());
+            for slot in cx.fan_out::<Q>(keys, true).await {
+                match slot {
+                    Some(Ok(v)) => values.push(v),
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(ErrorKind::Cancelled.into()),
+                }
+            }
+            Ok(values)
+        }
+    }
+
+    /// The work of `query_all` and `try_query_all`: one slot per key, `None`
+    /// where no result was obtained (after the deciding error when
+    /// `first_error` is set, or a task cancelled by a runtime shutdown).
+    async fn fan_out<Q: AsyncQuery>(
+        &self,
+        keys: Vec<Q::Key>,
+        first_error: bool,
+    ) -> Vec<Option<Result<Q::Value>>> {
+        let n = keys.len();
+        let mut slots: Vec<Option<Result<Q::Value>>> = Vec::with_capacity(n);
+        slots.resize_with(n, || None);
+        let registry = self.exec.access().view().shared().registry();
+        let (index, ing) = match QueryIngredient::<Q>::lookup_in(registry) {
+            Ok(found) => found,
+            Err(e) => return slots.into_iter().map(|_| Some(Err(e.clone()))).collect(),
+        };
+        let mut progress = Progress::new(n, first_error);
+        // Warm hits first, in key order, without a task each.
+        let mut misses: Vec<(usize, Q::Key, Hint)> = Vec::new();
+        {
+            let state = self.exec.access().view().load();
+            for (i, key) in keys.into_iter().enumerate() {
+                if progress.decided_at().is_some_and(|at| at < i) {
+                    // Keys after an error do not matter to `try_query_all`:
+                    // they are not read.
+                    break;
+                }
+                let result = match self.warm::<Q>(ing, &state, index, &key) {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(hint)) => {
+                        misses.push((i, key, hint));
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                };
+                progress.filled(i, result.is_err());
+                slots[i] = Some(result);
+            }
+        }
+        if progress.done() {
+            return slots;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            for (i, key, hint) in misses {
+                let result = self.cold::<Q>(ing, index, key, hint).await;
+                let failed = result.is_err();
+                slots[i] = Some(result);
+                if progress.filled(i, failed) {
+                    break;
+                }
+            }
+            return slots;
+        };
+        // Each miss on its own task; the set aborts them all when dropped.
+        let mut set = tokio::task::JoinSet::new();
+        for (i, key, _) in misses {
+            let cx = self.clone();
+            set.spawn_on(
+                async move { (i, cx.query::<Q>(key).await) }.in_current_span(),
+                &runtime,
+            );
+        }
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((i, result)) => {
+                    let failed = result.is_err();
+                    slots[i] = Some(result);
+                    if progress.filled(i, failed) {
+                        break; // dropping `set` aborts the rest
+                    }
+                }
+                // Not a body's panic (those are memoized errors): one in
+                // picante or a key's `Hash`/`Eq`. Resume it here, as
+                // `join!` would; dropping `set` aborts the rest.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Cancelled: the runtime is shutting down. Its slot stays
+                // empty and reads as `ErrorKind::Cancelled`.
+                Err(_) => {}
+            }
+        }
+        slots
+    }
     /// Reads input `I` at `key` (a recorded dependency). An absent key is an
     /// [`ErrorKind::MissingInput`] error — and still a dependency, so this
     /// query re-runs when the key is set.
@@ -238,5 +522,58 @@ pub(crate) fn fault_error(fault: Fault, registry: &Registry) -> Error {
             tracing::debug!(path = %names.join(" → "), "query cycle detected");
             ErrorKind::Cycle { path: names }.into()
         }
+    }
+}
+
+/// Which slots of a fan-out are filled, and whether the result is decided:
+/// every slot filled, or (for `try_query_all`) an error whose earlier slots
+/// are all filled — so the first error in key order, whatever the timing.
+struct Progress {
+    filled: Vec<bool>,
+    /// Slots `0..prefix` are all filled.
+    prefix: usize,
+    count: usize,
+    /// Stop at the first error in key order.
+    first_error: bool,
+    /// The lowest slot holding an error.
+    error_at: Option<usize>,
+}
+
+impl Progress {
+    fn new(n: usize, first_error: bool) -> Progress {
+        Progress {
+            filled: vec![false; n],
+            prefix: 0,
+            count: 0,
+            first_error,
+            error_at: None,
+        }
+    }
+
+    /// Records slot `i` as filled (with an error if `failed`); whether the
+    /// result is now decided.
+    fn filled(&mut self, i: usize, failed: bool) -> bool {
+        if let Some(f) = self.filled.get_mut(i)
+            && !*f
+        {
+            *f = true;
+            self.count += 1;
+        }
+        if failed && self.error_at.is_none_or(|at| i < at) {
+            self.error_at = Some(i);
+        }
+        while self.filled.get(self.prefix).copied().unwrap_or(false) {
+            self.prefix += 1;
+        }
+        self.done()
+    }
+
+    /// The slot of the deciding error, if any yet (`try_query_all` only).
+    fn decided_at(&self) -> Option<usize> {
+        self.error_at.filter(|_| self.first_error)
+    }
+
+    fn done(&self) -> bool {
+        self.count == self.filled.len() || self.decided_at().is_some_and(|at| self.prefix > at)
     }
 }
