@@ -126,6 +126,71 @@ pub struct Error {
     inner: Arc<ErrorKind>,
 }
 
+/// One query (or input) at one key, as errors and observability name it: the
+/// kind's name and the key's `Debug` rendering, as separate fields. It
+/// displays as `Kind(key)` and compares equal to that rendering.
+///
+/// ```
+/// use picante::QueryRef;
+///
+/// let step = QueryRef::new("ParsePage", "\"a.md\"");
+/// assert_eq!(step.kind, "ParsePage");
+/// assert_eq!(step.key, "\"a.md\"");
+/// assert_eq!(step.to_string(), "ParsePage(\"a.md\")");
+/// assert_eq!(step, "ParsePage(\"a.md\")");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub struct QueryRef {
+    /// The kind's name (its short type name, e.g. `ParsePage`).
+    pub kind: String,
+    /// The key's `Debug` rendering (e.g. `"a.md"`, with the quotes).
+    pub key: String,
+}
+
+impl QueryRef {
+    /// A reference from a kind name and a rendered key.
+    pub fn new(kind: impl Into<String>, key: impl Into<String>) -> Self {
+        QueryRef {
+            kind: kind.into(),
+            key: key.into(),
+        }
+    }
+
+    /// Whether `rendered` is this reference's `Kind(key)` rendering.
+    fn renders_as(&self, rendered: &str) -> bool {
+        rendered
+            .strip_prefix(self.kind.as_str())
+            .and_then(|rest| rest.strip_prefix('('))
+            .and_then(|rest| rest.strip_suffix(')'))
+            .is_some_and(|key| key == self.key)
+    }
+}
+
+impl fmt::Display for QueryRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.kind, self.key)
+    }
+}
+
+impl PartialEq<str> for QueryRef {
+    fn eq(&self, other: &str) -> bool {
+        self.renders_as(other)
+    }
+}
+
+impl PartialEq<&str> for QueryRef {
+    fn eq(&self, other: &&str) -> bool {
+        self.renders_as(other)
+    }
+}
+
+impl PartialEq<String> for QueryRef {
+    fn eq(&self, other: &String) -> bool {
+        self.renders_as(other)
+    }
+}
+
 /// What went wrong. Match on it with [`Error::kind`].
 #[non_exhaustive]
 #[derive(Debug)]
@@ -145,10 +210,11 @@ pub enum ErrorKind {
         message: String,
     },
     /// A query needed itself at the same revision. `path` starts and ends with
-    /// the same `Query(key)` entry.
+    /// the same entry; it renders as `A(1) → B(1) → A(1)`.
     Cycle {
-        /// Each step as `Query(key)`, e.g. `["A(1)", "B(1)", "A(1)"]`.
-        path: Vec<String>,
+        /// Each step, its kind and key as separate fields; each compares
+        /// equal to its rendering (`path == ["A(1)", "B(1)", "A(1)"]`).
+        path: Vec<QueryRef>,
     },
     /// A kind was used that the database was not built with.
     Unregistered {
@@ -364,7 +430,16 @@ impl fmt::Display for ErrorKind {
                 key,
                 message,
             } => write!(f, "query {query}({key}) panicked: {message}"),
-            ErrorKind::Cycle { path } => write!(f, "cycle detected: {}", path.join(" → ")),
+            ErrorKind::Cycle { path } => {
+                f.write_str("cycle detected: ")?;
+                for (i, step) in path.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" → ")?;
+                    }
+                    fmt::Display::fmt(step, f)?;
+                }
+                Ok(())
+            }
             ErrorKind::Unregistered {
                 expected,
                 type_name,

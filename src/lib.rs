@@ -56,8 +56,8 @@
 //! db.set::<SourceFile>("a.md".into(), "hello\nthere".into())?;
 //! assert_eq!(db.query::<Shout>("a.md".into()).await?, "HELLO");
 //! let stats = db.stats();
-//! assert_eq!(stats.query("Title").unwrap().executions, 2);
-//! assert_eq!(stats.query("Shout").unwrap().executions, 1);
+//! assert_eq!(stats.of::<Title>().unwrap().executions, 2);
+//! assert_eq!(stats.of::<Shout>().unwrap().executions, 1);
 //! # Ok(()) }
 //! ```
 //!
@@ -86,7 +86,7 @@ pub use api::kinds::{AsyncQuery, Id, Input, Interned, Key, Value};
 pub use api::memory::{Collect, CollectReport, KindMemory, MemoryReport};
 pub use api::registry::DatabaseBuilder;
 pub use api::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
-pub use error::{Error, ErrorKind, QueryError, QueryResult, Result};
+pub use error::{Error, ErrorKind, QueryError, QueryRef, QueryResult, Result};
 pub use persist::{AppendReport, LoadOptions, LoadReport, OnError, SaveReport};
 pub use revision::{Durability, Revision};
 

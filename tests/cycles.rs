@@ -306,3 +306,24 @@ async fn s12_cycle_in_spawned_execution_does_not_hang() -> Result<()> {
     assert_eq!((a.get(), b.get()), (1, 1));
     Ok(())
 }
+
+#[tokio::test]
+async fn s12_cycle_path_steps_carry_kind_and_key_apart() -> Result<()> {
+    let (a, b) = (Count::new(), Count::new());
+    let db = ab_db(&a, &b)?;
+    db.set::<Toggle>(7, true)?;
+    let err = bounded(db.query::<A>(7)).await.unwrap_err();
+    let ErrorKind::Cycle { path } = err.kind() else {
+        panic!("expected a cycle, got {err:?}");
+    };
+    let parts: Vec<(&str, &str)> = path
+        .iter()
+        .map(|step| (step.kind.as_str(), step.key.as_str()))
+        .collect();
+    assert_eq!(parts, [("A", "7"), ("B", "7"), ("A", "7")]);
+    assert_eq!(path[0], QueryRef::new("A", "7"));
+    assert_eq!(path[1], "B(7)", "a step equals its rendering");
+    assert_eq!(err.to_string(), "cycle detected: A(7) → B(7) → A(7)");
+    assert_eq!((a.get(), b.get()), (1, 1));
+    Ok(())
+}

@@ -142,12 +142,12 @@ async fn s19_inspect_explains_reexecution() -> Result<()> {
     let leaf_info = db.inspect::<Leaf>(&1)?.expect("memo");
     assert_eq!(
         leaf_info.reason,
-        ExecutionReason::DependencyChanged("A(1)".into())
+        ExecutionReason::DependencyChanged(QueryRef::new("A", "1"))
     );
     let info = db.inspect::<Top>(&1)?.expect("memo");
     assert_eq!(
         info.reason,
-        ExecutionReason::DependencyChanged("Leaf(1)".into())
+        ExecutionReason::DependencyChanged(QueryRef::new("Leaf", "1"))
     );
     assert_eq!(
         (info.executed_at, info.changed_at, info.verified_at),
@@ -162,7 +162,7 @@ async fn s19_inspect_explains_reexecution() -> Result<()> {
     let info = db.inspect::<Top>(&1)?.expect("memo");
     assert_eq!(
         info.reason,
-        ExecutionReason::DependencyChanged("A(100)".into())
+        ExecutionReason::DependencyChanged(QueryRef::new("A", "100"))
     );
     assert_eq!(info.executed_at, r3);
     // Leaf was revalidated, not re-executed: its reason is unchanged.
@@ -173,6 +173,93 @@ async fn s19_inspect_explains_reexecution() -> Result<()> {
     let mut names: Vec<String> = db.memos().into_iter().map(|m| m.name).collect();
     names.sort();
     assert_eq!(names, ["Leaf(1)", "Top(1)"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn s19_reasons_carry_kind_and_key_apart() -> Result<()> {
+    let (leaf, top) = (Count::new(), Count::new());
+    let db = db_with(&leaf, &top)?;
+    db.set::<A>(4, 10)?;
+    db.query::<Top>(4).await?;
+    db.set::<A>(4, 20)?;
+    db.query::<Top>(4).await?;
+    let info = db.inspect::<Leaf>(&4)?.expect("memo");
+    let ExecutionReason::DependencyChanged(changed) = &info.reason else {
+        panic!("expected DependencyChanged, got {:?}", info.reason);
+    };
+    assert_eq!((changed.kind.as_str(), changed.key.as_str()), ("A", "4"));
+    assert_eq!(info.reason.to_string(), "dependency A(4) changed");
+    let top_info = db.inspect::<Top>(&4)?.expect("memo");
+    assert_eq!(
+        top_info.reason,
+        ExecutionReason::DependencyChanged(QueryRef::new("Leaf", "4"))
+    );
+    assert_eq!((leaf.get(), top.get()), (2, 2));
+    Ok(())
+}
+
+mod elsewhere {
+    use super::*;
+
+    /// Another kind with the short name `Leaf`, in another module.
+    pub struct Leaf {
+        pub runs: Count,
+    }
+    #[async_trait]
+    impl AsyncQuery for Leaf {
+        type Key = u32;
+        type Value = i64;
+        async fn execute(&self, _cx: &QueryCx, k: u32) -> QueryResult<i64> {
+            self.runs.hit();
+            Ok(k as i64)
+        }
+    }
+}
+
+#[tokio::test]
+async fn s19_typed_stats_accessor() -> Result<()> {
+    let (leaf, top, other) = (Count::new(), Count::new(), Count::new());
+    let db = Database::builder()
+        .input::<A>()
+        .query(Leaf { runs: leaf.clone() })
+        .query(Top { runs: top.clone() })
+        .query(elsewhere::Leaf {
+            runs: other.clone(),
+        })
+        .build()?;
+    db.set::<A>(1, 10)?;
+    db.query::<Top>(1).await?;
+    db.query::<Top>(1).await?;
+    db.query::<elsewhere::Leaf>(5).await?;
+    db.query::<elsewhere::Leaf>(6).await?;
+    let stats = db.stats();
+    let top_stats = stats.of::<Top>().expect("registered");
+    assert_eq!((top_stats.executions, top_stats.hits), (1, 1));
+    assert_eq!(Some(top_stats), stats.query("Top"));
+    // Two kinds named `Leaf`: the typed lookup tells them apart.
+    assert_eq!(stats.of::<Leaf>().map(|s| s.executions), Some(1));
+    assert_eq!(stats.of::<elsewhere::Leaf>().map(|s| s.executions), Some(2));
+    assert_eq!((leaf.get(), top.get(), other.get()), (1, 1, 2));
+    // A kind the database was not built with.
+    struct NotRegistered;
+    #[async_trait]
+    impl AsyncQuery for NotRegistered {
+        type Key = ();
+        type Value = ();
+        async fn execute(&self, _cx: &QueryCx, _: ()) -> QueryResult<()> {
+            Ok(())
+        }
+    }
+    assert!(stats.of::<NotRegistered>().is_none());
+    // Per-step views keep the typed lookup.
+    let before = db.stats();
+    db.set::<A>(1, 30)?;
+    db.query::<Top>(1).await?;
+    let step = db.stats().since(&before);
+    assert_eq!(step.of::<Leaf>().map(|s| s.executions), Some(1));
+    assert_eq!(step.of::<Top>().map(|s| s.executions), Some(1));
+    assert_eq!(step.of::<elsewhere::Leaf>().map(|s| s.executions), Some(0));
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use crate::engine::fetch::Fault;
 use crate::engine::fetch::{Hint, fetch};
 use crate::engine::ingredient::Registry;
 use crate::engine::storage::{AnyMemo, Dep, History, Memo, State, UNSEEN, typed_memo};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, QueryRef, Result};
 use crate::revision::{Durability, Revision};
 use crate::typed::input::InputIngredient;
 use crate::typed::interned::InternedIngredient;
@@ -82,7 +82,7 @@ use crate::typed::query::{QueryIngredient, Warm};
 /// db.set::<Page>(1, "d e".into())?;
 /// assert_eq!(db.query::<TotalWords>(2).await?, 5);
 /// assert_eq!(db.query::<FirstTwo>(()).await?, 5);
-/// assert_eq!(db.stats().query("Words").unwrap().executions, 2); // shared
+/// assert_eq!(db.stats().of::<Words>().unwrap().executions, 2); // shared
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -509,18 +509,27 @@ impl QueryCx {
     }
 }
 
+/// The kind name and rendered key of `dep`.
+pub(crate) fn query_ref(registry: &Registry, dep: Dep) -> QueryRef {
+    match registry.get(dep.ingredient) {
+        Ok(ing) => QueryRef::new(ing.name(), ing.debug_key(dep.key)),
+        Err(_) => QueryRef::new(format!("?{}", dep.ingredient), dep.key.to_string()),
+    }
+}
+
 /// The user-facing error for an engine fault: a cycle gets the names of its
 /// path (`Kind(key)` each, closed by the first again).
 pub(crate) fn fault_error(fault: Fault, registry: &Registry) -> Error {
     match fault {
         Fault::Error(e) => e,
         Fault::Cycle(cycle) => {
-            let mut names: Vec<String> = cycle.0.iter().map(|d| registry.describe(*d)).collect();
-            if let Some(first) = names.first().cloned() {
-                names.push(first);
+            let mut path: Vec<QueryRef> = cycle.0.iter().map(|d| query_ref(registry, *d)).collect();
+            if let Some(first) = path.first().cloned() {
+                path.push(first);
             }
-            tracing::debug!(path = %names.join(" → "), "query cycle detected");
-            ErrorKind::Cycle { path: names }.into()
+            let error: Error = ErrorKind::Cycle { path }.into();
+            tracing::debug!(%error, "query cycle detected");
+            error
         }
     }
 }

@@ -552,26 +552,29 @@ impl View {
 
     /// Counters of every query kind (summed over all views of the database).
     pub fn stats(&self) -> Stats {
-        let queries = self
+        let (queries, types) = self
             .registry()
             .iter()
             .filter(|(_, ing)| ing.kind() == IngredientKind::Query)
             .map(|(_, ing)| {
                 let c = ing.counters();
-                QueryStats {
+                let stats = QueryStats {
                     name: ing.name().to_string(),
                     executions: c.executions.get(),
                     hits: c.hits.get(),
                     revalidations: c.revalidations.get(),
                     cutoffs: c.cutoffs.get(),
                     evictions: c.evictions.get(),
-                }
+                };
+                let any: &dyn std::any::Any = ing.as_ref();
+                (stats, any.type_id())
             })
-            .collect();
+            .unzip();
         Stats {
             queries,
             dependency_checks: self.core.shared().dependency_checks().get(),
             in_flight: self.core.shared().inflight().len(),
+            types,
         }
     }
 
@@ -580,7 +583,7 @@ impl View {
     /// `None` if this view holds no memo for it.
     ///
     /// ```
-    /// # use picante::{async_trait, AsyncQuery, Database, Input, QueryCx, ExecutionReason};
+    /// # use picante::{async_trait, AsyncQuery, Database, Input, QueryCx, ExecutionReason, QueryRef};
     /// # struct N; impl Input for N { type Key = (); type Value = u32; }
     /// # struct Double;
     /// # #[async_trait] impl AsyncQuery for Double { type Key = (); type Value = u32;
@@ -593,7 +596,7 @@ impl View {
     /// db.query::<Double>(()).await?;
     /// let info = db.inspect::<Double>(&())?.expect("memoized");
     /// assert_eq!(info.dependencies, vec!["N(())".to_string()]);
-    /// assert_eq!(info.reason, ExecutionReason::DependencyChanged("N(())".into()));
+    /// assert_eq!(info.reason, ExecutionReason::DependencyChanged(QueryRef::new("N", "()")));
     /// # Ok(()) }
     /// ```
     pub fn inspect<Q: AsyncQuery>(&self, key: &Q::Key) -> Result<Option<MemoInfo>> {

@@ -4,9 +4,14 @@
 
 use std::fmt;
 
+use std::any::TypeId;
+
+use crate::api::kinds::AsyncQuery;
 use crate::engine::ingredient::Registry;
 use crate::engine::storage::{Reason, UNTRACKED};
+use crate::error::QueryRef;
 use crate::revision::{Durability, Revision};
+use crate::typed::query::QueryIngredient;
 
 /// Counters of one query kind, summed over every view of the database.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,13 +47,51 @@ pub struct Stats {
     pub dependency_checks: u64,
     /// Executions currently in flight (claimed and not finished).
     pub in_flight: usize,
+    /// The ingredient type of each entry of `queries` (for [`of`](Self::of)).
+    pub(crate) types: Vec<TypeId>,
 }
 
 impl Stats {
-    /// Counters of the query kind named `name` (its short type name unless
-    /// registered under another name).
+    /// Counters of the query kind named `name` (its short type name). See
+    /// [`of`](Self::of) for the typed lookup.
     pub fn query(&self, name: &str) -> Option<&QueryStats> {
         self.queries.iter().find(|q| q.name == name)
+    }
+
+    /// Counters of query kind `Q`, `None` if the database was not built
+    /// with it. Typed, so a rename or a typo is a compile error, and two
+    /// kinds with the same short name in different modules stay apart.
+    ///
+    /// ```
+    /// # use picante::{async_trait, AsyncQuery, Database, Input, QueryCx, QueryResult};
+    /// # struct N; impl Input for N { type Key = (); type Value = u32; }
+    /// struct Twice;
+    /// # #[async_trait] impl AsyncQuery for Twice { type Key = (); type Value = u32;
+    /// #   async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u32> { Ok(cx.input::<N>(&())? * 2) } }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> picante::Result<()> {
+    /// let db = Database::builder().input::<N>().query(Twice).build()?;
+    /// db.set::<N>((), 1)?;
+    /// db.query::<Twice>(()).await?;
+    /// db.query::<Twice>(()).await?;
+    /// let stats = db.stats();
+    /// let twice = stats.of::<Twice>().expect("registered");
+    /// assert_eq!((twice.executions, twice.hits), (1, 1));
+    /// # Ok(()) }
+    /// ```
+    pub fn of<Q: AsyncQuery>(&self) -> Option<&QueryStats> {
+        let wanted = TypeId::of::<QueryIngredient<Q>>();
+        let at = self.types.iter().position(|t| *t == wanted)?;
+        self.queries.get(at)
+    }
+
+    /// The entry of the same kind: by type when both sides know it (two
+    /// kinds may share a short name), else by name.
+    fn same_kind(&self, ty: Option<&TypeId>, name: &str) -> Option<&QueryStats> {
+        match ty.and_then(|t| self.types.iter().position(|u| u == t)) {
+            Some(at) => self.queries.get(at),
+            None if ty.is_some() && !self.types.is_empty() => None,
+            None => self.query(name),
+        }
     }
 
     /// Sum of executions over all query kinds.
@@ -80,17 +123,20 @@ impl Stats {
         let queries = self
             .queries
             .iter()
-            .map(|q| match earlier.query(&q.name) {
-                Some(e) => QueryStats {
-                    name: q.name.clone(),
-                    executions: q.executions.saturating_sub(e.executions),
-                    hits: q.hits.saturating_sub(e.hits),
-                    revalidations: q.revalidations.saturating_sub(e.revalidations),
-                    cutoffs: q.cutoffs.saturating_sub(e.cutoffs),
-                    evictions: q.evictions.saturating_sub(e.evictions),
+            .enumerate()
+            .map(
+                |(i, q)| match earlier.same_kind(self.types.get(i), &q.name) {
+                    Some(e) => QueryStats {
+                        name: q.name.clone(),
+                        executions: q.executions.saturating_sub(e.executions),
+                        hits: q.hits.saturating_sub(e.hits),
+                        revalidations: q.revalidations.saturating_sub(e.revalidations),
+                        cutoffs: q.cutoffs.saturating_sub(e.cutoffs),
+                        evictions: q.evictions.saturating_sub(e.evictions),
+                    },
+                    None => q.clone(),
                 },
-                None => q.clone(),
-            })
+            )
             .collect();
         Stats {
             queries,
@@ -98,6 +144,7 @@ impl Stats {
                 .dependency_checks
                 .saturating_sub(earlier.dependency_checks),
             in_flight: self.in_flight,
+            types: self.types.clone(),
         }
     }
 }
@@ -127,9 +174,9 @@ pub enum ExecutionReason {
     /// No memo was usable at that revision (first computation, or a memo from
     /// another revision that could not be reused).
     New,
-    /// This dependency (rendered as `Kind(key)`) changed after the memo was
-    /// last verified.
-    DependencyChanged(String),
+    /// This dependency changed after the memo was last verified (its kind
+    /// and key; displayed as `Kind(key)`).
+    DependencyChanged(QueryRef),
     /// The previous dependencies could not be revalidated (a cycle among them,
     /// or a dependency that failed).
     Unverifiable,
@@ -145,7 +192,7 @@ impl ExecutionReason {
             Reason::New => ExecutionReason::New,
             Reason::DependencyChanged(UNTRACKED) => ExecutionReason::UntrackedRead,
             Reason::DependencyChanged(d) => {
-                ExecutionReason::DependencyChanged(registry.describe(d))
+                ExecutionReason::DependencyChanged(crate::api::cx::query_ref(registry, d))
             }
             Reason::Unverifiable => ExecutionReason::Unverifiable,
         }

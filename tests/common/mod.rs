@@ -87,7 +87,7 @@ pub async fn within<F: std::future::Future>(
 /// The path of a cycle error (panics on any other error).
 pub fn cycle_path(err: &picante::Error) -> Vec<String> {
     match err.kind() {
-        picante::ErrorKind::Cycle { path } => path.clone(),
+        picante::ErrorKind::Cycle { path } => path.iter().map(ToString::to_string).collect(),
         other => panic!("expected a cycle error, got {other:?}"),
     }
 }
