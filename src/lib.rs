@@ -63,6 +63,12 @@
 //!
 //! See [`Database`], [`Snapshot`], [`QueryCx`] and the README for the
 //! concepts, and `ARCHITECTURE.md` for a map of the code.
+//!
+//! Persistent kinds' keys and values implement [`facet::Facet`]. To derive
+//! it through picante's re-export (no facet dependency of your own), add
+//! `#[facet(crate = picante::facet)]`: `#[derive(picante::facet::Facet)]`
+//! alone fails with ``cannot find `facet` in the crate root``. See
+//! [`facet`](mod@facet) for an example.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -76,7 +82,37 @@ mod typed;
 mod util;
 
 pub use async_trait::async_trait;
-/// The reflection crate persistent kinds' keys and values derive (`#[derive(facet::Facet)]`).
+/// The reflection crate that persistent kinds' keys and values implement
+/// ([`facet::Facet`]), re-exported so you need no dependency of your own.
+///
+/// The derive's generated code names the crate `::facet`, so deriving
+/// through the re-export needs `#[facet(crate = picante::facet)]`: without
+/// it, `#[derive(picante::facet::Facet)]` fails with ``cannot find `facet` in
+/// the crate root``. (Or depend on `facet = "0.46"`, the version picante
+/// uses, and write `#[derive(facet::Facet)]`.)
+///
+/// ```
+/// use picante::facet::Facet;
+///
+/// #[derive(Facet, Clone, PartialEq, Debug)]
+/// #[facet(crate = picante::facet)]
+/// struct Page {
+///     title: String,
+///     words: u32,
+/// }
+///
+/// #[derive(Facet, Clone, PartialEq, Debug)]
+/// #[facet(crate = picante::facet)]
+/// #[repr(u8)]
+/// enum Status {
+///     Draft,
+///     Published { year: u16 },
+/// }
+///
+/// // Both are persistable: register kinds with them via `persistent_input`,
+/// // `persistent_query`…
+/// let _shapes = (Page::SHAPE, Status::SHAPE);
+/// ```
 pub use facet;
 
 pub use api::cx::QueryCx;
