@@ -56,9 +56,19 @@ pub use picante_error::QueryResult;
 /// The error a query body returns: any error, on its way to becoming the
 /// memoized [`picante::Error`](Error) that the query's callers see.
 ///
-/// Converting it into [`Error`] (what picante does with a body's result)
-/// unboxes a `picante::Error` instead of wrapping it again, so an error a
-/// dependency returned reaches this query's callers as the same error:
+/// You rarely name it: write `-> picante::QueryResult<V>` and use `?`. It
+/// converts from every `std::error::Error + Send + Sync + 'static`, keeping
+/// the original (callers can [`downcast_ref`](Error::downcast_ref) it), and
+/// from a `picante::Error` (what `cx.query` and `cx.input` return) without
+/// wrapping it again: an error a dependency returned reaches this query's
+/// callers as the same error — a cycle stays a cycle, a panic a panic. To
+/// fail with a message, `return Err(QueryError::msg("…"))`; an
+/// `anyhow::Error` goes in with `QueryError::from_boxed(e.into())`.
+///
+/// `QueryError` does not implement `std::error::Error` itself (that would
+/// conflict with its blanket `From`, as it does for `anyhow::Error`): it
+/// lives only between a body and picante, and [`Error`] is the one that
+/// composes with the rest of a program.
 ///
 /// ```
 /// use picante::{Error, ErrorKind, QueryError, QueryResult};
@@ -192,6 +202,25 @@ impl PartialEq<String> for QueryRef {
 }
 
 /// What went wrong. Match on it with [`Error::kind`].
+///
+/// ```
+/// use picante::{Database, ErrorKind, Input};
+///
+/// struct Config;
+/// impl Input for Config { type Key = &'static str; type Value = String; }
+///
+/// # fn main() -> picante::Result<()> {
+/// let db = Database::builder().input::<Config>().build()?;
+/// let err = db.input::<Config>(&"title").unwrap_err();
+/// match err.kind() {
+///     ErrorKind::MissingInput { input, key } => {
+///         assert_eq!((input.as_str(), key.as_str()), ("Config", "\"title\""));
+///     }
+///     other => panic!("unexpected: {other}"),
+/// }
+/// assert_eq!(err.to_string(), "input Config(\"title\") has no value");
+/// # Ok(()) }
+/// ```
 #[non_exhaustive]
 #[derive(Debug)]
 pub enum ErrorKind {

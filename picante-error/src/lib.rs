@@ -33,25 +33,12 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-/// `Result<T, QueryError>`: what a picante query body
-/// (`AsyncQuery::execute`) returns.
+/// (Defined in the `picante-error` crate, alone only for trait coherence;
+/// use it as `picante::QueryResult`.)
 pub type QueryResult<T> = std::result::Result<T, QueryError>;
 
-/// The error a picante query body returns: any error, on its way to becoming
-/// the memoized `picante::Error` that the query's callers see.
-///
-/// You rarely name it: write `-> picante::QueryResult<V>` and use `?`. It
-/// converts from every `std::error::Error + Send + Sync + 'static`, keeping
-/// the original (callers can `downcast_ref` it from the `picante::Error`).
-/// A `picante::Error` (what `cx.query` and `cx.input` return) is carried as
-/// it is and comes out as the same error, not wrapped again: a dependency's
-/// cycle error stays a cycle, its panic a panic. To fail with a message,
-/// `return Err(QueryError::msg("…"))`.
-///
-/// `QueryError` does not implement `std::error::Error` itself (that would
-/// conflict with its blanket `From`, as it does for `anyhow::Error`); it
-/// lives only between a body and picante, and `picante::Error` is the one
-/// that composes with the rest of a program.
+/// (Defined in the `picante-error` crate, alone only for trait coherence —
+/// see its crate docs; use it as `picante::QueryError`.)
 pub struct QueryError {
     repr: Repr,
 }

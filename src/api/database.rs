@@ -30,6 +30,37 @@ const FLUSH_AFTER_REQUEST: usize = 64;
 ///
 /// Every operation is bound to one revision: a `query` started at revision
 /// `r` returns the value at `r` even if inputs change while it runs.
+///
+/// ```
+/// use picante::{async_trait, AsyncQuery, Database, Input, QueryCx, QueryResult, View};
+///
+/// struct N;
+/// impl Input for N { type Key = (); type Value = u32; }
+/// struct Double;
+/// #[async_trait]
+/// impl AsyncQuery for Double {
+///     type Key = ();
+///     type Value = u32;
+///     async fn execute(&self, cx: &QueryCx, _: ()) -> QueryResult<u32> {
+///         Ok(cx.input::<N>(&())? * 2)
+///     }
+/// }
+///
+/// /// Works on the database and on any snapshot.
+/// async fn report(view: &View) -> picante::Result<String> {
+///     Ok(format!("{} at {}", view.query::<Double>(()).await?, view.revision()))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> picante::Result<()> {
+/// let db = Database::builder().input::<N>().query(Double).build()?;
+/// let r1 = db.set::<N>((), 1)?;
+/// let snap = db.snapshot();
+/// let r2 = db.set::<N>((), 2)?;
+/// assert_eq!(report(&snap).await?, format!("2 at {r1}"));
+/// assert_eq!(report(&db).await?, format!("4 at {r2}"));
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct View {
     core: Arc<ViewCore>,
@@ -684,6 +715,27 @@ impl View {
 ///
 /// Built by [`View::batch`]. Using an unregistered input kind makes
 /// [`commit`](Batch::commit) fail without applying anything.
+///
+/// ```
+/// # use picante::{Database, Input};
+/// struct File;
+/// impl Input for File { type Key = &'static str; type Value = String; }
+/// struct Unregistered;
+/// impl Input for Unregistered { type Key = (); type Value = u32; }
+///
+/// # fn main() -> picante::Result<()> {
+/// let db = Database::builder().input::<File>().build()?;
+/// let r = db.batch().set::<File>("a.md", "one".into()).set::<File>("b.md", "two".into()).commit()?;
+/// assert_eq!(r, db.revision());
+///
+/// // All or nothing: one bad write and nothing is applied.
+/// let mut batch = db.batch();
+/// batch.remove::<File>(&"a.md").set::<Unregistered>((), 1);
+/// assert!(batch.commit().is_err());
+/// assert_eq!(db.input::<File>(&"a.md")?, "one");
+/// assert_eq!(db.revision(), r);
+/// # Ok(()) }
+/// ```
 #[must_use = "a batch does nothing until committed"]
 pub struct Batch<'v> {
     view: &'v View,

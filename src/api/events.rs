@@ -100,6 +100,32 @@ pub enum Event {
 ///
 /// The subscription does not keep the database alive; once every handle of
 /// the database is dropped, it ends (`recv` returns `None`).
+///
+/// ```
+/// # use picante::{async_trait, AsyncQuery, Database, Event, EventFilter, Input, QueryCx, QueryResult};
+/// # struct File; impl Input for File { type Key = &'static str; type Value = u32; }
+/// # struct Twice;
+/// # #[async_trait] impl AsyncQuery for Twice { type Key = &'static str; type Value = u32;
+/// #   async fn execute(&self, cx: &QueryCx, k: &'static str) -> QueryResult<u32> { Ok(cx.input::<File>(&k)? * 2) } }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> picante::Result<()> {
+/// let db = Database::builder().input::<File>().query(Twice).build()?;
+/// let mut events = db.subscribe_events(EventFilter::InputsAndExecutions);
+/// db.set::<File>("a.md", 1)?;
+/// db.query::<Twice>("a.md").await?;
+/// let mut seen = Vec::new();
+/// while seen.len() < 2 {
+///     match events.recv().await {
+///         Some(Event::InputsChanged { changes, .. }) => seen.push(changes[0].to_string()),
+///         Some(Event::Executed { kind, key, .. }) => seen.push(format!("{kind}({key})")),
+///         Some(_) => {}
+///         None => break,
+///     }
+/// }
+/// assert_eq!(seen[0], "File(\"a.md\") set");
+/// assert_eq!(seen[1], "Twice(\"a.md\")");
+/// # Ok(()) }
+/// ```
 pub struct Events {
     relay: Relay<Receiving, Event>,
 }
@@ -276,6 +302,9 @@ impl fmt::Debug for Events {
 /// - Dropping the stream cancels the work it has in flight.
 /// - Errors are items too (`Err`): a query that fails, then succeeds again,
 ///   yields both.
+///
+/// See [`View::watch`] for an example, and [`Watch::next_value`] to read it
+/// without a `Stream` combinator crate.
 pub struct Watch<Q: AsyncQuery> {
     relay: Relay<Watching<Q>, Result<Q::Value>>,
 }

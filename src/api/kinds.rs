@@ -54,8 +54,16 @@ pub trait Input: Send + Sync + 'static {
 ///
 /// Every read the body makes through `cx` (inputs, including absent ones, and
 /// other queries) is recorded as a dependency of this execution. The body may
-/// `join!` sub-queries or `tokio::spawn` work with clones of `cx`; all reads
-/// are recorded.
+/// `join!` sub-queries, fan out with
+/// [`QueryCx::query_all`](crate::QueryCx::query_all), or `tokio::spawn` work
+/// with clones of `cx`; all reads are recorded.
+///
+/// Implement it with `#[async_trait]` (re-exported as
+/// [`picante::async_trait`](crate::async_trait)) on the impl block, and write
+/// `execute` as the plain `async fn` shown here; the attribute turns it into
+/// a method returning a boxed `Send` future, which is what lets a database
+/// run any query on any worker thread. The body's future must therefore be
+/// `Send`: hold no `Rc` or `std::sync::MutexGuard` across an `.await`.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -75,7 +83,10 @@ pub trait Input: Send + Sync + 'static {
 ///     }
 /// }
 /// ```
-#[async_trait]
+// Rustdoc shows the trait as written (a plain `async fn execute`), not the
+// `#[async_trait]` expansion (lifetimes and a `Pin<Box<dyn Future>>`).
+#[cfg_attr(not(doc), async_trait)]
+#[cfg_attr(doc, allow(async_fn_in_trait))]
 pub trait AsyncQuery: Send + Sync + 'static {
     /// The key type.
     type Key: Key;
@@ -90,8 +101,16 @@ pub trait AsyncQuery: Send + Sync + 'static {
     /// without one, any change of the executable drops every memo anyway.
     const VERSION: u32 = 0;
 
-    /// Computes the value for `key`. Returning `Err` (or panicking) memoizes
-    /// the error for this revision.
+    /// Computes the value for `key`, reading the database only through `cx`.
+    ///
+    /// Returns a [`QueryResult`](crate::QueryResult): `?` converts any
+    /// `std::error::Error + Send + Sync` and picante's own errors. Returning
+    /// `Err` (or panicking) memoizes the error for this revision; a later
+    /// revision at which a dependency changed runs the body again.
+    ///
+    /// (Written `async fn` through `#[async_trait]`: the implementation
+    /// actually returns `Pin<Box<dyn Future<Output = QueryResult<Self::Value>>
+    /// + Send + '_>>`.)
     async fn execute(&self, cx: &QueryCx, key: Self::Key) -> QueryResult<Self::Value>;
 }
 

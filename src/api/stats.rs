@@ -14,6 +14,25 @@ use crate::revision::{Durability, Revision};
 use crate::typed::query::QueryIngredient;
 
 /// Counters of one query kind, summed over every view of the database.
+///
+/// ```
+/// # use picante::{async_trait, AsyncQuery, Database, Input, QueryCx, QueryResult};
+/// # struct N; impl Input for N { type Key = u32; type Value = u32; }
+/// # struct Double;
+/// # #[async_trait] impl AsyncQuery for Double { type Key = u32; type Value = u32;
+/// #   async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> { Ok(cx.input::<N>(&k)? * 2) } }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> picante::Result<()> {
+/// let db = Database::builder().input::<N>().query(Double).build()?;
+/// db.set::<N>(1, 1)?;
+/// db.query::<Double>(1).await?; // executes
+/// db.query::<Double>(1).await?; // a hit
+/// db.set::<N>(2, 1)?;           // Double(1) did not read N(2)
+/// db.query::<Double>(1).await?; // revalidated
+/// let stats = db.query_stats::<Double>()?;
+/// assert_eq!(stats.name, "Double");
+/// assert_eq!((stats.executions, stats.hits, stats.revalidations, stats.cutoffs), (1, 1, 1, 0));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QueryStats {
@@ -38,6 +57,27 @@ pub struct QueryStats {
 }
 
 /// A snapshot of the database's counters. See [`View::stats`](crate::View::stats).
+///
+/// It displays as a table:
+///
+/// ```
+/// # use picante::{async_trait, AsyncQuery, Database, Input, QueryCx, QueryResult};
+/// # struct N; impl Input for N { type Key = u32; type Value = u32; }
+/// # struct Double;
+/// # #[async_trait] impl AsyncQuery for Double { type Key = u32; type Value = u32;
+/// #   async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> { Ok(cx.input::<N>(&k)? * 2) } }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> picante::Result<()> {
+/// let db = Database::builder().input::<N>().query(Double).build()?;
+/// db.set::<N>(1, 1)?;
+/// db.query::<Double>(1).await?;
+/// let stats = db.stats();
+/// assert_eq!(stats.total_executions(), 1);
+/// assert_eq!(stats.in_flight, 0);
+/// let table = stats.to_string();
+/// assert!(table.starts_with("query"));
+/// assert!(table.lines().nth(1).is_some_and(|row| row.starts_with("Double")));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct Stats {
@@ -168,6 +208,30 @@ impl fmt::Display for Stats {
 }
 
 /// Why a memo's body last ran.
+///
+/// ```
+/// # use picante::{async_trait, AsyncQuery, Database, ExecutionReason, Input, QueryCx, QueryResult};
+/// # struct N; impl Input for N { type Key = u32; type Value = u32; }
+/// # struct Double;
+/// # #[async_trait] impl AsyncQuery for Double { type Key = u32; type Value = u32;
+/// #   async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> { Ok(cx.input::<N>(&k)? * 2) } }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> picante::Result<()> {
+/// let db = Database::builder().input::<N>().query(Double).build()?;
+/// db.set::<N>(7, 1)?;
+/// db.query::<Double>(7).await?;
+/// let why = |db: &Database| db.inspect::<Double>(&7).map(|m| m.map(|m| m.reason));
+/// assert_eq!(why(&db)?, Some(ExecutionReason::New));
+///
+/// db.set::<N>(7, 2)?;
+/// db.query::<Double>(7).await?;
+/// match why(&db)? {
+///     Some(ExecutionReason::DependencyChanged(dep)) => {
+///         assert_eq!((dep.kind.as_str(), dep.key.as_str()), ("N", "7"));
+///     }
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ExecutionReason {
@@ -213,6 +277,28 @@ impl fmt::Display for ExecutionReason {
 }
 
 /// What a view knows about one memo. See [`View::inspect`](crate::View::inspect).
+///
+/// ```
+/// # use picante::{async_trait, AsyncQuery, Database, Input, QueryCx, QueryResult};
+/// # struct N; impl Input for N { type Key = u32; type Value = u32; }
+/// # struct Double;
+/// # #[async_trait] impl AsyncQuery for Double { type Key = u32; type Value = u32;
+/// #   async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> { Ok(cx.input::<N>(&k)? * 2) } }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> picante::Result<()> {
+/// let db = Database::builder().input::<N>().query(Double).build()?;
+/// let r = db.set::<N>(3, 1)?;
+/// db.query::<Double>(3).await?;
+/// let info = db.inspect::<Double>(&3)?.expect("memoized");
+/// assert_eq!(info.name, "Double(3)");
+/// assert_eq!(info.dependencies, ["N(3)"]);
+/// assert_eq!((info.executed_at, info.changed_at, info.verified_at), (r, r, r));
+/// assert!(!info.is_error);
+/// assert_eq!(
+///     info.to_string(),
+///     format!("Double(3) executed at {r} (no reusable memo), changed at {r}, verified at {r}")
+/// );
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct MemoInfo {

@@ -82,6 +82,31 @@ use crate::revision::Revision;
 
 /// What [`Database::load_cache`](crate::Database::load_cache) does with an
 /// unusable file (corrupt, truncated, foreign, too large).
+///
+/// ```
+/// use picante::{Database, Input, LoadOptions, OnError};
+///
+/// struct Source;
+/// impl Input for Source { type Key = String; type Value = String; }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> picante::Result<()> {
+/// let dir = std::env::temp_dir().join(format!("picante-onerror-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).map_err(picante::Error::new)?;
+/// let path = dir.join("cache.bin");
+/// std::fs::write(&path, b"not a picante cache").map_err(picante::Error::new)?;
+///
+/// let db = Database::builder().persistent_input::<Source>().build()?;
+/// // Fail (the default) returns the error…
+/// assert!(db.load_cache(&path, LoadOptions::default()).await.is_err());
+/// // …Ignore starts cold and says why.
+/// let options = LoadOptions { on_error: OnError::Ignore, ..LoadOptions::default() };
+/// let report = db.load_cache(&path, options).await?;
+/// assert!(report.found && !report.loaded);
+/// assert!(report.ignored_error.is_some());
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OnError {
     /// Return the error. The database is left exactly as it was.
@@ -121,6 +146,37 @@ impl LoadOptions {
 }
 
 /// What a load found and did.
+///
+/// ```
+/// use picante::{Database, Input, LoadOptions};
+///
+/// struct Source;
+/// impl Input for Source { type Key = String; type Value = String; }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> picante::Result<()> {
+/// let dir = std::env::temp_dir().join(format!("picante-reports-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).map_err(picante::Error::new)?;
+/// let path = dir.join("cache.bin");
+/// let database = || Database::builder().persistent_input::<Source>().build();
+///
+/// let db = database()?;
+/// db.set::<Source>("a.md".into(), "one".into())?;
+/// let saved = db.save_cache(&path).await?;     // a SaveReport
+/// assert_eq!((saved.inputs, saved.revision), (1, db.revision()));
+/// db.set::<Source>("b.md".into(), "two".into())?;
+/// let appended = db.append_cache(&path).await?; // an AppendReport
+/// assert_eq!(appended.inputs, 1);
+///
+/// let fresh = database()?;
+/// let loaded = fresh.load_cache(&path, LoadOptions::default()).await?;
+/// assert!(loaded.found && loaded.loaded);
+/// assert_eq!((loaded.inputs, loaded.log_records), (2, 1)); // base and log
+/// assert_eq!(loaded.revision, db.revision());
+/// assert!(loaded.dropped_kinds.is_empty() && loaded.code_changed.is_none());
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct LoadReport {
@@ -166,6 +222,7 @@ pub struct LoadReport {
 }
 
 /// What a save wrote.
+/// See [`LoadReport`] for an example.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct SaveReport {
@@ -185,6 +242,7 @@ pub struct SaveReport {
 }
 
 /// What an append wrote.
+/// See [`LoadReport`] for an example.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct AppendReport {
