@@ -30,6 +30,14 @@ use crate::typed::query::{QueryIngredient, Warm};
 /// run them concurrently (in parallel on a multi-thread runtime) and abort
 /// them if the body is dropped.
 ///
+/// Read through `cx`, not through a captured `Database` handle. A captured
+/// handle used on the body's own task is attributed to the execution (so a
+/// cycle through it is still an error), but one used from a task the body
+/// `tokio::spawn`ed is a read from outside: nothing records it as a
+/// dependency, and if it needs the running query itself it waits for it —
+/// forever, since the body awaits the task. (A task-local, which is how the
+/// attribution works, does not cross `tokio::spawn`.)
+///
 /// ```
 /// use std::sync::Arc;
 /// use picante::{async_trait, AsyncQuery, Database, Input, QueryCx, QueryResult};
