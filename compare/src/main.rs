@@ -131,28 +131,14 @@ fn w1(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
     let (p, s) = interleave(
         o,
         || {
-            let (d, sum) = rt.block_on(async {
-                let start = Instant::now();
-                let mut sum = 0;
-                for i in 0..READS {
-                    let k = black_box((i % u64::from(N)) as u32);
-                    sum += *black_box(pdb.query::<pic::Derived>(k).await.expect("hit"));
-                }
-                (start.elapsed(), sum)
-            });
+            let (d, sum) = pic_w1_hits(rt, &pdb, READS, N);
             check(sum == expected, || {
                 format!("W1 picante sum {sum} != {expected}")
             });
             d.as_secs_f64() * 1e9 / READS as f64
         },
         || {
-            let start = Instant::now();
-            let mut sum = 0;
-            for i in 0..READS {
-                let b = bases[black_box((i % u64::from(N)) as usize)];
-                sum += **black_box(sal::derived(&sdb, b));
-            }
-            let d = start.elapsed();
+            let (d, sum) = sal_w1_hits(&sdb, &bases, READS);
             check(sum == expected, || {
                 format!("W1 salsa sum {sum} != {expected}")
             });
@@ -258,8 +244,7 @@ fn w2(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>, files: u32) {
             let db = pic::site_db();
             let c0 = counts();
             let start = Instant::now();
-            pic::fill_site(&db, &sources, &templates);
-            let v = rt.block_on(db.query::<pic::Site>(())).expect("site");
+            let v = pic_w2_build(rt, &db, &sources, &templates);
             let d = start.elapsed();
             pc = counts() - c0;
             check(v == expected, || {
@@ -273,8 +258,7 @@ fn w2(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>, files: u32) {
             let db = sal::Db::default();
             let c0 = counts();
             let start = Instant::now();
-            let h = sal::fill_site(&db, &sources, &templates);
-            let v = sal::site(&db, h.project);
+            let v = sal_w2_build(&db, &sources, &templates);
             let d = start.elapsed();
             sc = counts() - c0;
             check(v == expected, || format!("W2 salsa site {v} != {expected}"));
@@ -515,6 +499,62 @@ fn sal_w3_step(db: &mut sal::Db, h: &sal::SiteHandles, edit: Edit, k: u32, value
 }
 
 #[inline(never)]
+fn pic_w1_hits(
+    rt: &tokio::runtime::Runtime,
+    db: &picante::Database,
+    reads: u64,
+    n: u32,
+) -> (Duration, u64) {
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut sum = 0;
+        for i in 0..reads {
+            let k = black_box((i % u64::from(n)) as u32);
+            sum += *black_box(db.query::<pic::Derived>(k).await.expect("hit"));
+        }
+        (start.elapsed(), sum)
+    })
+}
+
+#[inline(never)]
+fn sal_w1_hits(db: &sal::Db, bases: &[sal::Base], reads: u64) -> (Duration, u64) {
+    let start = Instant::now();
+    let mut sum = 0;
+    for i in 0..reads {
+        let b = bases[black_box((i % bases.len() as u64) as usize)];
+        sum += **black_box(sal::derived(db, b));
+    }
+    (start.elapsed(), sum)
+}
+
+#[inline(never)]
+fn pic_w2_build(
+    rt: &tokio::runtime::Runtime,
+    db: &picante::Database,
+    sources: &[Arc<str>],
+    templates: &[Arc<str>],
+) -> u64 {
+    pic::fill_site(db, sources, templates);
+    rt.block_on(db.query::<pic::Site>(())).expect("site")
+}
+
+#[inline(never)]
+fn sal_w2_build(db: &sal::Db, sources: &[Arc<str>], templates: &[Arc<str>]) -> u64 {
+    let h = sal::fill_site(db, sources, templates);
+    sal::site(db, h.project)
+}
+
+#[inline(never)]
+fn pic_w4_cold(rt: &tokio::runtime::Runtime, db: &picante::Database, depth: u32) -> u64 {
+    rt.block_on(pic::chain_top(db, depth))
+}
+
+#[inline(never)]
+fn sal_w4_cold(db: &sal::Db, b: sal::ChainBase, depth: u32) -> u64 {
+    sal::chain_top(db, b, depth)
+}
+
+#[inline(never)]
 fn pic_w1_reader(rt: &tokio::runtime::Runtime, db: &picante::Database, n: u32) -> u64 {
     rt.block_on(db.query::<pic::Reader>(n)).expect("reader")
 }
@@ -552,7 +592,7 @@ fn w4(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
             let mut base = 2u64;
             let c0 = counts();
             let start = Instant::now();
-            let v = rt.block_on(pic::chain_top(&db, DEPTH));
+            let v = pic_w4_cold(rt, &db, DEPTH);
             let cold = ms(start.elapsed());
             let cold_n = (counts() - c0).other;
             check(v == common::plain_chain(base, DEPTH), || {
@@ -601,7 +641,7 @@ fn w4(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
                     let u = sal::Unrelated::new(&db, 0);
                     let c0 = counts();
                     let start = Instant::now();
-                    let v = sal::chain_top(&db, b, DEPTH);
+                    let v = sal_w4_cold(&db, b, DEPTH);
                     let cold = ms(start.elapsed());
                     let cold_n = (counts() - c0).other;
                     check(v == common::plain_chain(base, DEPTH), || {
