@@ -7,7 +7,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::engine::events::EngineEvent;
-use crate::engine::storage::{AnyMemo, Dep, Edge, KeyId, MAIN_FORK, MemoMeta, Reason, UNTRACKED};
+use crate::engine::storage::{
+    AnyMemo, Dep, DepHash, Edge, KeyId, MAIN_FORK, MemoMeta, Reason, UNTRACKED,
+};
 use crate::engine::view::Access;
 use crate::error::{Error, ErrorKind, Result};
 use crate::revision::{Durability, Revision};
@@ -167,7 +169,8 @@ fn dedup(mut deps: Vec<Edge>) -> Vec<Edge> {
         }
         out
     } else {
-        let mut seen: std::collections::HashSet<Dep, ahash::RandomState> = Default::default();
+        let mut seen: std::collections::HashSet<Dep, DepHash> =
+            std::collections::HashSet::with_capacity_and_hasher(deps.len(), DepHash::default());
         deps.retain(|e| seen.insert(e.dep));
         deps
     }

@@ -16,13 +16,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::engine::storage::{Dep, History, MemoRef};
+use crate::engine::storage::{Dep, DepHash, History, MemoRef};
 use crate::revision::Revision;
 use crate::util::lock;
 
 const SHARDS: usize = 8;
 
-type Shard = HashMap<Dep, (MemoRef, Revision), ahash::RandomState>;
+type Shard = HashMap<Dep, (MemoRef, Revision), DepHash>;
 
 pub(crate) struct Pending {
     shards: [Mutex<Shard>; SHARDS],

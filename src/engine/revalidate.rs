@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::engine::fetch::{Hint, fetch};
 use crate::engine::ingredient::IngredientKind;
-use crate::engine::storage::{Dep, KeyId, MemoRef, Publish, Reason, UNSEEN, UNTRACKED};
+use crate::engine::storage::{Dep, DepHash, KeyId, MemoRef, Publish, Reason, UNSEEN, UNTRACKED};
 use crate::engine::view::Access;
 use crate::revision::Revision;
 
@@ -64,7 +64,7 @@ impl Frame {
     }
 }
 
-type Seen = HashSet<Dep, ahash::RandomState>;
+type Seen = HashSet<Dep, DepHash>;
 
 /// A dependency walk over `memo` (for `index`/`key`) at an access's
 /// revision, resumable: run without execution first (claiming nothing, running
@@ -75,7 +75,7 @@ pub(crate) struct Walk {
     on_stack: OnStack,
     /// Memos verified during this walk, in a fork (in the main history they
     /// are marked on the memo itself, so lookups see them).
-    verified: HashMap<Dep, MemoRef, ahash::RandomState>,
+    verified: HashMap<Dep, MemoRef, DepHash>,
     unpublished: Vec<(Dep, MemoRef)>,
     /// The top frame has this changed dependency (the walk stopped before
     /// re-executing the frame).
@@ -101,7 +101,7 @@ impl Walk {
         Walk {
             stack,
             on_stack,
-            verified: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
+            verified: HashMap::default(),
             unpublished: Vec::new(),
             changed: None,
         }
@@ -297,7 +297,7 @@ impl Walk {
 /// publication.
 fn record(
     acc: &Access,
-    verified: &mut HashMap<Dep, MemoRef, ahash::RandomState>,
+    verified: &mut HashMap<Dep, MemoRef, DepHash>,
     unpublished: &mut Vec<(Dep, MemoRef)>,
     dep: Dep,
     memo: MemoRef,
@@ -353,7 +353,7 @@ fn publish(acc: &Access, pending: &mut Vec<(Dep, MemoRef)>) {
         return;
     }
     let r = acc.revision();
-    let mut by_ingredient: HashMap<u32, Vec<Publish>, ahash::RandomState> = HashMap::default();
+    let mut by_ingredient: HashMap<u32, Vec<Publish>, DepHash> = HashMap::default();
     for (dep, memo) in pending.drain(..) {
         by_ingredient
             .entry(dep.ingredient)

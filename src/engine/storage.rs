@@ -49,6 +49,46 @@ pub(crate) struct Dep {
     pub key: KeyId,
 }
 
+/// A hasher for `Dep`s (and other small integer keys) in the engine's own
+/// hash maps and sets: one multiply per word, no per-map random state. The
+/// keys are dense ids chosen by the engine, not by an adversary, so a keyed
+/// hash buys nothing; seeding an `ahash::RandomState` per walk and hashing
+/// each `Dep` through it cost more than the lookups themselves.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct DepHasher(u64);
+
+const DEP_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl std::hash::Hasher for DepHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        // hashbrown takes the bucket from the low bits and the tag from the
+        // top 7: fold the well-mixed high half into the low one.
+        self.0 ^ (self.0 >> 32)
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(DEP_MIX);
+        }
+    }
+    #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.0 = (self.0.rotate_left(32) ^ u64::from(v)).wrapping_mul(DEP_MIX);
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(32) ^ v).wrapping_mul(DEP_MIX);
+    }
+    #[inline]
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+/// The `BuildHasher` of [`DepHasher`].
+pub(crate) type DepHash = std::hash::BuildHasherDefault<DepHasher>;
+
 /// The dependency a body records when it reads the outside world behind
 /// the engine's back (`QueryCx::report_untracked_read`): it never verifies,
 /// so the memo re-executes at every new revision (and is never persisted:
