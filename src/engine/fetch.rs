@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::engine::execution::Execution;
 use crate::engine::inflight::{Claim, Cycle, Node, SlotKey};
 use crate::engine::ingredient::Ingredient;
-use crate::engine::revalidate::{Stale, Verdict, Walk};
+use crate::engine::revalidate::{Verdict, Walk};
 use crate::engine::storage::{Dep, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo};
 use crate::engine::view::{Access, Shared};
 use crate::error::{Error, ErrorKind, Result};
@@ -133,7 +133,7 @@ async fn fetch_inner(
             // must run, the walk is resumed once the slot is claimed.
             if matches!(hint, Hint::None) {
                 let mut walk = Walk::new(index, key, memo.clone());
-                match walk.run(acc, Stale::Stop).await {
+                match walk.run_now(acc) {
                     Verdict::Unchanged => {
                         ing.counters().revalidations.incr();
                         acc.verified(index, &*ing, key, memo);
@@ -192,7 +192,7 @@ async fn fetch_inner(
                     Some(w) if w.root().is_some_and(|m| Arc::ptr_eq(m, memo)) => w,
                     _ => Walk::new(index, key, memo.clone()),
                 };
-                match walk.run(&sub, Stale::Execute).await {
+                match walk.run(&sub).await {
                     Verdict::Unchanged => {
                         ing.counters().revalidations.incr();
                         acc.verified(index, &*ing, key, memo);

@@ -19,10 +19,11 @@
 //! Memos found valid are marked verified on the memo itself (main history)
 //! or published in batches (forks), not one state swap each.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::engine::fetch::{Hint, fetch};
+use crate::engine::fetch::{Fault, Hint, fetch};
 use crate::engine::ingredient::IngredientKind;
 use crate::engine::storage::{Dep, DepHash, KeyId, MemoRef, Publish, Reason, UNSEEN, UNTRACKED};
 use crate::engine::view::Access;
@@ -30,7 +31,7 @@ use crate::revision::Revision;
 
 /// What a walk does at a dependency it cannot verify without executing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Stale {
+enum Stale {
     /// Fetch it (which may execute it).
     Execute,
     /// Stop with `Verdict::Blocked`, to be resumed by a caller that may.
@@ -46,6 +47,25 @@ pub(crate) enum Verdict {
     /// (Without execution only.) Deciding needs a dependency executed.
     Blocked,
 }
+
+/// What a walk step decided.
+enum Step {
+    Done(Verdict),
+    /// Fetch this dependency with this hint, then resume (`Then`).
+    Fetch(Dep, Hint, Then),
+}
+
+/// What the fetched dependency's `changed_at` is compared with when the walk
+/// resumes: the top frame's current edge either way.
+#[derive(Clone, Copy)]
+enum Then {
+    /// The top frame's edge, whose dependency had no usable memo.
+    Edge,
+    /// A stale frame, just popped and re-executed (the top is its parent).
+    Frame,
+}
+
+type Resume = (Dep, Then, Result<MemoRef, Fault>);
 
 struct Frame {
     dep: Dep,
@@ -90,9 +110,7 @@ impl Walk {
         };
         let mut on_stack = OnStack::default();
         on_stack.push(root);
-        // Most walks go a few frames deep (a page, its parse, its template):
-        // start with room for them instead of growing from one.
-        let mut stack = Vec::with_capacity(8);
+        let mut stack = take_stack();
         stack.push(Frame {
             dep: root,
             memo,
@@ -112,21 +130,66 @@ impl Walk {
         self.stack.first().map(|f| &f.memo)
     }
 
-    /// Continues the walk at `acc`'s revision. With `Stale::Execute`, stale
-    /// or missing dependencies are fetched (executed) and `acc.requester`
-    /// must be the root's in-flight node; with `Stale::Stop`, the walk stops
-    /// with `Blocked` where it would have to execute something, and can be
-    /// resumed.
-    pub(crate) async fn run(&mut self, acc: &Access, stale: Stale) -> Verdict {
+    /// Continues the walk at `acc`'s revision, fetching (executing) stale or
+    /// missing dependencies; `acc.requester` must be the root's in-flight
+    /// node.
+    pub(crate) async fn run(&mut self, acc: &Access) -> Verdict {
+        let mut resume = None;
+        loop {
+            match self.step(acc, Stale::Execute, resume.take()) {
+                Step::Done(verdict) => return verdict,
+                Step::Fetch(dep, hint, then) => {
+                    let result = fetch(acc, dep.ingredient, dep.key, hint).await;
+                    resume = Some((dep, then, result));
+                }
+            }
+        }
+    }
+
+    /// Continues the walk at `acc`'s revision without executing anything
+    /// (synchronously: it never awaits). It stops with `Blocked` where it
+    /// would have to execute something, and can then be resumed by
+    /// [`run`](Self::run) once the root is claimed.
+    pub(crate) fn run_now(&mut self, acc: &Access) -> Verdict {
+        match self.step(acc, Stale::Stop, None) {
+            Step::Done(verdict) => verdict,
+            Step::Fetch(..) => {
+                debug_assert!(false, "a walk without execution never fetches");
+                Verdict::Blocked
+            }
+        }
+    }
+
+    /// Runs the walk until it is decided or needs a fetch (`Stale::Execute`
+    /// only); `resume` is the result of the fetch the previous step asked for.
+    fn step(&mut self, acc: &Access, stale: Stale, resume: Option<Resume>) -> Step {
         let execute = stale == Stale::Execute;
-        let shared = acc.view().shared().clone();
-        let registry = &shared.registry();
+        let shared = acc.view().shared();
+        let registry = shared.registry();
         let r = acc.revision();
+        if let Some((dep, then, result)) = resume {
+            let Some(top) = self.stack.last_mut() else {
+                debug_assert!(false, "a fetch was asked for with a frame on the stack");
+                return Step::Done(Verdict::Changed(Reason::Unverifiable));
+            };
+            match (then, result) {
+                // The top frame's edge to `dep` (which had no usable memo).
+                (Then::Edge, Ok(m)) if m.meta().changed_at == top.seen() => top.next += 1,
+                // A stale frame re-executed: `top` is its parent.
+                (Then::Frame, Ok(m)) if m.meta().changed_at == top.seen() => {
+                    if !acc.marks_on_memo(&m) {
+                        self.verified.insert(dep, m);
+                    }
+                    top.next += 1;
+                }
+                _ => self.changed = Some(dep),
+            }
+        }
         loop {
             if self.changed.is_none() {
                 let Some(top) = self.stack.last_mut() else {
                     debug_assert!(false, "a walk always has its root frame until it ends");
-                    return Verdict::Changed(Reason::Unverifiable);
+                    return Step::Done(Verdict::Changed(Reason::Unverifiable));
                 };
                 if let Some(edge) = top.memo.meta().deps.get(top.next) {
                     shared.dependency_checks().incr();
@@ -145,7 +208,7 @@ impl Walk {
                     };
                     let Ok(dep_ing) = registry.get(dep.ingredient) else {
                         debug_assert!(false, "an edge names an unregistered ingredient");
-                        return Verdict::Changed(Reason::Unverifiable);
+                        return Step::Done(Verdict::Changed(Reason::Unverifiable));
                     };
                     let dep_changed_at: Option<Revision> = match dep_ing.kind() {
                         IngredientKind::Interned => Some(Revision::ZERO),
@@ -190,12 +253,9 @@ impl Walk {
                                     _ => {
                                         self.publish(acc);
                                         if !execute {
-                                            return Verdict::Blocked;
+                                            return Step::Done(Verdict::Blocked);
                                         }
-                                        fetch(acc, dep.ingredient, dep.key, Hint::None)
-                                            .await
-                                            .ok()
-                                            .map(|m| m.meta().changed_at)
+                                        return Step::Fetch(dep, Hint::None, Then::Edge);
                                     }
                                 }
                             }
@@ -213,12 +273,12 @@ impl Walk {
                     // Every dependency of the top frame is unchanged: it is valid.
                     let Some(done) = self.stack.pop() else {
                         debug_assert!(false, "the top frame was just examined");
-                        return Verdict::Changed(Reason::Unverifiable);
+                        return Step::Done(Verdict::Changed(Reason::Unverifiable));
                     };
                     self.on_stack.pop(done.dep);
                     let Some(parent) = self.stack.last_mut() else {
                         self.publish(acc);
-                        return Verdict::Unchanged;
+                        return Step::Done(Verdict::Unchanged);
                     };
                     if let Ok(ing) = registry.get(done.dep.ingredient) {
                         ing.counters().revalidations.incr();
@@ -235,19 +295,19 @@ impl Walk {
             // The top frame has a changed dependency: re-execute it (unless
             // it is the root) and let its new `changed_at` decide for its
             // parent.
-            while let Some(cause) = self.changed {
+            if let Some(cause) = self.changed {
                 if self.stack.len() <= 1 {
                     self.publish(acc);
                     self.changed = None;
-                    return Verdict::Changed(Reason::DependencyChanged(cause));
+                    return Step::Done(Verdict::Changed(Reason::DependencyChanged(cause)));
                 }
                 self.publish(acc);
                 if !execute {
-                    return Verdict::Blocked;
+                    return Step::Done(Verdict::Blocked);
                 }
                 let Some(frame) = self.stack.pop() else {
                     debug_assert!(false, "a non-root frame is on the stack");
-                    return Verdict::Changed(Reason::Unverifiable);
+                    return Step::Done(Verdict::Changed(Reason::Unverifiable));
                 };
                 self.on_stack.pop(frame.dep);
                 self.changed = None;
@@ -264,20 +324,7 @@ impl Walk {
                     }
                     _ => Hint::None,
                 };
-                let result = fetch(acc, frame.dep.ingredient, frame.dep.key, hint).await;
-                let Some(parent) = self.stack.last_mut() else {
-                    debug_assert!(false, "a popped non-root frame has a parent");
-                    return Verdict::Changed(Reason::Unverifiable);
-                };
-                match result {
-                    Ok(m) if m.meta().changed_at == parent.seen() => {
-                        if !acc.marks_on_memo(&m) {
-                            self.verified.insert(frame.dep, m);
-                        }
-                        parent.next += 1;
-                    }
-                    _ => self.changed = Some(frame.dep),
-                }
+                return Step::Fetch(frame.dep, hint, Then::Frame);
             }
         }
     }
@@ -289,6 +336,46 @@ impl Walk {
 
     fn publish(&mut self, acc: &Access) {
         publish(acc, &mut self.unpublished);
+    }
+}
+
+thread_local! {
+    /// Emptied walk stacks, reused by the next walk on this thread: a
+    /// verify-only read allocates nothing for its walk.
+    static STACKS: RefCell<Vec<Vec<Frame>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Stacks kept per thread, and the largest capacity kept (a deep chain's
+/// stack is freed, not kept).
+const POOLED: usize = 8;
+const POOLED_CAPACITY: usize = 64;
+
+/// An empty stack: a pooled one, or a new one with room for the few frames
+/// most walks need (a page, its parse, its template).
+fn take_stack() -> Vec<Frame> {
+    STACKS
+        .try_with(|pool| pool.try_borrow_mut().ok().and_then(|mut p| p.pop()))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Vec::with_capacity(8))
+}
+
+impl Drop for Walk {
+    fn drop(&mut self) {
+        let mut stack = std::mem::take(&mut self.stack);
+        if stack.capacity() > POOLED_CAPACITY {
+            return;
+        }
+        // Frames are dropped before the pool is touched (dropping a memo
+        // may run any code).
+        stack.clear();
+        let _ = STACKS.try_with(|pool| {
+            if let Ok(mut pool) = pool.try_borrow_mut()
+                && pool.len() < POOLED
+            {
+                pool.push(stack);
+            }
+        });
     }
 }
 
