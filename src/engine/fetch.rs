@@ -64,13 +64,112 @@ impl From<Error> for Fault {
 
 /// The memo for (`index`, `key`) valid at `acc`'s revision. The memo may hold
 /// a user error; `Err` here is the engine's (a cycle, a cancellation).
-pub(crate) fn fetch(
-    acc: &Access,
-    index: u32,
-    key: KeyId,
+///
+/// A memo that is a hit, or that revalidates without executing anything, is
+/// returned at once (no boxed future); only a fetch that must claim, wait or
+/// execute is boxed.
+pub(crate) fn fetch(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Fetch<'_> {
+    let ing = match acc.view().shared().registry().get(index) {
+        Ok(ing) => ing,
+        Err(e) => return Fetch::Ready(Some(Err(e.into()))),
+    };
+    match fetch_now(acc, index, &**ing, key, hint) {
+        Now::Done(memo) => Fetch::Ready(Some(Ok(memo))),
+        Now::Later(early) => Fetch::Running(Box::pin(fetch_inner(acc, index, key, early))),
+    }
+}
+
+/// The future of [`fetch`]: ready at once, or the boxed rest of the fetch.
+pub(crate) enum Fetch<'a> {
+    Ready(Option<Result<MemoRef, Fault>>),
+    Running(BoxFuture<'a, Result<MemoRef, Fault>>),
+}
+
+impl Future for Fetch<'_> {
+    type Output = Result<MemoRef, Fault>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Fetch::Ready(result) => {
+                std::task::Poll::Ready(result.take().unwrap_or_else(|| {
+                    Err(Error::internal("fetch polled after it completed").into())
+                }))
+            }
+            Fetch::Running(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+/// What the synchronous first part of a fetch found, for the rest of it.
+struct Early {
+    /// `InFlight::completions` before the lookup.
+    completions: u64,
+    found: Option<(MemoRef, Revision)>,
     hint: Hint,
-) -> BoxFuture<'_, Result<MemoRef, Fault>> {
-    Box::pin(fetch_inner(acc, index, key, hint))
+    /// The unclaimed walk, stopped where something must execute.
+    blocked: Option<Walk>,
+}
+
+enum Now {
+    Done(MemoRef),
+    Later(Early),
+}
+
+/// The part of a fetch that needs no claim and runs no user code: a hit, a
+/// revalidation by durability, or an unclaimed dependency walk that finds
+/// nothing to execute (idempotent). Synchronous.
+fn fetch_now(acc: &Access, index: u32, ing: &dyn Ingredient, key: KeyId, hint: Hint) -> Now {
+    let r = acc.revision();
+    let mut hint = hint;
+    let mut blocked = None;
+    let completions = acc.view().shared().inflight().completions();
+    let found = acc.lookup(index, ing, key);
+    if let Some((memo, verified_at)) = &found
+        && !hint.rejects(memo)
+    {
+        if *verified_at == r {
+            ing.counters().hits.incr();
+            return Now::Done(memo.clone());
+        }
+        if fixed_at(memo, *verified_at, r) {
+            ing.counters().revalidations.incr();
+            acc.verified(index, ing, key, memo);
+            return Now::Done(memo.clone());
+        }
+        if matches!(hint, Hint::None)
+            && acc
+                .pinned()
+                .durable_since(memo.meta().durability, *verified_at)
+        {
+            ing.counters().revalidations.incr();
+            acc.verified(index, ing, key, memo);
+            return Now::Done(memo.clone());
+        }
+        // Try revalidating without claiming: if no dependency needs to
+        // run, nothing is executed and no slot is needed. If something
+        // must run, the walk is resumed once the slot is claimed.
+        if matches!(hint, Hint::None) {
+            let mut walk = Walk::new(index, key, memo.clone());
+            match walk.run_now(acc) {
+                Verdict::Unchanged => {
+                    ing.counters().revalidations.incr();
+                    acc.verified(index, ing, key, memo);
+                    return Now::Done(memo.clone());
+                }
+                Verdict::Changed(reason) => hint = Hint::Stale(reason),
+                Verdict::Blocked => blocked = Some(walk),
+            }
+        }
+    }
+    Now::Later(Early {
+        completions,
+        found,
+        hint,
+        blocked,
+    })
 }
 
 /// `fetch`, then the memo's value; a memo loaded from disk whose value does
@@ -94,56 +193,18 @@ pub(crate) async fn fetch_value<V: Clone + Send + Sync + 'static>(
     }
 }
 
-async fn fetch_inner(
-    acc: &Access,
-    index: u32,
-    key: KeyId,
-    mut hint: Hint,
-) -> Result<MemoRef, Fault> {
+async fn fetch_inner(acc: &Access, index: u32, key: KeyId, early: Early) -> Result<MemoRef, Fault> {
     let shared = acc.view().shared().clone();
     let ing: Arc<dyn Ingredient> = shared.registry().get(index)?.clone();
     let r = acc.revision();
+    let mut early = early;
     loop {
-        let mut blocked: Option<Walk> = None;
-        let completions = shared.inflight().completions();
-        let found = acc.lookup(index, &*ing, key);
-        if let Some((memo, verified_at)) = &found
-            && !hint.rejects(memo)
-        {
-            if *verified_at == r {
-                ing.counters().hits.incr();
-                return Ok(memo.clone());
-            }
-            if fixed_at(memo, *verified_at, r) {
-                ing.counters().revalidations.incr();
-                acc.verified(index, &*ing, key, memo);
-                return Ok(memo.clone());
-            }
-            if matches!(hint, Hint::None)
-                && acc
-                    .pinned()
-                    .durable_since(memo.meta().durability, *verified_at)
-            {
-                ing.counters().revalidations.incr();
-                acc.verified(index, &*ing, key, memo);
-                return Ok(memo.clone());
-            }
-            // Try revalidating without claiming: if no dependency needs to
-            // run, nothing is executed and no slot is needed. If something
-            // must run, the walk is resumed once the slot is claimed.
-            if matches!(hint, Hint::None) {
-                let mut walk = Walk::new(index, key, memo.clone());
-                match walk.run_now(acc) {
-                    Verdict::Unchanged => {
-                        ing.counters().revalidations.incr();
-                        acc.verified(index, &*ing, key, memo);
-                        return Ok(memo.clone());
-                    }
-                    Verdict::Changed(reason) => hint = Hint::Stale(reason),
-                    Verdict::Blocked => blocked = Some(walk),
-                }
-            }
-        }
+        let Early {
+            completions,
+            found,
+            hint,
+            blocked,
+        } = early;
         let slot = SlotKey {
             ingredient: index,
             key,
@@ -161,7 +222,13 @@ async fn fetch_inner(
                     return Ok(memo);
                 }
                 // The owner went away without finishing: try to take over.
-                None => continue,
+                None => {
+                    early = match fetch_now(acc, index, &*ing, key, hint) {
+                        Now::Done(memo) => return Ok(memo),
+                        Now::Later(e) => e,
+                    };
+                    continue;
+                }
             },
             Claim::Owner(owner) => owner,
         };
@@ -188,7 +255,7 @@ async fn fetch_inner(
             (Hint::None, None) => Reason::New,
             (Hint::None, Some((memo, _))) => {
                 // Resume the unclaimed walk if it was over this same memo.
-                let mut walk = match blocked.take() {
+                let mut walk = match blocked {
                     Some(w) if w.root().is_some_and(|m| Arc::ptr_eq(m, memo)) => w,
                     _ => Walk::new(index, key, memo.clone()),
                 };
