@@ -12,7 +12,7 @@ use crate::engine::execution::Execution;
 use crate::engine::fetch::Fault;
 use crate::engine::fetch::{Hint, fetch};
 use crate::engine::ingredient::Registry;
-use crate::engine::storage::{AnyMemo, Dep, History, Memo, State, UNSEEN, typed_memo};
+use crate::engine::storage::{AnyMemo, Dep, History, KeyId, Memo, State, UNSEEN, typed_memo};
 use crate::error::{Error, ErrorKind, QueryRef, Result};
 use crate::revision::{Durability, Revision};
 use crate::typed::input::InputIngredient;
@@ -127,7 +127,7 @@ impl QueryCx {
             let state = access.view().load();
             match self.warm::<Q>(ing, &state, index, &key)? {
                 Ok(result) => return result,
-                Err(hint) => hint,
+                Err(miss) => miss,
             }
         };
         self.cold::<Q>(ing, index, key, hint).await
@@ -135,7 +135,8 @@ impl QueryCx {
 
     /// The warm-hit path of [`query`](Self::query): a memo verified at this
     /// execution's revision is recorded and its result returned (`Ok`);
-    /// otherwise how to fetch it (`Err`).
+    /// otherwise how to fetch it (`Err`: the hint, and the key's id when
+    /// the table holds a memo for it).
     #[inline]
     fn warm<Q: AsyncQuery>(
         &self,
@@ -143,7 +144,7 @@ impl QueryCx {
         state: &State,
         index: u32,
         key: &Q::Key,
-    ) -> Result<std::result::Result<Result<Q::Value>, Hint>> {
+    ) -> Result<std::result::Result<Result<Q::Value>, Miss>> {
         let access = self.exec.access();
         let history = History::of(access.pinned().fork);
         match ing.warm(state, index, key, access.revision(), history)? {
@@ -156,7 +157,7 @@ impl QueryCx {
                 self.record(dep, memo.meta.changed_at, memo.meta.durability, Some(weak))?;
                 Ok(Ok(result))
             }
-            Warm::Miss(hint) => Ok(Err(hint)),
+            Warm::Miss(hint, known) => Ok(Err((hint, known))),
         }
     }
 
@@ -167,12 +168,15 @@ impl QueryCx {
         ing: &QueryIngredient<Q>,
         index: u32,
         key: Q::Key,
-        hint: Hint,
+        (hint, known): Miss,
     ) -> Result<Q::Value> {
         let access = self.exec.access();
         let mut hint = hint;
         self.exec.check_open()?;
-        let key_id = ing.key_id(&key)?;
+        let key_id = match known {
+            Some(id) => id,
+            None => ing.key_id(&key)?,
+        };
         let dep = Dep {
             ingredient: index,
             key: key_id,
@@ -373,7 +377,7 @@ impl QueryCx {
         };
         let mut progress = Progress::new(n, first_error);
         // Warm hits first, in key order, without a task each.
-        let mut misses: Vec<(usize, Q::Key, Hint)> = Vec::new();
+        let mut misses: Vec<(usize, Q::Key, Miss)> = Vec::new();
         {
             let state = self.exec.access().view().load();
             for (i, key) in keys.into_iter().enumerate() {
@@ -524,6 +528,10 @@ pub(crate) fn query_ref(registry: &Registry, dep: Dep) -> QueryRef {
         Err(_) => QueryRef::new(format!("?{}", dep.ingredient), dep.key.to_string()),
     }
 }
+
+/// A warm miss: how to fetch, and the key's id if the table holds a memo
+/// for it (no interning then).
+type Miss = (Hint, Option<KeyId>);
 
 /// The user-facing error for an engine fault: a cycle gets the names of its
 /// path (`Kind(key)` each, closed by the first again).

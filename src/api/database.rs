@@ -435,13 +435,17 @@ impl View {
     pub async fn query<Q: AsyncQuery>(&self, key: Q::Key) -> Result<Q::Value> {
         let (index, ing) = QueryIngredient::<Q>::lookup_in(self.registry())?;
         let state = self.core.load();
-        let hint = match ing.warm(&state, index, &key, state.revision, History::of(state.fork))? {
-            Warm::Hit(_, result) => return result,
-            Warm::Miss(hint) => hint,
-        };
+        let (hint, known) =
+            match ing.warm(&state, index, &key, state.revision, History::of(state.fork))? {
+                Warm::Hit(_, result) => return result,
+                Warm::Miss(hint, known) => (hint, known),
+            };
         let pinned = arc_swap::Guard::into_inner(state);
         Box::pin(async {
-            let key_id = ing.key_id(&key)?;
+            let key_id = match known {
+                Some(id) => id,
+                None => ing.key_id(&key)?,
+            };
             let access = Access::top_level(&self.core, pinned);
             let result = fetch_value::<Q::Value>(&access, index, key_id, hint).await;
             // A request that computed much makes its memos lock-free hits for

@@ -90,13 +90,15 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
             {
                 entry
             }
-            _ => return Ok(Warm::Miss(Hint::None)),
+            // A memo to revalidate: its key's id is known (no interning).
+            Some(entry) => return Ok(Warm::Miss(Hint::None, Some(entry.memo.meta.key))),
+            None => return Ok(Warm::Miss(Hint::None, None)),
         };
         self.counters.hits.incr();
         Ok(match entry.memo.read() {
             Some(result) => Warm::Hit(&entry.memo, result),
             // Loaded from disk and undecodable: recompute it.
-            None => Warm::Miss(Hint::Replace(entry.memo.clone())),
+            None => Warm::Miss(Hint::Replace(entry.memo.clone()), Some(entry.memo.meta.key)),
         })
     }
 }
@@ -105,8 +107,9 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
 pub(crate) enum Warm<'s, V> {
     /// A memo verified at the revision asked, and its value.
     Hit(&'s Arc<Memo<V>>, Result<V>),
-    /// No usable memo here: fetch with this hint.
-    Miss(Hint),
+    /// No usable memo here: fetch with this hint (and the key's id, when
+    /// the table holds a memo for it).
+    Miss(Hint, Option<KeyId>),
 }
 
 impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
