@@ -7,9 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::engine::events::EngineEvent;
-use crate::engine::storage::{
-    AnyMemo, Dep, DepHash, Edge, KeyId, MAIN_FORK, MemoMeta, Reason, UNTRACKED,
-};
+use crate::engine::storage::{AnyMemo, Dep, Edge, KeyId, MAIN_FORK, MemoMeta, Reason, UNTRACKED};
 use crate::engine::view::Access;
 use crate::error::{Error, ErrorKind, Result};
 use crate::revision::{Durability, Revision};
@@ -37,7 +35,15 @@ struct Recorder {
 }
 
 impl Execution {
-    pub(crate) fn new(access: Access, index: u32, key: KeyId, reason: Reason) -> Execution {
+    /// `reads` is how many reads to make room for (the previous memo's, on
+    /// a re-execution: bodies usually read as much as last time).
+    pub(crate) fn new(
+        access: Access,
+        index: u32,
+        key: KeyId,
+        reason: Reason,
+        reads: usize,
+    ) -> Execution {
         Execution {
             inner: Arc::new(Inner {
                 access,
@@ -45,7 +51,7 @@ impl Execution {
                 key,
                 reason,
                 recorder: Mutex::new(Recorder {
-                    deps: Vec::new(),
+                    deps: Vec::with_capacity(reads),
                     durability: Durability::High,
                     finished: false,
                 }),
@@ -169,9 +175,87 @@ fn dedup(mut deps: Vec<Edge>) -> Vec<Edge> {
         }
         out
     } else {
-        let mut seen: std::collections::HashSet<Dep, DepHash> =
-            std::collections::HashSet::with_capacity_and_hasher(deps.len(), DepHash::default());
+        let mut seen = DepSet::with_capacity(deps.len());
         deps.retain(|e| seen.insert(e.dep));
         deps
+    }
+}
+
+/// A set of `Dep`s for [`dedup`]: open addressing over packed `u64`s with
+/// linear probing, sized once (at most half full). Cheaper per insert than
+/// a general hash set, which matters for a body that reads thousands of
+/// memos (W1's reader, W3's site query).
+struct DepSet {
+    slots: Vec<u64>,
+    mask: usize,
+    /// Whether the one `Dep` that packs to `EMPTY` was inserted.
+    has_empty: bool,
+}
+
+const EMPTY: u64 = u64::MAX;
+
+impl DepSet {
+    fn with_capacity(n: usize) -> DepSet {
+        let size = (2 * n).next_power_of_two().max(16);
+        DepSet {
+            slots: vec![EMPTY; size],
+            mask: size - 1,
+            has_empty: false,
+        }
+    }
+
+    /// Inserts `dep`; false if it was already there.
+    fn insert(&mut self, dep: Dep) -> bool {
+        let packed = (u64::from(dep.ingredient) << 32) | u64::from(dep.key);
+        if packed == EMPTY {
+            return !std::mem::replace(&mut self.has_empty, true);
+        }
+        let mut i = (packed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask;
+        loop {
+            match self.slots.get_mut(i) {
+                Some(slot) if *slot == EMPTY => {
+                    *slot = packed;
+                    return true;
+                }
+                Some(slot) if *slot == packed => return false,
+                Some(_) => i = (i + 1) & self.mask,
+                // Unreachable: `i` is masked to the table's size.
+                None => return true,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(ingredient: u32, key: u32) -> Edge {
+        Edge {
+            dep: Dep { ingredient, key },
+            seen: Revision::ZERO,
+            memo: None,
+        }
+    }
+
+    #[test]
+    fn dedup_keeps_first_reads_in_order() {
+        for n in [3u32, 16, 17, 1000] {
+            let mut deps = Vec::new();
+            for k in 0..n {
+                deps.push(edge(k % 3, k));
+                deps.push(edge(k % 3, k / 2));
+            }
+            deps.push(edge(u32::MAX, u32::MAX));
+            deps.push(edge(u32::MAX, u32::MAX));
+            let mut expected: Vec<Dep> = Vec::new();
+            for e in &deps {
+                if !expected.contains(&e.dep) {
+                    expected.push(e.dep);
+                }
+            }
+            let got: Vec<Dep> = dedup(deps).iter().map(|e| e.dep).collect();
+            assert_eq!(got, expected, "n = {n}");
+        }
     }
 }

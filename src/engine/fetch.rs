@@ -314,7 +314,8 @@ async fn execute(
     old: Option<MemoRef>,
     reason: Reason,
 ) -> Result<MemoRef> {
-    let execution = Execution::new(sub.deeper(), index, key, reason);
+    let reads = old.as_ref().map_or(0, |m| m.meta().deps.len());
+    let execution = Execution::new(sub.deeper(), index, key, reason, reads);
     let depth = execution.access().depth();
     ing.counters().executions.incr();
     let running = Running {
