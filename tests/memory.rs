@@ -76,8 +76,8 @@ async fn capacity_bounds_a_kind_and_evicted_memos_reexecute_on_demand() {
         let mem = db.memory();
         assert_eq!(mem.kind("Len").unwrap().entries, 4);
         assert_eq!(db.query_stats::<Len>().unwrap().evictions, 16);
-        // The most recent stay (all were used at one revision: ties are
-        // broken arbitrarily, but what was just inserted is newest).
+        // The most recent stay (all were used at one revision: what was
+        // just inserted is newest, and other ties go to the oldest key).
         assert_eq!(db.query::<Len>(19).await.unwrap(), 20);
         assert_eq!(len.take(), 0);
         // An evicted one re-executes, with the right value.

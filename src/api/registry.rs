@@ -107,7 +107,8 @@ impl DatabaseBuilder {
     /// least recently are dropped entirely, and re-execute if needed again.
     /// Results never depend on it; only work does. Recency is the revision
     /// a memo was last used at, which costs the warm-hit path nothing; among
-    /// memos last used at one revision the choice is arbitrary, so give a
+    /// memos last used at one revision, those of the keys first seen
+    /// earliest go first (a choice, not an order of use), so give a
     /// capacity above what one revision uses, or every revision recomputes.
     /// `Q` must be registered (before or after this call).
     ///

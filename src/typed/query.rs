@@ -208,15 +208,18 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
         let fresh: std::collections::HashSet<KeyId, ahash::RandomState> =
             fresh.iter().map(|(k, _, _)| *k).collect();
         // Least recently verified first, and among equals, what was not
-        // just inserted; other ties are broken arbitrarily.
+        // just inserted, then the oldest key (lowest id): deterministic,
+        // whatever the map's (randomly seeded) order.
         // Untracked and current memos are kept: a re-run now could be a
         // twin with another value (see `Ingredient::evict`).
-        let mut by_age: Vec<((Revision, bool), &Q::Key, bool)> = current
+        type Age = (Revision, bool, KeyId);
+        let mut by_age: Vec<(Age, &Q::Key, bool)> = current
             .iter()
             .map(|(k, e)| {
                 let at = e.memo.meta.latest_verified(e.verified_at, history);
                 let kept = at >= now && e.memo.meta.untracked();
-                ((at, fresh.contains(&e.memo.meta.key)), k, kept)
+                let id = e.memo.meta.key;
+                ((at, fresh.contains(&id), id), k, kept)
             })
             .collect();
         by_age.sort_unstable_by_key(|(age, _, _)| *age);
