@@ -710,6 +710,55 @@ fn w4(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
 
 // ---- W7 ----------------------------------------------------------------------
 
+/// Time on CPU (ns, user and kernel) and minor page faults of this process,
+/// summed over its threads, from `/proc` (Linux; zeros elsewhere). A load's
+/// wall time on a shared machine includes waiting for a core; these two
+/// do not, and page faults are where memory freshly taken from the kernel
+/// costs (kernel time that instruction profiles such as callgrind miss).
+#[derive(Clone, Copy, Default)]
+struct ProcCost {
+    cpu_ns: u64,
+    faults: u64,
+}
+
+impl ProcCost {
+    fn now() -> ProcCost {
+        let mut total = ProcCost::default();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return total;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            if let Ok(s) = std::fs::read_to_string(path.join("schedstat")) {
+                total.cpu_ns += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            if let Ok(s) = std::fs::read_to_string(path.join("stat")) {
+                // Fields after the command's closing parenthesis start at
+                // field 3; minflt is field 10.
+                if let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) {
+                    total.faults += rest
+                        .split_whitespace()
+                        .nth(10 - 3)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+            }
+        }
+        total
+    }
+
+    fn since(self, earlier: ProcCost) -> ProcCost {
+        ProcCost {
+            cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
+            faults: self.faults.saturating_sub(earlier.faults),
+        }
+    }
+}
+
 fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
     const N: u32 = 100_000;
     const SEED: u64 = 7;
@@ -721,6 +770,9 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
     // (save, load to first answer, read all after load, load + read all) in ms, file bytes
     let mut pt: Vec<([f64; 4], u64)> = Vec::new();
     let mut st: Vec<([f64; 4], u64)> = Vec::new();
+    // The load's CPU time (ms) and page faults, per repetition.
+    let mut pcost: Vec<(f64, u64)> = Vec::new();
+    let mut scost: Vec<(f64, u64)> = Vec::new();
     let ppath = dir.join("picante.cache");
     let spath = dir.join("salsa.postcard");
     interleave(
@@ -739,12 +791,15 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
             drop(d);
             let fresh = pic::persist_db();
             let c0 = counts();
+            let cost = ProcCost::now();
             let start = Instant::now();
             let report = rt
                 .block_on(fresh.load_cache(&ppath, picante::LoadOptions::default()))
                 .expect("load");
             let first = rt.block_on(fresh.query::<pic::Item>(N / 2)).expect("item");
             let load = ms(start.elapsed());
+            let cost = ProcCost::now().since(cost);
+            pcost.push((cost.cpu_ns as f64 / 1e6, cost.faults));
             check(report.loaded, || "W7 picante: cache not loaded".into());
             check(first == common::item_value(SEED, N / 2), || {
                 "W7 picante first".into()
@@ -774,6 +829,7 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
             drop((d, bytes));
             let mut fresh = sal::Db::default();
             let c0 = counts();
+            let cost = ProcCost::now();
             let start = Instant::now();
             let bytes = std::fs::read(&spath).expect("read");
             <dyn salsa::Database>::deserialize(
@@ -783,6 +839,8 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
             .expect("deserialize");
             let first = sal::item(&fresh, keys[N as usize / 2]);
             let load = ms(start.elapsed());
+            let cost = ProcCost::now().since(cost);
+            scost.push((cost.cpu_ns as f64 / 1e6, cost.faults));
             check(first == common::item_value(SEED, N / 2), || {
                 "W7 salsa first".into()
             });
@@ -817,6 +875,17 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
                 format!("{:.2} MB", pb as f64 / 1e6),
                 format!("{:.2} MB", sb as f64 / 1e6),
             )
+        } else if i == 1 {
+            // Median CPU time and page faults of the load, beside the count.
+            let describe = |c: &[(f64, u64)]| {
+                if c.is_empty() {
+                    return "0 exec".to_string();
+                }
+                let cpu = median(c.iter().map(|t| t.0).collect()).unwrap_or(0.0);
+                let faults = median(c.iter().map(|t| t.1 as f64).collect()).unwrap_or(0.0);
+                format!("0 exec; {cpu:.1} ms on CPU, {faults:.0} page faults")
+            };
+            (describe(&pcost), describe(&scost))
         } else {
             ("0 exec".into(), "0 exec".into())
         };

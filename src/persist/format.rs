@@ -250,6 +250,20 @@ impl<'a> Dec<'a> {
         }
     }
 
+    /// Reads `bytes` (a whole file) from offset `pos` on.
+    pub(crate) fn at(bytes: &'a [u8], pos: usize) -> Self {
+        Dec {
+            bytes,
+            pos,
+            base: 0,
+        }
+    }
+
+    /// The offset of the next byte in the file (for [`Dec::at`]).
+    pub(crate) fn position(&self) -> usize {
+        self.base + self.pos
+    }
+
     fn truncated() -> Error {
         Error::persist("record payload is truncated (corrupt file)")
     }
@@ -258,6 +272,7 @@ impl<'a> Dec<'a> {
         self.pos >= self.bytes.len()
     }
 
+    #[inline]
     pub(crate) fn u8(&mut self) -> Result<u8> {
         let v = *self.bytes.get(self.pos).ok_or_else(Self::truncated)?;
         self.pos += 1;
@@ -275,7 +290,20 @@ impl<'a> Dec<'a> {
         Ok(u64::from_le_bytes(w))
     }
 
+    #[inline]
     pub(crate) fn var(&mut self) -> Result<u64> {
+        // Most varints in a cache (key indexes, small revisions, lengths)
+        // are one byte.
+        if let Some(&b) = self.bytes.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
+        self.var_slow()
+    }
+
+    fn var_slow(&mut self) -> Result<u64> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let byte = self.u8()?;
@@ -292,6 +320,7 @@ impl<'a> Dec<'a> {
     }
 
     /// A varint that must fit in `usize` and be at most `limit`.
+    #[inline]
     pub(crate) fn len(&mut self, limit: usize) -> Result<usize> {
         let v = self.var()?;
         usize::try_from(v)
@@ -300,6 +329,7 @@ impl<'a> Dec<'a> {
             .ok_or_else(|| Error::persist(format!("length {v} out of range (corrupt file)")))
     }
 
+    #[inline]
     pub(crate) fn u32(&mut self) -> Result<u32> {
         let v = self.var()?;
         u32::try_from(v)

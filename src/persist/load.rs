@@ -17,19 +17,71 @@ use crate::revision::{Durability, Revision};
 use crate::util::lock;
 use std::sync::atomic::AtomicU64;
 
-/// A memo as read, before its keys are resolved.
+/// A memo as first read: where its record lies and what the install needs
+/// to choose which memos to keep. Kept small (12 bytes a memo): a load of
+/// many small memos holds one of these per memo until the install, which
+/// decodes each kept memo a second time, from the already checked bytes,
+/// straight into its final form.
 struct ParsedMemo {
+    /// Offset of the memo's encoding in its file's bytes: the low 32 bits,
+    /// then the next 8 (files are below `MAX_FILE`).
+    pos_low: u32,
+    pos_high: u8,
+    /// Index of its key in its section's key table.
+    file_key: u32,
+    /// The memo lies in the log's bytes, not the base's.
+    in_log: bool,
+    /// Every dependency named a live section and a key read before it.
+    deps_ok: bool,
+}
+
+impl ParsedMemo {
+    fn pos(&self) -> usize {
+        (usize::from(self.pos_high) << 32) | self.pos_low as usize
+    }
+}
+
+/// Files (base or log) must be smaller than this (1 TiB), whatever
+/// `LoadOptions::max_bytes` says, so a memo's offset fits in 40 bits.
+const MAX_FILE: u64 = 1 << 40;
+
+/// The fixed part of a memo's encoding (`key verified changed executed
+/// durability ndeps`), followed by `ndeps` × `ingredient key seen` and the
+/// value's bytes.
+struct MemoHead {
     file_key: usize,
     verified_at: Revision,
     changed_at: Revision,
     executed_at: Revision,
     durability: Durability,
-    /// Edges whose `ingredient` is still a section number and whose `key`
-    /// is still an index in that section's key table; resolved in place.
-    deps: Vec<Edge>,
-    value: std::ops::Range<usize>,
-    /// The value lies in the log's bytes, not the base's.
-    in_log: bool,
+    deps: usize,
+}
+
+fn memo_head(d: &mut Dec<'_>, limit: usize) -> Result<MemoHead> {
+    let file_key = d.len(usize::MAX)?;
+    let verified_at = Revision::from_u64(d.var()?);
+    let changed_at = Revision::from_u64(d.var()?);
+    let executed_at = Revision::from_u64(d.var()?);
+    let durability = match d.u8()? {
+        0 => Durability::Low,
+        1 => Durability::Medium,
+        2 => Durability::High,
+        _ => return Err(Error::persist("bad durability (corrupt file)")),
+    };
+    let deps = d.len(limit)?;
+    Ok(MemoHead {
+        file_key,
+        verified_at,
+        changed_at,
+        executed_at,
+        durability,
+        deps,
+    })
+}
+
+/// One dependency: (section, key index in that section, seen).
+fn memo_dep(d: &mut Dec<'_>) -> Result<(u32, u32, Revision)> {
+    Ok((d.u32()?, d.u32()?, Revision::from_u64(d.var()?)))
 }
 
 /// One section of the file.
@@ -65,7 +117,7 @@ struct Image<'a> {
 /// picante cache of that kind (or is over `max` bytes) is refused without
 /// reading its body, and no more than the file's size is ever read or
 /// allocated.
-fn read_file(path: &Path, kind: FileKind, max: u64, found: &mut bool) -> Result<Option<Vec<u8>>> {
+fn read_file(path: &Path, kind: FileKind, max: u64, found: &mut bool) -> Result<Option<Arc<[u8]>>> {
     use std::io::Read;
     let io = |e: std::io::Error| Error::persist(format!("reading {}: {e}", path.display()));
     let file = match std::fs::File::open(path) {
@@ -75,25 +127,29 @@ fn read_file(path: &Path, kind: FileKind, max: u64, found: &mut bool) -> Result<
     };
     *found = true;
     let len = file.metadata().map_err(io)?.len();
-    if len > max {
+    if len > max || len >= MAX_FILE {
         return Err(Error::persist(format!(
-            "{} is {len} bytes, more than the {max}-byte limit",
+            "{} is {len} bytes, more than the {}-byte limit",
             path.display(),
+            max.min(MAX_FILE - 1),
         )));
     }
     let mut file = file.take(len.max(format::HEADER_LEN as u64));
-    let mut bytes = vec![0u8; format::HEADER_LEN];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        match file.read(&mut bytes[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(e)),
+    let read_into = |file: &mut std::io::Take<std::fs::File>, buf: &mut [u8]| {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
         }
-    }
-    bytes.truncate(filled);
-    let (found_kind, _) = format::read_header(&bytes)?;
+        Ok(filled)
+    };
+    let mut header = [0u8; format::HEADER_LEN];
+    let filled = read_into(&mut file, &mut header)?;
+    let (found_kind, _) = format::read_header(&header[..filled])?;
     if found_kind != kind {
         return Err(Error::persist(match kind {
             FileKind::Base => "expected a cache base file, found a log",
@@ -101,10 +157,22 @@ fn read_file(path: &Path, kind: FileKind, max: u64, found: &mut bool) -> Result<
         }));
     }
     // The body: at most what the size said (a file growing meanwhile is
-    // read as it was; one shrinking is caught by the record checks).
-    let body = usize::try_from(len).map_err(|_| Error::persist("cache file too large"))?;
-    bytes.reserve_exact(body.saturating_sub(bytes.len()));
-    file.read_to_end(&mut bytes).map_err(io)?;
+    // read as it was; one shrinking is caught by the record checks). Read
+    // straight into the shared buffer memo values will point into: one
+    // allocation of the file's size (collecting an exact-size iterator into
+    // an `Arc<[u8]>` allocates once), no copy.
+    let total = usize::try_from(len)
+        .map_err(|_| Error::persist("cache file too large"))?
+        .max(format::HEADER_LEN);
+    let mut bytes: Arc<[u8]> = std::iter::repeat_n(0u8, total).collect();
+    let buf = Arc::get_mut(&mut bytes).ok_or_else(|| Error::internal("file buffer shared"))?;
+    buf[..format::HEADER_LEN].copy_from_slice(&header);
+    let body = read_into(&mut file, &mut buf[format::HEADER_LEN..])?;
+    let got = format::HEADER_LEN + body;
+    if got < total {
+        // The file shrank while it was read: keep what was there.
+        bytes = bytes[..got].into();
+    }
     Ok(Some(bytes))
 }
 
@@ -136,7 +204,6 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
             return Ok(None);
         };
         report.bytes = base.len() as u64;
-        let base: Arc<[u8]> = base.into();
         let mut image = parse_base(view, &base, &mut report)?;
         let log = read_file(
             &format::log_path(path),
@@ -144,7 +211,6 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
             options.max_bytes,
             &mut false,
         )?;
-        let log: Option<Arc<[u8]>> = log.map(Into::into);
         if let Some(log) = &log {
             report.bytes += log.len() as u64;
             parse_log(log, &mut image, &mut report)?;
@@ -357,6 +423,9 @@ fn section_mut<'i, 'a>(
 
 /// Applies a KEYS, INPUTS, MEMOS or INTERNED record to the image.
 fn apply_record(record: &Record<'_>, image: &mut Image<'_>, in_log: bool) -> Result<()> {
+    if record.tag == tag::MEMOS {
+        return parse_memos(record, image, in_log);
+    }
     let mut d = Dec::new(record);
     let s = d.len(usize::MAX)?;
     let Some((stage, kind)) = section_mut(image, s)? else {
@@ -392,53 +461,86 @@ fn apply_record(record: &Record<'_>, image: &mut Image<'_>, in_log: bool) -> Res
             let first = d.u32()?;
             stage.add_interned(first, d.bytes()?)?;
         }
-        (tag::MEMOS, IngredientKind::Query) => {
-            let n = d.len(limit)?;
-            for _ in 0..n {
-                let key = d.len(usize::MAX)?;
-                let verified_at = Revision::from_u64(d.var()?);
-                let changed_at = Revision::from_u64(d.var()?);
-                let executed_at = Revision::from_u64(d.var()?);
-                let durability = match d.u8()? {
-                    0 => Durability::Low,
-                    1 => Durability::Medium,
-                    2 => Durability::High,
-                    _ => return Err(Error::persist("bad durability (corrupt file)")),
-                };
-                let ndeps = d.len(limit)?;
-                let mut deps = Vec::with_capacity(ndeps);
-                for _ in 0..ndeps {
-                    let ingredient = d.u32()?;
-                    let key = d.u32()?;
-                    let seen = Revision::from_u64(d.var()?);
-                    deps.push(Edge {
-                        dep: Dep { ingredient, key },
-                        seen,
-                        memo: None,
-                    });
-                }
-                let (bytes, offset) = d.bytes_at()?;
-                if image.memos.len() <= s {
-                    image.memos.resize_with(s + 1, Vec::new);
-                }
-                image.memos[s].push(ParsedMemo {
-                    file_key: key,
-                    verified_at,
-                    changed_at,
-                    executed_at,
-                    durability,
-                    deps,
-                    value: offset..offset + bytes.len(),
-                    in_log,
-                });
-            }
-        }
         (t, k) => {
             return Err(Error::persist(format!(
                 "record tag {t} does not fit {} section (corrupt file)",
                 k.noun()
             )));
         }
+    }
+    if !d.is_empty() {
+        return Err(Error::persist("trailing bytes in a record (corrupt file)"));
+    }
+    Ok(())
+}
+
+/// A MEMOS record: every memo is decoded and checked now, but only where
+/// it lies is kept (see `ParsedMemo`); the install decodes it again.
+fn parse_memos(record: &Record<'_>, image: &mut Image<'_>, in_log: bool) -> Result<()> {
+    let mut d = Dec::new(record);
+    let s = d.len(usize::MAX)?;
+    match image.sections.get(s) {
+        Some(Section::Live {
+            kind: IngredientKind::Query,
+            ..
+        }) => {}
+        Some(Section::Live { kind, .. }) => {
+            return Err(Error::persist(format!(
+                "record tag {} does not fit {} section (corrupt file)",
+                tag::MEMOS,
+                kind.noun()
+            )));
+        }
+        Some(Section::Dropped) => return Ok(()),
+        None => {
+            return Err(Error::persist(format!(
+                "record names section {s}, which does not exist"
+            )));
+        }
+    }
+    // Keys only ever grow, so a dependency on a key read before its memo
+    // still resolves after the whole file is read. (Saves and appends
+    // write keys before the memos that name them; a memo naming a later
+    // key is dropped, which only costs its re-execution.)
+    let key_counts: Vec<Option<usize>> = image
+        .sections
+        .iter()
+        .map(|section| match section {
+            Section::Live { stage, .. } => Some(stage.key_count()),
+            Section::Dropped => None,
+        })
+        .collect();
+    let limit = record.payload.len();
+    let n = d.len(limit)?;
+    if image.memos.len() <= s {
+        image.memos.resize_with(s + 1, Vec::new);
+    }
+    let list = &mut image.memos[s];
+    // A memo takes at least 7 bytes: a crafted count cannot make this
+    // reserve more than about twice the record's size.
+    list.reserve_exact(n.min(limit / 7));
+    for _ in 0..n {
+        let pos = d.position();
+        let head = memo_head(&mut d, limit)?;
+        let file_key =
+            u32::try_from(head.file_key).map_err(|_| Error::persist("memo key out of range"))?;
+        let mut deps_ok = true;
+        for _ in 0..head.deps {
+            let (section, key, _seen) = memo_dep(&mut d)?;
+            deps_ok &= key_counts
+                .get(section as usize)
+                .copied()
+                .flatten()
+                .is_some_and(|count| (key as usize) < count);
+        }
+        d.bytes()?;
+        list.push(ParsedMemo {
+            pos_low: pos as u32,
+            pos_high: (pos >> 32) as u8,
+            file_key,
+            in_log,
+            deps_ok,
+        });
     }
     if !d.is_empty() {
         return Err(Error::persist("trailing bytes in a record (corrupt file)"));
@@ -547,32 +649,26 @@ fn install(
             list.clear();
         }
         let before = list.len();
-        let resolvable = |k: usize, section: usize| {
-            key_counts
-                .get(section)
-                .copied()
-                .flatten()
-                .is_some_and(|n| k < n)
-        };
-        list.retain(|m| {
-            resolvable(m.file_key, s)
-                && m.deps
-                    .iter()
-                    .all(|e| resolvable(e.dep.key as usize, e.dep.ingredient as usize))
-        });
+        let keys_here = key_counts.get(s).copied().flatten().unwrap_or(0);
+        list.retain(|m| m.deps_ok && (m.file_key as usize) < keys_here);
         report.dropped_memos += before - list.len();
         // Later records (the log) win over earlier ones for the same key.
-        let mut last: Vec<usize> =
-            vec![usize::MAX; key_counts.get(s).copied().flatten().unwrap_or(0)];
+        // (A base holds each key once; only a log repeats them, so the
+        // index of the last record per key is built only then.)
+        let mut seen = vec![false; keys_here];
         let mut repeated = false;
-        for (i, m) in list.iter().enumerate() {
-            repeated |= last[m.file_key] != usize::MAX;
-            last[m.file_key] = i;
+        for m in list.iter() {
+            repeated |= std::mem::replace(&mut seen[m.file_key as usize], true);
         }
+        drop(seen);
         if repeated {
+            let mut last: Vec<usize> = vec![usize::MAX; keys_here];
+            for (i, m) in list.iter().enumerate() {
+                last[m.file_key as usize] = i;
+            }
             let mut i = 0;
             list.retain(|m| {
-                let keep = last[m.file_key] == i;
+                let keep = last[m.file_key as usize] == i;
                 i += 1;
                 keep
             });
@@ -589,7 +685,10 @@ fn install(
     // are not persistable — an untracked read — and memos evicted since),
     // the loaded one is older, and re-running it at the loaded revision
     // could again produce that identity with another value.
-    let loaded: Vec<Option<Vec<Option<Revision>>>> = image
+    // (Per query section and key: the index of its kept memo in `memos`,
+    // `u32::MAX` for none; the identity is decoded from the memo's record
+    // when an edge is resolved, so this costs 4 bytes a key.)
+    let loaded: Vec<Option<Vec<u32>>> = image
         .sections
         .iter()
         .enumerate()
@@ -599,28 +698,17 @@ fn install(
                 stage,
                 ..
             } => {
-                let mut has = vec![None; stage.key_count()];
-                for m in memos.get(s).into_iter().flatten() {
-                    if let Some(slot) = has.get_mut(m.file_key) {
-                        *slot = Some(m.changed_at);
+                let mut slots = vec![u32::MAX; stage.key_count()];
+                for (i, m) in memos.get(s).into_iter().flatten().enumerate() {
+                    if let Some(slot) = slots.get_mut(m.file_key as usize) {
+                        *slot = u32::try_from(i).unwrap_or(u32::MAX);
                     }
                 }
-                Some(has)
+                Some(slots)
             }
             _ => None,
         })
         .collect();
-    for m in memos.iter_mut().flatten() {
-        for e in &mut m.deps {
-            let unmatched = loaded
-                .get(e.dep.ingredient as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|has| has.get(e.dep.key as usize).copied().flatten() != Some(e.seen));
-            if unmatched {
-                e.seen = NEVER_SEEN;
-            }
-        }
-    }
     // From here on, nothing can fail on the file's account.
     let mut key_ids = Vec::with_capacity(image.sections.len());
     for section in &mut image.sections {
@@ -662,50 +750,40 @@ fn install(
                 stage.install_interned()?;
             }
             IngredientKind::Query => {
-                let list = memos.get_mut(s).map(std::mem::take).unwrap_or_default();
-                let mut loaded = Vec::with_capacity(list.len());
-                for mut m in list {
-                    for e in &mut m.deps {
-                        let (ds, dk) = (e.dep.ingredient as usize, e.dep.key as usize);
-                        let (Some(Some(ingredient)), Some(&key)) = (
-                            index_of.get(ds),
-                            key_ids.get(ds).and_then(|ids| ids.get(dk)),
-                        ) else {
-                            return Err(Error::internal("unresolved dependency after validation"));
-                        };
-                        e.dep = Dep {
-                            ingredient: *ingredient,
-                            key,
-                        };
+                let list: &[ParsedMemo] = memos.get(s).map_or(&[], Vec::as_slice);
+                let count = list.len();
+                // Each kept memo is decoded a second time, from bytes the
+                // parse already checked, straight into its final form, and
+                // handed to the stage one at a time (no second list).
+                let mut failed = None;
+                let mut built = 0usize;
+                let mut parsed = list.iter();
+                let files = Files { base, log };
+                let resolve = Resolve {
+                    key_ids: &key_ids,
+                    index_of: &index_of,
+                    loaded: &loaded,
+                    memos: &memos,
+                    files,
+                };
+                let mut next = || -> Option<LoadedMemo> {
+                    let m = parsed.next()?;
+                    match build_memo(m, s, &resolve, before) {
+                        Ok(memo) => {
+                            built += 1;
+                            Some(memo)
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            None
+                        }
                     }
-                    let Some(&key) = key_ids[s].get(m.file_key) else {
-                        continue;
-                    };
-                    // Values of memos parsed from the log point into the log.
-                    let bytes = match (m.in_log, log) {
-                        (true, Some(log)) => log.clone(),
-                        (true, None) => continue,
-                        (false, _) => base.clone(),
-                    };
-                    loaded.push(LoadedMemo {
-                        file_key: m.file_key,
-                        meta: MemoMeta {
-                            key,
-                            newest_identity: MemoMeta::identity_bound(m.changed_at, &m.deps),
-                            deps: m.deps.into_boxed_slice(),
-                            changed_at: m.changed_at,
-                            durability: m.durability,
-                            executed_at: m.executed_at,
-                            reason: Reason::New,
-                            verified_main: AtomicU64::new(m.verified_at.min(before).as_u64()),
-                        },
-                        verified_at: m.verified_at.min(before),
-                        bytes,
-                        value: m.value,
-                    });
+                };
+                let table = stage.memo_table(count, &mut std::iter::from_fn(&mut next))?;
+                if let Some(e) = failed {
+                    return Err(e);
                 }
-                report.memos += loaded.len();
-                let table = stage.memo_table(loaded)?;
+                report.memos += built;
                 tables.push((*index, table));
             }
         }
@@ -749,4 +827,109 @@ fn install(
         log_tail: image.log_tail,
     });
     Ok(report)
+}
+
+/// The bytes memos lie in.
+#[derive(Clone, Copy)]
+struct Files<'a> {
+    base: &'a Arc<[u8]>,
+    log: Option<&'a Arc<[u8]>>,
+}
+
+impl<'a> Files<'a> {
+    fn of(&self, m: &ParsedMemo) -> Result<&'a Arc<[u8]>> {
+        match (m.in_log, self.log) {
+            (false, _) => Ok(self.base),
+            (true, Some(log)) => Ok(log),
+            (true, None) => Err(Error::internal("memo of a log that was not read")),
+        }
+    }
+}
+
+/// What resolving a kept memo's key and edges needs.
+struct Resolve<'a> {
+    /// Per section: key id by file key.
+    key_ids: &'a [Vec<crate::engine::storage::KeyId>],
+    /// Per section: its ingredient index.
+    index_of: &'a [Option<u32>],
+    /// Per query section: the kept memo of each file key (index in `memos`).
+    loaded: &'a [Option<Vec<u32>>],
+    memos: &'a [Vec<ParsedMemo>],
+    files: Files<'a>,
+}
+
+impl Resolve<'_> {
+    /// Whether an edge to key `dk` of section `ds` that saw `seen` must
+    /// never match: `ds` is a query section and the key's memo was not
+    /// loaded, or was loaded with another identity (see `install`).
+    fn unmatched(&self, ds: usize, dk: usize, seen: Revision) -> Result<bool> {
+        let Some(Some(slots)) = self.loaded.get(ds) else {
+            return Ok(false);
+        };
+        let Some(memo) = slots
+            .get(dk)
+            .and_then(|&i| self.memos.get(ds)?.get(i as usize))
+        else {
+            return Ok(true);
+        };
+        let mut d = Dec::at(self.files.of(memo)?, memo.pos());
+        Ok(memo_head(&mut d, usize::MAX)?.changed_at != seen)
+    }
+}
+
+/// Decodes a memo the parse kept (`m`, of section `s`) into its final
+/// form: keys resolved to ids, edges to memos that were not loaded (or
+/// were loaded with another identity) made never to match, verified before
+/// the loaded revision at most.
+fn build_memo(m: &ParsedMemo, s: usize, r: &Resolve<'_>, before: Revision) -> Result<LoadedMemo> {
+    let (key_ids, index_of) = (r.key_ids, r.index_of);
+    let file = r.files.of(m)?;
+    let unresolved = || Error::internal("unresolved memo after validation");
+    let mut d = Dec::at(file, m.pos());
+    let head = memo_head(&mut d, usize::MAX)?;
+    let key = *key_ids
+        .get(s)
+        .and_then(|ids| ids.get(head.file_key))
+        .ok_or_else(unresolved)?;
+    let mut deps = Vec::with_capacity(head.deps);
+    for _ in 0..head.deps {
+        let (ds, dk, seen) = memo_dep(&mut d)?;
+        let (ds, dk) = (ds as usize, dk as usize);
+        let (Some(Some(ingredient)), Some(&dep_key)) = (
+            index_of.get(ds),
+            key_ids.get(ds).and_then(|ids| ids.get(dk)),
+        ) else {
+            return Err(unresolved());
+        };
+        // A memo that read a query whose memo is not loaded (or another
+        // memo than the loaded one) must not be served on the strength of
+        // that edge (see `install`).
+        let missing = r.unmatched(ds, dk, seen)?;
+        deps.push(Edge {
+            dep: Dep {
+                ingredient: *ingredient,
+                key: dep_key,
+            },
+            seen: if missing { NEVER_SEEN } else { seen },
+            memo: None,
+        });
+    }
+    let (value, offset) = d.bytes_at()?;
+    let verified_at = head.verified_at.min(before);
+    Ok(LoadedMemo {
+        meta: MemoMeta {
+            key,
+            newest_identity: MemoMeta::identity_bound(head.changed_at, &deps),
+            deps: deps.into_boxed_slice(),
+            changed_at: head.changed_at,
+            durability: head.durability,
+            executed_at: head.executed_at,
+            reason: Reason::New,
+            verified_main: AtomicU64::new(verified_at.as_u64()),
+        },
+        file_key: head.file_key,
+        verified_at,
+        bytes: file.clone(),
+        value: offset..offset + value.len(),
+    })
 }

@@ -336,8 +336,13 @@ pub(crate) trait Stage: Send {
     fn install_interned(&mut self) -> Result<()>;
     /// Inputs: the table of staged slots.
     fn input_table(&mut self, key_ids: &[KeyId]) -> Result<Table>;
-    /// Queries: the table of `memos`, values decoded lazily on first read.
-    fn memo_table(&mut self, memos: Vec<LoadedMemo>) -> Result<Table>;
+    /// Queries: the table of `memos` (`count` of them), values decoded
+    /// lazily on first read.
+    fn memo_table(
+        &mut self,
+        count: usize,
+        memos: &mut dyn Iterator<Item = LoadedMemo>,
+    ) -> Result<Table>;
 }
 
 /// What persistence keeps per database, attached to the engine's shared

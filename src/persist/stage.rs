@@ -107,7 +107,11 @@ where
         Err(wrong_kind())
     }
 
-    fn memo_table(&mut self, _memos: Vec<LoadedMemo>) -> Result<Table> {
+    fn memo_table(
+        &mut self,
+        _count: usize,
+        _memos: &mut dyn Iterator<Item = LoadedMemo>,
+    ) -> Result<Table> {
         Err(wrong_kind())
     }
 }
@@ -157,14 +161,9 @@ where
     }
 
     fn install_keys(&mut self) -> Result<Vec<KeyId>> {
-        self.keys
-            .iter()
-            .map(|k| {
-                self.table
-                    .intern(k)
-                    .ok_or_else(|| Error::internal("key table full"))
-            })
-            .collect()
+        self.table
+            .intern_all(&self.keys)
+            .ok_or_else(|| Error::internal("key table full"))
     }
 
     fn install_interned(&mut self) -> Result<()> {
@@ -173,7 +172,8 @@ where
 
     fn input_table(&mut self, key_ids: &[KeyId]) -> Result<Table> {
         let mut map = new_map::<K, InputSlot<V>>();
-        for (&file_key, (changed_at, value)) in &self.inputs {
+        // The staged values move into the table (no second copy of them).
+        for (file_key, (changed_at, value)) in std::mem::take(&mut self.inputs) {
             let (Some(key), Some(&id)) = (self.keys.get(file_key), key_ids.get(file_key)) else {
                 continue;
             };
@@ -181,15 +181,19 @@ where
                 key.clone(),
                 InputSlot {
                     key: id,
-                    value: value.clone(),
-                    changed_at: *changed_at,
+                    value,
+                    changed_at,
                 },
             );
         }
         Ok(Arc::new(map))
     }
 
-    fn memo_table(&mut self, memos: Vec<LoadedMemo>) -> Result<Table> {
+    fn memo_table(
+        &mut self,
+        _count: usize,
+        memos: &mut dyn Iterator<Item = LoadedMemo>,
+    ) -> Result<Table> {
         let mut map = new_map::<K, Entry<V>>();
         for m in memos {
             let Some(key) = self.keys.get(m.file_key) else {

@@ -120,6 +120,32 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
         Some(id)
     }
 
+    /// The ids of `values`, interning the new ones (a load's keys): every
+    /// shard is locked once for the whole batch instead of three lock
+    /// operations and three hashes per key. `None` only if 2^32 ids are used.
+    pub(crate) fn intern_all(&self, values: &[T]) -> Option<Vec<u32>> {
+        let mut shards: Vec<_> = self.shards.iter().map(write).collect();
+        let spread = values.len() / SHARDS + 1;
+        for shard in &mut shards {
+            shard.reserve(spread);
+        }
+        let mut ids = Vec::with_capacity(values.len());
+        for value in values {
+            let h = self.hasher.hash_one(value) as usize;
+            let map = &mut shards[h % SHARDS];
+            let id = match map.get(value) {
+                Some(id) => *id,
+                None => {
+                    let id = u32::try_from(self.items.push(value.clone())?).ok()?;
+                    map.insert(value.clone(), id);
+                    id
+                }
+            };
+            ids.push(id);
+        }
+        Some(ids)
+    }
+
     /// Interns `value` at exactly `id` (restoring a persisted table, whose
     /// ids must stay stable). False if `id` is not the next free id.
     pub(crate) fn intern_at(&self, value: &T, id: u32) -> bool {
@@ -192,5 +218,14 @@ mod tests {
             let id = t.intern(&i.to_string()).unwrap();
             assert_eq!(t.value(id), Some(&i.to_string()));
         }
+        // In bulk: known values keep their ids, new ones (and repeats in the
+        // batch) get one id each.
+        let batch: Vec<String> = ["a", "new", "7", "new"].map(String::from).to_vec();
+        let ids = t.intern_all(&batch).unwrap();
+        assert_eq!(ids[0], a);
+        assert_eq!(ids[2], t.get(&"7".to_string()).unwrap());
+        assert_eq!(ids[1], ids[3]);
+        assert_eq!(t.value(ids[1]).map(String::as_str), Some("new"));
+        assert_eq!(t.intern(&"new".to_string()), Some(ids[1]));
     }
 }
