@@ -719,7 +719,10 @@ pub use api::memory::{Collect, CollectReport, KindMemory, MemoryReport};
 pub use api::registry::DatabaseBuilder;
 pub use api::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
 pub use error::{Error, ErrorKind, QueryError, QueryRef, QueryResult, Result};
-pub use persist::{AppendReport, LoadOptions, LoadReport, OnError, SaveReport};
+pub use persist::{
+    AppendReport, CacheOperation, CacheProgress, CacheStep, LoadOptions, LoadReport, OnError,
+    SaveReport,
+};
 pub use revision::{Durability, Revision};
 
 /// The README's examples, compiled and run by `cargo test`.

@@ -814,6 +814,63 @@ impl Progress {
 // The cache: the database on disk, so that the next process starts warm.
 // ---------------------------------------------------------------------------
 
+/// Redraws one line on stderr while a cache save, load or append takes long
+/// (set on the database with `DatabaseBuilder::cache_progress`, called on
+/// the thread doing the I/O). Quiet for the first 300 ms, so small caches
+/// print nothing extra, and when stderr is not a terminal (a log gets the
+/// summary line the caller prints anyway); the line is cleared at the end.
+pub fn cache_progress(p: &picante::CacheProgress) {
+    use picante::{CacheOperation, CacheStep};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static DRAWN: AtomicBool = AtomicBool::new(false);
+    if p.step == CacheStep::Done {
+        if DRAWN.swap(false, Ordering::Relaxed) {
+            let _ = write!(std::io::stderr().lock(), "\r{:100}\r", "");
+        }
+        return;
+    }
+    if p.elapsed < Duration::from_millis(300) || !std::io::stderr().is_terminal() {
+        return;
+    }
+    let operation = match p.operation {
+        CacheOperation::Save => "saving",
+        CacheOperation::Load => "loading",
+        CacheOperation::Append => "appending to",
+        _ => "using",
+    };
+    let step = match p.step {
+        CacheStep::Reading => "reading",
+        CacheStep::Decoding => "decoding",
+        CacheStep::Installing => "installing",
+        CacheStep::Encoding => "encoding",
+        CacheStep::Writing => "writing",
+        CacheStep::Syncing => "syncing",
+        _ => "working",
+    };
+    let amount = match (p.step, p.total) {
+        (CacheStep::Syncing, _) => String::new(),
+        (CacheStep::Reading | CacheStep::Decoding | CacheStep::Writing, 0) => {
+            format!(" {}", size(p.done))
+        }
+        (CacheStep::Reading | CacheStep::Decoding | CacheStep::Writing, total) => format!(
+            " {} of {} ({}%)",
+            size(p.done),
+            size(total),
+            100 * p.done / total
+        ),
+        (_, 0) => format!(" {} entries", p.done),
+        (_, total) => format!(" {} of {total} entries ({}%)", p.done, 100 * p.done / total),
+    };
+    let mut err = std::io::stderr().lock();
+    let line = format!(
+        "  cache: {operation} the cache, {step}{amount} ({})",
+        millis(p.elapsed)
+    );
+    let _ = write!(err, "\r{line:100}");
+    let _ = err.flush();
+    DRAWN.store(true, Ordering::Relaxed);
+}
+
 /// A log larger than this is folded into a new base file by a full save.
 pub const COMPACT_AFTER: u64 = 1 << 20;
 

@@ -537,5 +537,7 @@ pub fn database(store: &Store) -> picante::Result<Database> {
         // deleted pages and the tombstones of their files. Collect them
         // (they would otherwise stay in memory and in the cache).
         .collect_garbage(picante::Collect::unused_for(50))
+        // A live progress line while a large cache loads or saves.
+        .cache_progress(crate::driver::cache_progress)
         .build()
 }

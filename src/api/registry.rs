@@ -86,6 +86,7 @@ pub struct DatabaseBuilder {
     errors: Vec<String>,
     code_version: Option<String>,
     cache_lock_timeout: std::time::Duration,
+    cache_progress: Option<crate::persist::ProgressFn>,
     capacities: Vec<(TypeId, &'static str, usize)>,
     collect: Option<Collect>,
 }
@@ -97,6 +98,7 @@ impl DatabaseBuilder {
             errors: Vec::new(),
             code_version: None,
             cache_lock_timeout: DEFAULT_CACHE_LOCK_TIMEOUT,
+            cache_progress: None,
             capacities: Vec::new(),
             collect: None,
         }
@@ -170,6 +172,36 @@ impl DatabaseBuilder {
     /// ```
     pub fn cache_lock_timeout(mut self, wait: std::time::Duration) -> Self {
         self.cache_lock_timeout = wait;
+        self
+    }
+
+    /// Calls `report` with the progress of this database's
+    /// [`save_cache`](crate::View::save_cache),
+    /// [`load_cache`](crate::Database::load_cache) and
+    /// [`append_cache`](crate::Database::append_cache): at the start of each
+    /// step, at most every 50 ms during it, at its end, and once with
+    /// [`CacheStep::Done`](crate::CacheStep::Done) when the operation is
+    /// over (also after an error). It runs on the thread doing the I/O
+    /// (tokio's blocking pool), so it should only record or print. A panic
+    /// in it is logged and ignored. The same figures are `debug` tracing
+    /// events (`"cache progress"`).
+    ///
+    /// ```
+    /// use picante::{CacheStep, Database};
+    /// let db = Database::builder()
+    ///     .cache_progress(|p| {
+    ///         if p.step != CacheStep::Done && p.total > 0 {
+    ///             eprint!("\r{:?} {:?}: {}%", p.operation, p.step, 100 * p.done / p.total);
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), picante::Error>(())
+    /// ```
+    pub fn cache_progress(
+        mut self,
+        report: impl Fn(&crate::CacheProgress) + Send + Sync + 'static,
+    ) -> Self {
+        self.cache_progress = Some(std::sync::Arc::new(report));
         self
     }
 
@@ -293,8 +325,12 @@ impl DatabaseBuilder {
             capacity: capacity.into_boxed_slice(),
             collect: self.collect.map(Collect::rule),
         };
-        let persistence =
-            Persistence::new(persist_kinds, self.code_version, self.cache_lock_timeout);
+        let persistence = Persistence::new(
+            persist_kinds,
+            self.code_version,
+            self.cache_lock_timeout,
+            self.cache_progress,
+        );
         Ok(crate::Database::from_registry(
             Registry::new(by_type, ingredients),
             limits,

@@ -15,6 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::{CacheStep, Progress};
 use crate::error::{Error, Result};
 
 pub(crate) const MAGIC: [u8; 8] = *b"PICANTE\0";
@@ -368,7 +369,7 @@ pub(crate) fn log_path(path: &Path) -> PathBuf {
 /// Writes `bytes` to `path` crash-safely: a temporary file in the same
 /// directory, fsync, rename over `path`, fsync the directory. A crash at any
 /// point leaves the old file or the new one, never a mix.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], progress: &mut Progress) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -388,7 +389,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         |what: &str, e: std::io::Error| Error::persist(format!("{what} {}: {e}", path.display()));
     let result = (|| {
         let mut f = File::create(&tmp).map_err(|e| io("creating a temporary file for", e))?;
-        f.write_all(bytes).map_err(|e| io("writing", e))?;
+        write_reporting(&mut f, bytes, progress).map_err(|e| io("writing", e))?;
+        progress.at(CacheStep::Syncing, 0, 0);
         f.sync_all().map_err(|e| io("syncing", e))?;
         drop(f);
         fs::rename(&tmp, path).map_err(|e| io("renaming the temporary file over", e))?;
@@ -439,15 +441,29 @@ pub(crate) fn remove_stale_temps(path: &Path) -> usize {
 }
 
 /// Appends `bytes` to the file at `path` and syncs it.
-pub(crate) fn append(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn append(path: &Path, bytes: &[u8], progress: &mut Progress) -> Result<()> {
     let io =
         |what: &str, e: std::io::Error| Error::persist(format!("{what} {}: {e}", path.display()));
     let mut f = OpenOptions::new()
         .append(true)
         .open(path)
         .map_err(|e| io("opening", e))?;
-    f.write_all(bytes).map_err(|e| io("appending to", e))?;
+    write_reporting(&mut f, bytes, progress).map_err(|e| io("appending to", e))?;
+    progress.at(CacheStep::Syncing, 0, 0);
     f.sync_data().map_err(|e| io("syncing", e))
+}
+
+/// Writes `bytes` in 1 MiB pieces, reporting each.
+fn write_reporting(f: &mut File, bytes: &[u8], progress: &mut Progress) -> std::io::Result<()> {
+    let total = bytes.len() as u64;
+    let mut written = 0u64;
+    progress.at(CacheStep::Writing, 0, total);
+    for chunk in bytes.chunks(1 << 20) {
+        f.write_all(chunk)?;
+        written += chunk.len() as u64;
+        progress.at(CacheStep::Writing, written, total);
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) {

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::format::{self, Dec, FileKind, Record, RecordError, Records};
+use super::{CacheOperation, CacheStep, Progress};
 use super::{Link, LoadOptions, LoadReport, LoadedMemo, OnError, Stage, tag};
 use crate::engine::ingredient::IngredientKind;
 use crate::engine::storage::{Dep, Edge, MemoMeta, Reason};
@@ -117,7 +118,13 @@ struct Image<'a> {
 /// picante cache of that kind (or is over `max` bytes) is refused without
 /// reading its body, and no more than the file's size is ever read or
 /// allocated.
-fn read_file(path: &Path, kind: FileKind, max: u64, found: &mut bool) -> Result<Option<Arc<[u8]>>> {
+fn read_file(
+    path: &Path,
+    kind: FileKind,
+    max: u64,
+    found: &mut bool,
+    progress: &mut Progress,
+) -> Result<Option<Arc<[u8]>>> {
     use std::io::Read;
     let io = |e: std::io::Error| Error::persist(format!("reading {}: {e}", path.display()));
     let file = match std::fs::File::open(path) {
@@ -167,7 +174,19 @@ fn read_file(path: &Path, kind: FileKind, max: u64, found: &mut bool) -> Result<
     let mut bytes: Arc<[u8]> = std::iter::repeat_n(0u8, total).collect();
     let buf = Arc::get_mut(&mut bytes).ok_or_else(|| Error::internal("file buffer shared"))?;
     buf[..format::HEADER_LEN].copy_from_slice(&header);
-    let body = read_into(&mut file, &mut buf[format::HEADER_LEN..])?;
+    let mut body = 0;
+    for chunk in buf[format::HEADER_LEN..].chunks_mut(1 << 20) {
+        let n = read_into(&mut file, chunk)?;
+        body += n;
+        progress.at(
+            CacheStep::Reading,
+            (format::HEADER_LEN + body) as u64,
+            total as u64,
+        );
+        if n < chunk.len() {
+            break;
+        }
+    }
     let got = format::HEADER_LEN + body;
     if got < total {
         // The file shrank while it was read: keep what was there.
@@ -178,6 +197,21 @@ fn read_file(path: &Path, kind: FileKind, max: u64, found: &mut bool) -> Result<
 
 /// Loads the cache at `path` into the fresh database `view`.
 pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> Result<LoadReport> {
+    let mut progress = Progress::new(
+        Persistence::of(view)?.progress.clone(),
+        CacheOperation::Load,
+    );
+    let result = load_reporting(view, path, options, &mut progress);
+    progress.done();
+    result
+}
+
+fn load_reporting(
+    view: &Arc<ViewCore>,
+    path: &Path,
+    options: &LoadOptions,
+    progress: &mut Progress,
+) -> Result<LoadReport> {
     let persistence = Persistence::of(view)?;
     let fresh = {
         let state = view.load();
@@ -199,21 +233,28 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
             format::LockMode::Shared,
             persistence.cache_lock_timeout,
         )?;
-        let Some(base) = read_file(path, FileKind::Base, options.max_bytes, &mut report.found)?
+        let Some(base) = read_file(
+            path,
+            FileKind::Base,
+            options.max_bytes,
+            &mut report.found,
+            progress,
+        )?
         else {
             return Ok(None);
         };
         report.bytes = base.len() as u64;
-        let mut image = parse_base(view, &base, &mut report)?;
+        let mut image = parse_base(view, &base, &mut report, progress)?;
         let log = read_file(
             &format::log_path(path),
             FileKind::Log,
             options.max_bytes,
             &mut false,
+            progress,
         )?;
         if let Some(log) = &log {
             report.bytes += log.len() as u64;
-            parse_log(log, &mut image, &mut report)?;
+            parse_log(log, &mut image, &mut report, progress)?;
         }
         Ok(Some((image, base, log)))
     })();
@@ -223,7 +264,7 @@ pub(crate) fn load(view: &Arc<ViewCore>, path: &Path, options: &LoadOptions) -> 
             Ok(report)
         }
         Ok(Some((image, base, log))) => {
-            let report = install(view, path, image, &base, log.as_ref(), report)?;
+            let report = install(view, path, image, &base, log.as_ref(), report, progress)?;
             tracing::info!(
                 path = %path.display(),
                 bytes = report.bytes,
@@ -266,7 +307,12 @@ const NEVER_SEEN: Revision = Revision::from_u64(u64::MAX);
 /// years), far below overflow.
 const MAX_REVISION: u64 = 1 << 62;
 
-fn parse_base<'a>(view: &'a ViewCore, bytes: &[u8], report: &mut LoadReport) -> Result<Image<'a>> {
+fn parse_base<'a>(
+    view: &'a ViewCore,
+    bytes: &[u8],
+    report: &mut LoadReport,
+    progress: &mut Progress,
+) -> Result<Image<'a>> {
     let (kind, base_id) = format::read_header(bytes)?;
     if kind != FileKind::Base {
         return Err(Error::persist("expected a cache base file, found a log"));
@@ -286,6 +332,11 @@ fn parse_base<'a>(view: &'a ViewCore, bytes: &[u8], report: &mut LoadReport) -> 
     let mut meta_seen = false;
     let mut declared_sections = 0usize;
     while let Some(next) = records.next_record() {
+        progress.at(
+            CacheStep::Decoding,
+            records.position() as u64,
+            bytes.len() as u64,
+        );
         let record = next.map_err(|e| match e {
             RecordError::Torn => Error::persist("cache file is truncated"),
             RecordError::Corrupt(m) => Error::persist(format!("cache file is corrupt: {m}")),
@@ -548,7 +599,12 @@ fn parse_memos(record: &Record<'_>, image: &mut Image<'_>, in_log: bool) -> Resu
     Ok(())
 }
 
-fn parse_log(bytes: &[u8], image: &mut Image<'_>, report: &mut LoadReport) -> Result<()> {
+fn parse_log(
+    bytes: &[u8],
+    image: &mut Image<'_>,
+    report: &mut LoadReport,
+    progress: &mut Progress,
+) -> Result<()> {
     let (kind, base_id) = format::read_header(bytes)?;
     if kind != FileKind::Log {
         return Err(Error::persist("expected a cache log file"));
@@ -566,6 +622,11 @@ fn parse_log(bytes: &[u8], image: &mut Image<'_>, report: &mut LoadReport) -> Re
     let mut current: Vec<Record<'_>> = Vec::new();
     let mut revision = None;
     while let Some(next) = records.next_record() {
+        progress.at(
+            CacheStep::Decoding,
+            records.position() as u64,
+            bytes.len() as u64,
+        );
         match next {
             Ok(record) if record.tag == tag::COMMIT => {
                 let count = Dec::new(&record).u64()?;
@@ -625,6 +686,7 @@ fn install(
     base: &Arc<[u8]>,
     log: Option<&Arc<[u8]>>,
     mut report: LoadReport,
+    progress: &mut Progress,
 ) -> Result<LoadReport> {
     // Resolve memos' keys before touching anything.
     let key_counts: Vec<Option<usize>> = image
@@ -771,6 +833,7 @@ fn install(
                     match build_memo(m, s, &resolve, before) {
                         Ok(memo) => {
                             built += 1;
+                            progress.at(CacheStep::Installing, built as u64, count as u64);
                             Some(memo)
                         }
                         Err(e) => {

@@ -9,6 +9,7 @@
 //! - `codec.rs`: typed encoders, instantiated where the `Facet` bounds hold.
 //! - `save.rs`: full saves and log appends.
 //! - `load.rs`: parsing into a staging image, then installing it at once.
+//! - `progress.rs`: the progress callback and events of long operations.
 //!
 //! Memo values are decoded lazily, the first time they are read.
 
@@ -16,6 +17,7 @@ pub(crate) mod code;
 mod codec;
 mod format;
 mod load;
+mod progress;
 mod save;
 pub(crate) mod schema;
 pub(crate) mod stage;
@@ -26,6 +28,8 @@ use std::sync::Arc;
 
 use crate::engine::view::ViewCore;
 pub(crate) use codec::{Codec, CodecInfo, KIND_INPUT, KIND_INTERNED, KIND_QUERY};
+pub use progress::{CacheOperation, CacheProgress, CacheStep};
+pub(crate) use progress::{Progress, ProgressFn};
 
 /// Runs blocking cache I/O off the runtime's worker threads
 /// (`spawn_blocking`); inline when called outside a tokio runtime. The work
@@ -354,6 +358,8 @@ pub(crate) struct Persistence {
     pub code_version: Option<String>,
     /// How long cache I/O waits for another holder of a cache's lock (S18c).
     pub cache_lock_timeout: std::time::Duration,
+    /// Called with the progress of saves, loads and appends.
+    pub progress: Option<ProgressFn>,
     /// The cache file this database was last saved to or loaded from.
     pub link: std::sync::Mutex<Option<Link>>,
 }
@@ -363,11 +369,13 @@ impl Persistence {
         kinds: Vec<Option<Arc<dyn PersistKind>>>,
         code_version: Option<String>,
         cache_lock_timeout: std::time::Duration,
+        progress: Option<ProgressFn>,
     ) -> Persistence {
         Persistence {
             kinds,
             code_version,
             cache_lock_timeout,
+            progress,
             link: std::sync::Mutex::new(None),
         }
     }

@@ -2,6 +2,7 @@
 //! log beside it.
 
 use super::Persistence;
+use super::{CacheOperation, CacheStep, Progress};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -146,10 +147,21 @@ pub(crate) fn save(
         format::LockMode::Exclusive,
         Persistence::of(view)?.cache_lock_timeout,
     )?;
-    save_locked(view, path, snapshot)
+    let mut progress = Progress::new(
+        Persistence::of(view)?.progress.clone(),
+        CacheOperation::Save,
+    );
+    let result = save_locked(view, path, snapshot, &mut progress);
+    progress.done();
+    result
 }
 
-fn save_locked(view: &Arc<ViewCore>, path: &Path, snapshot: SaveSnapshot) -> Result<SaveReport> {
+fn save_locked(
+    view: &Arc<ViewCore>,
+    path: &Path,
+    snapshot: SaveSnapshot,
+    progress: &mut Progress,
+) -> Result<SaveReport> {
     let started = std::time::Instant::now();
     let SaveSnapshot { cut, state } = snapshot;
     tracing::info!(path = %path.display(), revision = %state.revision, "saving cache");
@@ -227,6 +239,11 @@ fn save_locked(view: &Arc<ViewCore>, path: &Path, snapshot: SaveSnapshot) -> Res
                         &value,
                     );
                     count += 1;
+                    progress.at(
+                        CacheStep::Encoding,
+                        (report.inputs + report.memos) as u64 + count,
+                        0,
+                    );
                 }
                 if count == 0 {
                     continue;
@@ -276,7 +293,7 @@ fn save_locked(view: &Arc<ViewCore>, path: &Path, snapshot: SaveSnapshot) -> Res
     e.u64(records as u64);
     format::push_record(&mut out, tag::END, &e.buf)?;
 
-    format::write_atomic(path, &out)?;
+    format::write_atomic(path, &out, progress)?;
     // The old log belongs to the old base (its base id no longer matches);
     // remove it so it does not linger.
     let _ = std::fs::remove_file(format::log_path(path));
@@ -342,6 +359,20 @@ fn link_after_save(
 /// database replaced the base or extended the log, nothing is written and the
 /// error says to `save_cache`.
 pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> {
+    let mut progress = Progress::new(
+        Persistence::of(view)?.progress.clone(),
+        CacheOperation::Append,
+    );
+    let result = append_reporting(view, path, &mut progress);
+    progress.done();
+    result
+}
+
+fn append_reporting(
+    view: &Arc<ViewCore>,
+    path: &Path,
+    progress: &mut Progress,
+) -> Result<AppendReport> {
     let not_linked = || {
         Error::persist(format!(
             "{} is not this database's cache: call save_cache (or load_cache) on it first",
@@ -373,7 +404,7 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
     };
     if overflowed {
         drop(link_guard);
-        let saved = save_locked(view, path, snapshot_for_save(view))?;
+        let saved = save_locked(view, path, snapshot_for_save(view), progress)?;
         return Ok(AppendReport {
             revision: saved.revision,
             bytes: saved.bytes,
@@ -384,7 +415,7 @@ pub(crate) fn append(view: &Arc<ViewCore>, path: &Path) -> Result<AppendReport> 
         });
     }
     let state = view.load_full();
-    match write_append(view, path, link, &state, &entries) {
+    match write_append(view, path, link, &state, &entries, progress) {
         Ok(report) => Ok(report),
         Err(e) => {
             // Nothing was recorded as written: keep the changes for next time.
@@ -471,6 +502,7 @@ fn write_append(
     link: &mut Link,
     state: &State,
     entries: &[(u64, crate::revision::Revision, Dep)],
+    progress: &mut Progress,
 ) -> Result<AppendReport> {
     let sections = Sections::of(view);
     let mut keys = KeyMaps::default();
@@ -576,7 +608,7 @@ fn write_append(
 
     let log = format::log_path(path);
     if link.log_len == 0 {
-        format::write_atomic(&log, &out)?;
+        format::write_atomic(&log, &out, progress)?;
     } else {
         // Cut a torn tail left by an append that failed or crashed.
         if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&log)
@@ -585,7 +617,7 @@ fn write_append(
             f.set_len(link.log_len)
                 .map_err(|e| Error::persist(format!("truncating {}: {e}", log.display())))?;
         }
-        format::append(&log, &out)?;
+        format::append(&log, &out, progress)?;
     }
     link.log_len += out.len() as u64;
     if let Some(tail) = out.last_chunk::<8>() {
