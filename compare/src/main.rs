@@ -773,6 +773,8 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
     // The load's CPU time (ms) and page faults, per repetition.
     let mut pcost: Vec<(f64, u64)> = Vec::new();
     let mut scost: Vec<(f64, u64)> = Vec::new();
+    let mut pread: Vec<(f64, u64)> = Vec::new();
+    let mut sread: Vec<(f64, u64)> = Vec::new();
     let ppath = dir.join("picante.cache");
     let spath = dir.join("salsa.postcard");
     interleave(
@@ -804,9 +806,12 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
             check(first == common::item_value(SEED, N / 2), || {
                 "W7 picante first".into()
             });
+            let cost = ProcCost::now();
             let start = Instant::now();
             let all = pic_w7_read_all(rt, &fresh, N);
             let read = ms(start.elapsed());
+            let cost = ProcCost::now().since(cost);
+            pread.push((cost.cpu_ns as f64 / 1e6, cost.faults));
             check(all == expected_all, || "W7 picante read all".into());
             let n = (counts() - c0).other;
             check(n == 0, || format!("W7 picante: {n} executions after load"));
@@ -844,12 +849,15 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
             check(first == common::item_value(SEED, N / 2), || {
                 "W7 salsa first".into()
             });
+            let cost = ProcCost::now();
             let start = Instant::now();
             let mut all = 0u64;
             for &k in &keys {
                 all = all.wrapping_add(sal::item(&fresh, k));
             }
             let read = ms(start.elapsed());
+            let cost = ProcCost::now().since(cost);
+            sread.push((cost.cpu_ns as f64 / 1e6, cost.faults));
             check(all == expected_all, || "W7 salsa read all".into());
             let n = (counts() - c0).other;
             check(n == 0, || format!("W7 salsa: {n} executions after load"));
@@ -875,8 +883,14 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
                 format!("{:.2} MB", pb as f64 / 1e6),
                 format!("{:.2} MB", sb as f64 / 1e6),
             )
-        } else if i == 1 {
-            // Median CPU time and page faults of the load, beside the count.
+        } else if i == 1 || i == 2 {
+            // Median CPU time and page faults of the load (or the reads),
+            // beside the count.
+            let (pcost, scost) = if i == 1 {
+                (&pcost, &scost)
+            } else {
+                (&pread, &sread)
+            };
             let describe = |c: &[(f64, u64)]| {
                 if c.is_empty() {
                     return "0 exec".to_string();
@@ -885,7 +899,7 @@ fn w7(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
                 let faults = median(c.iter().map(|t| t.1 as f64).collect()).unwrap_or(0.0);
                 format!("0 exec; {cpu:.1} ms on CPU, {faults:.0} page faults")
             };
-            (describe(&pcost), describe(&scost))
+            (describe(pcost), describe(scost))
         } else {
             ("0 exec".into(), "0 exec".into())
         };

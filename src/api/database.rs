@@ -182,8 +182,10 @@ impl Database {
     /// and leaves the database exactly as it was. Kinds whose name is unknown
     /// or whose key/value types changed are dropped (see
     /// [`LoadReport::dropped_kinds`](crate::LoadReport::dropped_kinds)).
-    /// Loaded memos are revalidated before reuse, and their values decoded
-    /// the first time they are read. Reading and decoding run on tokio's
+    /// Loaded memos are reused at once when the load vouches for all of them
+    /// ([`LoadReport::verified`](crate::LoadReport::verified)), else
+    /// revalidated before reuse; their values are decoded the first time
+    /// they are read. Reading and decoding run on tokio's
     /// blocking pool, never on the runtime's worker threads (inline outside a
     /// runtime); the database must not be changed until the load returns.
     /// Holds the cache's lock shared while

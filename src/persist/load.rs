@@ -787,13 +787,22 @@ fn install(
             Section::Dropped => None,
         })
         .collect();
-    // The database resumes at the saved revision exactly. Loaded memos count
-    // as verified before it at most, so each is revalidated (its edges
-    // walked) before it is first served: a memo may have read one whose
-    // code changed (S18b), and the durability shortcut cannot vouch for
-    // them either (every `last_changed` is set to the loaded revision).
+    // The database resumes at the saved revision R exactly. A loaded memo
+    // is served at R without revalidation only if the whole load vouches
+    // for it: every loaded memo was verified at R when saved, and everything
+    // each one read was loaded with it (its inputs are the inputs at R; no
+    // dependency was dropped — for its code version (S18b), its types, an
+    // error, a non-persistent read). Such a memo was valid at R in the
+    // process that saved it, over the same inputs and the same code, so it
+    // is valid here; it is marked verified at R in the main history
+    // (`verified_main`). Otherwise every loaded memo counts as verified
+    // before R at most and is revalidated (its edges walked) before it is
+    // first served; `last_changed` of every durability is R, so the
+    // durability shortcut cannot vouch for those either.
     let revision = image.revision;
     let before = Revision::from_u64(revision.as_u64().saturating_sub(1));
+    let mut vouched = true;
+    let mut query_tables = Vec::new();
     let mut tables = Vec::new();
     for (s, section) in image.sections.iter_mut().enumerate() {
         let Section::Live {
@@ -830,7 +839,7 @@ fn install(
                 };
                 let mut next = || -> Option<LoadedMemo> {
                     let m = parsed.next()?;
-                    match build_memo(m, s, &resolve, before) {
+                    match build_memo(m, s, &resolve, (revision, before), &mut vouched) {
                         Ok(memo) => {
                             built += 1;
                             progress.at(CacheStep::Installing, built as u64, count as u64);
@@ -847,10 +856,21 @@ fn install(
                     return Err(e);
                 }
                 report.memos += built;
+                query_tables.push((s, table.clone()));
                 tables.push((*index, table));
             }
         }
     }
+    if !vouched {
+        // Some memo cannot be vouched for: none is (the ones built before
+        // this was known go back to "verified before R").
+        for (s, table) in &query_tables {
+            if let Some(Section::Live { stage, .. }) = image.sections.get(*s) {
+                stage.verified_main_at_most(table, before);
+            }
+        }
+    }
+    report.verified = vouched && report.memos > 0;
     if !view.install_loaded(revision, tables) {
         return Err(Error::persist(
             "the database was changed while load_cache ran; nothing was loaded",
@@ -943,8 +963,16 @@ impl Resolve<'_> {
 /// Decodes a memo the parse kept (`m`, of section `s`) into its final
 /// form: keys resolved to ids, edges to memos that were not loaded (or
 /// were loaded with another identity) made never to match, verified before
-/// the loaded revision at most.
-fn build_memo(m: &ParsedMemo, s: usize, r: &Resolve<'_>, before: Revision) -> Result<LoadedMemo> {
+/// the loaded revision at most — or at `revision` in the main history if
+/// it was saved as verified there and every edge matched a loaded memo or
+/// an input (see `install`); otherwise `vouched` is cleared.
+fn build_memo(
+    m: &ParsedMemo,
+    s: usize,
+    r: &Resolve<'_>,
+    (revision, before): (Revision, Revision),
+    vouched: &mut bool,
+) -> Result<LoadedMemo> {
     let (key_ids, index_of) = (r.key_ids, r.index_of);
     let file = r.files.of(m)?;
     let unresolved = || Error::internal("unresolved memo after validation");
@@ -955,6 +983,7 @@ fn build_memo(m: &ParsedMemo, s: usize, r: &Resolve<'_>, before: Revision) -> Re
         .and_then(|ids| ids.get(head.file_key))
         .ok_or_else(unresolved)?;
     let mut deps = Vec::with_capacity(head.deps);
+    let mut all_loaded = true;
     for _ in 0..head.deps {
         let (ds, dk, seen) = memo_dep(&mut d)?;
         let (ds, dk) = (ds as usize, dk as usize);
@@ -968,6 +997,7 @@ fn build_memo(m: &ParsedMemo, s: usize, r: &Resolve<'_>, before: Revision) -> Re
         // memo than the loaded one) must not be served on the strength of
         // that edge (see `install`).
         let missing = r.unmatched(ds, dk, seen)?;
+        all_loaded &= !missing;
         deps.push(Edge {
             dep: Dep {
                 ingredient: *ingredient,
@@ -979,6 +1009,9 @@ fn build_memo(m: &ParsedMemo, s: usize, r: &Resolve<'_>, before: Revision) -> Re
     }
     let (value, offset) = d.bytes_at()?;
     let verified_at = head.verified_at.min(before);
+    let vouch = *vouched && all_loaded && head.verified_at == revision;
+    *vouched = vouch;
+    let verified_main = if vouch { revision } else { verified_at };
     Ok(LoadedMemo {
         meta: MemoMeta {
             key,
@@ -988,7 +1021,7 @@ fn build_memo(m: &ParsedMemo, s: usize, r: &Resolve<'_>, before: Revision) -> Re
             durability: head.durability,
             executed_at: head.executed_at,
             reason: Reason::New,
-            verified_main: AtomicU64::new(verified_at.as_u64()),
+            verified_main: AtomicU64::new(verified_main.as_u64()),
         },
         file_key: head.file_key,
         verified_at,

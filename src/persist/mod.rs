@@ -196,6 +196,13 @@ pub struct LoadReport {
     pub inputs: usize,
     /// Memos loaded (values still encoded until first read).
     pub memos: usize,
+    /// The loaded memos are served at the loaded revision without
+    /// revalidation: every one was verified at the saved revision, and
+    /// everything each one read was loaded with it (same inputs, same code).
+    /// Otherwise (e.g. a kind's memos were dropped for its code version, or
+    /// the log moved the revision past some memos) each loaded memo is
+    /// revalidated before its first use.
+    pub verified: bool,
     /// Interned values loaded.
     pub interned: usize,
     /// Kinds in the file that were not loaded, as `"name: reason"` (unknown
@@ -340,6 +347,9 @@ pub(crate) trait Stage: Send {
     fn install_interned(&mut self) -> Result<()>;
     /// Inputs: the table of staged slots.
     fn input_table(&mut self, key_ids: &[KeyId]) -> Result<Table>;
+    /// Queries: lowers the main-history verification of every memo of
+    /// `table` (built by `memo_table`) to `at` at most.
+    fn verified_main_at_most(&self, _table: &Table, _at: Revision) {}
     /// Queries: the table of `memos` (`count` of them), values decoded
     /// lazily on first read.
     fn memo_table(

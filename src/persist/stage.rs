@@ -189,6 +189,18 @@ where
         Ok(Arc::new(map))
     }
 
+    fn verified_main_at_most(&self, table: &Table, at: Revision) {
+        if let Some(map) = table.downcast_ref::<crate::engine::storage::MemoTable<K, V>>() {
+            for entry in map.values() {
+                entry
+                    .memo
+                    .meta
+                    .verified_main
+                    .fetch_min(at.as_u64(), std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+    }
+
     fn memo_table(
         &mut self,
         _count: usize,
