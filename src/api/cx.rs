@@ -12,7 +12,9 @@ use crate::engine::execution::Execution;
 use crate::engine::fetch::Fault;
 use crate::engine::fetch::{Hint, fetch};
 use crate::engine::ingredient::Registry;
-use crate::engine::storage::{AnyMemo, Dep, History, KeyId, Memo, State, UNSEEN, typed_memo};
+use crate::engine::storage::{
+    AnyMemo, Dep, History, IngredientIndex, KeyId, Memo, State, UNSEEN, typed_memo,
+};
 use crate::error::{Error, ErrorKind, QueryRef, Result};
 use crate::revision::{Durability, Revision};
 use crate::typed::input::InputIngredient;
@@ -142,7 +144,7 @@ impl QueryCx {
         &self,
         ing: &QueryIngredient<Q>,
         state: &State,
-        index: u32,
+        index: IngredientIndex,
         key: &Q::Key,
     ) -> Result<std::result::Result<Result<Q::Value>, Miss>> {
         let access = self.exec.access();
@@ -166,7 +168,7 @@ impl QueryCx {
     async fn cold<Q: AsyncQuery>(
         &self,
         ing: &QueryIngredient<Q>,
-        index: u32,
+        index: IngredientIndex,
         key: Q::Key,
         (hint, known): Miss,
     ) -> Result<Q::Value> {

@@ -14,7 +14,7 @@ use crate::api::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
 use crate::engine::fetch::fetch_value;
 use crate::engine::ingredient::{IngredientKind, Registry};
 use crate::engine::limits::Limits;
-use crate::engine::storage::{Dep, History, MAIN_FORK, MemoRef};
+use crate::engine::storage::{Dep, History, IngredientIndex, MAIN_FORK, MemoRef};
 use crate::engine::view::{Access, Change, ViewCore};
 use crate::error::{Error, Result};
 use crate::revision::Revision;
@@ -679,7 +679,7 @@ impl View {
         let state = self.core.load();
         let mut out = Vec::new();
         for (index, ing) in self.registry().iter() {
-            let Some(table) = state.tables.get(index as usize) else {
+            let Some(table) = state.tables.get(index.as_usize()) else {
                 continue;
             };
             for (key, memo, entry_verified) in ing.memos(table) {
@@ -745,7 +745,7 @@ impl View {
 #[must_use = "a batch does nothing until committed"]
 pub struct Batch<'v> {
     view: &'v View,
-    writes: Vec<(u32, Box<dyn PendingWrites>)>,
+    writes: Vec<(IngredientIndex, Box<dyn PendingWrites>)>,
     error: Option<Error>,
 }
 
@@ -813,7 +813,7 @@ impl Batch<'_> {
                 let ing = registry.get(index)?;
                 let table = state
                     .tables
-                    .get(index as usize)
+                    .get(index.as_usize())
                     .ok_or_else(|| Error::internal("missing input table"))?;
                 if let Some((table, keys)) = w.apply(&**ing, table, revision)? {
                     changes.push(Change {

@@ -109,7 +109,7 @@ impl MemoryReport {
         let kinds = registry
             .iter()
             .filter_map(|(index, ing)| {
-                let f = ing.footprint(state.tables.get(index as usize)?);
+                let f = ing.footprint(state.tables.get(index.as_usize())?);
                 Some(KindMemory {
                     name: ing.name().to_string(),
                     kind: kind_name(ing.kind()),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::api::memory::Collect;
 use crate::engine::ingredient::{Ingredient, IngredientKind, Registry, TypeIdMap};
 use crate::engine::limits::Limits;
+use crate::engine::storage::IngredientIndex;
 use crate::error::{ErrorKind, Result};
 use crate::persist::{PersistKind, Persistence};
 
@@ -19,7 +20,7 @@ pub(crate) trait TypedLookup {
         &self,
         expected: IngredientKind,
         register_with: fn() -> String,
-    ) -> Result<(u32, &T)>;
+    ) -> Result<(IngredientIndex, &T)>;
 }
 
 impl TypedLookup for Registry {
@@ -28,7 +29,7 @@ impl TypedLookup for Registry {
         &self,
         expected: IngredientKind,
         register_with: fn() -> String,
-    ) -> Result<(u32, &T)> {
+    ) -> Result<(IngredientIndex, &T)> {
         let found = self
             .index_of(TypeId::of::<K>())
             .and_then(|index| Some((index, self.downcast::<T>(index)?)));
@@ -293,7 +294,7 @@ impl DatabaseBuilder {
         } in self.entries
         {
             if let Some(&prev) = by_type.get(&type_id) {
-                let prev: &Arc<dyn Ingredient> = &ingredients[prev as usize];
+                let prev: &Arc<dyn Ingredient> = &ingredients[prev.as_usize()];
                 return Err(ErrorKind::Registration(format!(
                     "{type_name} registered twice (as {} and as {})",
                     prev.kind().noun(),
@@ -302,6 +303,7 @@ impl DatabaseBuilder {
                 .into());
             }
             let index = u32::try_from(ingredients.len())
+                .map(IngredientIndex::new)
                 .map_err(|_| ErrorKind::Registration("too many kinds".into()))?;
             by_type.insert(type_id, index);
             ingredients.push(ing);
@@ -310,8 +312,8 @@ impl DatabaseBuilder {
         let mut capacity = vec![None; ingredients.len()];
         for (type_id, type_name, memos) in &self.capacities {
             match by_type.get(type_id) {
-                Some(&i) if ingredients[i as usize].kind() == IngredientKind::Query => {
-                    capacity[i as usize] = Some(*memos);
+                Some(&i) if ingredients[i.as_usize()].kind() == IngredientKind::Query => {
+                    capacity[i.as_usize()] = Some(*memos);
                 }
                 _ => {
                     return Err(ErrorKind::Registration(format!(

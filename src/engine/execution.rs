@@ -7,7 +7,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::engine::events::EngineEvent;
-use crate::engine::storage::{AnyMemo, Dep, Edge, KeyId, MAIN_FORK, MemoMeta, Reason, UNTRACKED};
+use crate::engine::storage::{
+    AnyMemo, Dep, Edge, IngredientIndex, KeyId, MAIN_FORK, MemoMeta, Reason, UNTRACKED,
+};
 use crate::engine::view::Access;
 use crate::error::{Error, ErrorKind, Result};
 use crate::revision::{Durability, Revision};
@@ -22,7 +24,7 @@ pub(crate) struct Execution {
 struct Inner {
     access: Access,
     /// What is being executed.
-    index: u32,
+    index: IngredientIndex,
     key: KeyId,
     reason: Reason,
     recorder: Mutex<Recorder>,
@@ -39,7 +41,7 @@ impl Execution {
     /// a re-execution: bodies usually read as much as last time).
     pub(crate) fn new(
         access: Access,
-        index: u32,
+        index: IngredientIndex,
         key: KeyId,
         reason: Reason,
         reads: usize,
@@ -206,7 +208,7 @@ impl DepSet {
 
     /// Inserts `dep`; false if it was already there.
     fn insert(&mut self, dep: Dep) -> bool {
-        let packed = (u64::from(dep.ingredient) << 32) | u64::from(dep.key);
+        let packed = (u64::from(dep.ingredient.get()) << 32) | u64::from(dep.key.get());
         if packed == EMPTY {
             return !std::mem::replace(&mut self.has_empty, true);
         }
@@ -232,7 +234,10 @@ mod tests {
 
     fn edge(ingredient: u32, key: u32) -> Edge {
         Edge {
-            dep: Dep { ingredient, key },
+            dep: Dep {
+                ingredient: IngredientIndex::new(ingredient),
+                key: KeyId::new(key),
+            },
             seen: Revision::ZERO,
             memo: None,
         }

@@ -18,7 +18,7 @@ use crate::engine::execution::Execution;
 use crate::engine::inflight::{Claim, Cycle, Node, SlotKey};
 use crate::engine::ingredient::Ingredient;
 use crate::engine::revalidate::{Verdict, Walk};
-use crate::engine::storage::{Dep, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo};
+use crate::engine::storage::{Dep, IngredientIndex, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo};
 use crate::engine::view::{Access, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::revision::Revision;
@@ -68,7 +68,7 @@ impl From<Error> for Fault {
 /// A memo that is a hit, or that revalidates without executing anything, is
 /// returned at once (no boxed future); only a fetch that must claim, wait or
 /// execute is boxed.
-pub(crate) fn fetch(acc: &Access, index: u32, key: KeyId, hint: Hint) -> Fetch<'_> {
+pub(crate) fn fetch(acc: &Access, index: IngredientIndex, key: KeyId, hint: Hint) -> Fetch<'_> {
     let ing = match acc.view().shared().registry().get(index) {
         Ok(ing) => ing,
         Err(e) => return Fetch::Ready(Some(Err(e.into()))),
@@ -121,7 +121,13 @@ enum Now {
 /// The part of a fetch that needs no claim and runs no user code: a hit, a
 /// revalidation by durability, or an unclaimed dependency walk that finds
 /// nothing to execute (idempotent). Synchronous.
-fn fetch_now(acc: &Access, index: u32, ing: &dyn Ingredient, key: KeyId, hint: Hint) -> Now {
+fn fetch_now(
+    acc: &Access,
+    index: IngredientIndex,
+    ing: &dyn Ingredient,
+    key: KeyId,
+    hint: Hint,
+) -> Now {
     let r = acc.revision();
     let mut hint = hint;
     let mut blocked = None;
@@ -176,7 +182,7 @@ fn fetch_now(acc: &Access, index: u32, ing: &dyn Ingredient, key: KeyId, hint: H
 /// not decode is recomputed.
 pub(crate) async fn fetch_value<V: Clone + Send + Sync + 'static>(
     acc: &Access,
-    index: u32,
+    index: IngredientIndex,
     key: KeyId,
     hint: Hint,
 ) -> Result<V, Fault> {
@@ -193,7 +199,12 @@ pub(crate) async fn fetch_value<V: Clone + Send + Sync + 'static>(
     }
 }
 
-async fn fetch_inner(acc: &Access, index: u32, key: KeyId, early: Early) -> Result<MemoRef, Fault> {
+async fn fetch_inner(
+    acc: &Access,
+    index: IngredientIndex,
+    key: KeyId,
+    early: Early,
+) -> Result<MemoRef, Fault> {
     let shared = acc.view().shared().clone();
     let ing: Arc<dyn Ingredient> = shared.registry().get(index)?.clone();
     let r = acc.revision();
@@ -308,7 +319,7 @@ fn fixed_at(memo: &MemoRef, verified_at: Revision, r: Revision) -> bool {
 /// Runs the body of (`index`, `key`) once under a fresh `QueryCx`.
 async fn execute(
     sub: &Access,
-    index: u32,
+    index: IngredientIndex,
     ing: &Arc<dyn Ingredient>,
     key: KeyId,
     old: Option<MemoRef>,

@@ -24,14 +24,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::engine::storage::{Dep, ForkId, KeyId, MemoRef};
+use crate::engine::storage::{Dep, ForkId, IngredientIndex, KeyId, MemoRef};
 use crate::revision::Revision;
 use crate::util::lock;
 
 /// One fetch of one memo at one revision of one history.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct SlotKey {
-    pub ingredient: u32,
+    pub ingredient: IngredientIndex,
     pub key: KeyId,
     pub revision: Revision,
     pub fork: ForkId,

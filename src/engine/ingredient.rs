@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use crate::engine::counters::Counters;
 use crate::engine::execution::Execution;
-use crate::engine::storage::{Dep, History, KeyId, MemoRef, Publish, Table, UNTRACKED};
+use crate::engine::storage::{
+    Dep, History, IngredientIndex, KeyId, MemoRef, Publish, Table, UNTRACKED,
+};
 use crate::error::Result;
 use crate::revision::{Durability, Revision};
 use crate::util::BoxFuture;
@@ -156,7 +158,8 @@ impl std::hash::Hasher for TypeIdHasher {
     }
 }
 
-pub(crate) type TypeIdMap = HashMap<TypeId, u32, std::hash::BuildHasherDefault<TypeIdHasher>>;
+pub(crate) type TypeIdMap =
+    HashMap<TypeId, IngredientIndex, std::hash::BuildHasherDefault<TypeIdHasher>>;
 
 /// All ingredients of a database, frozen at `build()`.
 pub(crate) struct Registry {
@@ -174,17 +177,17 @@ impl Registry {
         }
     }
 
-    pub(crate) fn get(&self, index: u32) -> Result<&Arc<dyn Ingredient>> {
+    pub(crate) fn get(&self, index: IngredientIndex) -> Result<&Arc<dyn Ingredient>> {
         self.ingredients
-            .get(index as usize)
+            .get(index.as_usize())
             .ok_or_else(|| crate::Error::internal(format!("no ingredient {index}")))
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Arc<dyn Ingredient>)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (IngredientIndex, &Arc<dyn Ingredient>)> {
         self.ingredients
             .iter()
             .enumerate()
-            .map(|(i, ing)| (i as u32, ing))
+            .map(|(i, ing)| (IngredientIndex::new(i as u32), ing))
     }
 
     /// `Kind(key)`, for messages and reports.
@@ -200,14 +203,14 @@ impl Registry {
 
     /// The index of the ingredient registered for the kind with `type_id`.
     #[inline]
-    pub(crate) fn index_of(&self, type_id: TypeId) -> Option<u32> {
+    pub(crate) fn index_of(&self, type_id: TypeId) -> Option<IngredientIndex> {
         self.by_type.get(&type_id).copied()
     }
 
     /// The ingredient at `index` as its concrete (typed) type.
     #[inline]
-    pub(crate) fn downcast<T: Ingredient>(&self, index: u32) -> Option<&T> {
-        let ing = self.ingredients.get(index as usize)?;
+    pub(crate) fn downcast<T: Ingredient>(&self, index: IngredientIndex) -> Option<&T> {
+        let ing = self.ingredients.get(index.as_usize())?;
         let any: &dyn Any = ing.as_ref();
         any.downcast_ref::<T>()
     }

@@ -20,6 +20,8 @@
 //! revision that finds a later memo whose identity is its revision uses it
 //! instead of re-running: `fetch::fixed_at`.)
 
+use crate::engine::storage::IngredientIndex;
+
 /// When unused memos and old tombstones are collected automatically.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct CollectRule {
@@ -41,8 +43,8 @@ pub(crate) struct Limits {
 
 impl Limits {
     #[inline]
-    pub(crate) fn capacity(&self, index: u32) -> Option<usize> {
-        self.capacity.get(index as usize).copied().flatten()
+    pub(crate) fn capacity(&self, index: IngredientIndex) -> Option<usize> {
+        self.capacity.get(index.as_usize()).copied().flatten()
     }
 }
 

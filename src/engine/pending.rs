@@ -40,7 +40,7 @@ impl Pending {
     }
 
     fn shard(&self, dep: Dep) -> &Mutex<Shard> {
-        let h = (dep.key as usize).wrapping_mul(0x9E37_79B9) ^ dep.ingredient as usize;
+        let h = dep.key.as_usize().wrapping_mul(0x9E37_79B9) ^ dep.ingredient.as_usize();
         &self.shards[h % SHARDS]
     }
 

@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use crate::engine::fetch::{Fault, Hint, fetch};
 use crate::engine::ingredient::IngredientKind;
-use crate::engine::storage::{Dep, DepHash, KeyId, MemoRef, Publish, Reason, UNSEEN, UNTRACKED};
+use crate::engine::storage::{
+    Dep, DepHash, IngredientIndex, KeyId, MemoRef, Publish, Reason, UNSEEN, UNTRACKED,
+};
 use crate::engine::view::Access;
 use crate::revision::Revision;
 
@@ -103,7 +105,7 @@ pub(crate) struct Walk {
 }
 
 impl Walk {
-    pub(crate) fn new(index: u32, key: KeyId, memo: MemoRef) -> Walk {
+    pub(crate) fn new(index: IngredientIndex, key: KeyId, memo: MemoRef) -> Walk {
         let root = Dep {
             ingredient: index,
             key,
@@ -215,7 +217,7 @@ impl Walk {
                         IngredientKind::Input => acc
                             .pinned()
                             .tables
-                            .get(dep.ingredient as usize)
+                            .get(dep.ingredient.as_usize())
                             .map(|t| dep_ing.input_changed_at(t, dep.key)),
                         IngredientKind::Query => {
                             if let Some(m) = self.verified.get(&dep) {
@@ -440,7 +442,7 @@ fn publish(acc: &Access, pending: &mut Vec<(Dep, MemoRef)>) {
         return;
     }
     let r = acc.revision();
-    let mut by_ingredient: HashMap<u32, Vec<Publish>, DepHash> = HashMap::default();
+    let mut by_ingredient: HashMap<IngredientIndex, Vec<Publish>, DepHash> = HashMap::default();
     for (dep, memo) in pending.drain(..) {
         by_ingredient
             .entry(dep.ingredient)

@@ -14,8 +14,64 @@ use std::sync::{Arc, OnceLock, Weak};
 use crate::revision::{Durability, Revision};
 use crate::{Error, Result};
 
-/// Dense per-ingredient id of a key (see `keys::KeyTable`).
-pub(crate) type KeyId = u32;
+/// Position of an ingredient in the registry, and of its table in every
+/// `State`: fixed when the database is built, the same for all its views.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub(crate) struct IngredientIndex(u32);
+
+impl IngredientIndex {
+    /// The index of the `i`-th ingredient registered.
+    #[inline]
+    pub(crate) const fn new(i: u32) -> IngredientIndex {
+        IngredientIndex(i)
+    }
+
+    #[inline]
+    pub(crate) const fn get(self) -> u32 {
+        self.0
+    }
+
+    /// Its position in `Registry::ingredients` and `State::tables`.
+    #[inline]
+    pub(crate) const fn as_usize(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl std::fmt::Display for IngredientIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Dense per-ingredient id of a key (see `typed::keys::KeyTable`): the
+/// same key always has the same id within one ingredient of one database.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub(crate) struct KeyId(u32);
+
+impl KeyId {
+    #[inline]
+    pub(crate) const fn new(id: u32) -> KeyId {
+        KeyId(id)
+    }
+
+    #[inline]
+    pub(crate) const fn get(self) -> u32 {
+        self.0
+    }
+
+    /// Its position in dense per-key arrays.
+    #[inline]
+    pub(crate) const fn as_usize(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Identifies one history of inputs: the database and the snapshots that
 /// did not set anything share `MAIN_FORK`; a snapshot that sets an input
@@ -45,7 +101,7 @@ impl History {
 /// A dependency edge: ingredient index + key id, 8 bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub(crate) struct Dep {
-    pub ingredient: u32,
+    pub ingredient: IngredientIndex,
     pub key: KeyId,
 }
 
@@ -94,8 +150,8 @@ pub(crate) type DepHash = std::hash::BuildHasherDefault<DepHasher>;
 /// so the memo re-executes at every new revision (and is never persisted:
 /// no persistent ingredient has this index).
 pub(crate) const UNTRACKED: Dep = Dep {
-    ingredient: u32::MAX,
-    key: 0,
+    ingredient: IngredientIndex::new(u32::MAX),
+    key: KeyId::new(0),
 };
 
 /// A recorded read: what was read, and the `changed_at` of the value seen —
@@ -142,9 +198,9 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn table<T: Any>(&self, index: u32) -> Result<&T> {
+    pub(crate) fn table<T: Any>(&self, index: IngredientIndex) -> Result<&T> {
         self.tables
-            .get(index as usize)
+            .get(index.as_usize())
             .and_then(|t| t.downcast_ref::<T>())
             .ok_or_else(|| Error::internal(format!("table {index} has an unexpected type")))
     }

@@ -19,7 +19,7 @@ use crate::engine::journal::Journal;
 use crate::engine::limits::{Limits, Swept};
 use crate::engine::pending::Pending;
 use crate::engine::storage::{
-    Dep, ForkId, History, KeyId, MAIN_FORK, MemoRef, Publish, State, Table,
+    Dep, ForkId, History, IngredientIndex, KeyId, MAIN_FORK, MemoRef, Publish, State, Table,
 };
 use crate::error::Result;
 use crate::revision::{Durability, Revision};
@@ -248,9 +248,14 @@ impl ViewCore {
 
     /// Inserts memos of ingredient `index` into this view's current state,
     /// keeping whatever is newer.
-    pub(crate) fn insert_memos(&self, index: u32, ing: &dyn Ingredient, items: &[Publish]) {
+    pub(crate) fn insert_memos(
+        &self,
+        index: IngredientIndex,
+        ing: &dyn Ingredient,
+        items: &[Publish],
+    ) {
         self.update_tables(|state| {
-            let table = state.tables.get(index as usize)?;
+            let table = state.tables.get(index.as_usize())?;
             let capacity = self.shared.limits.capacity(index);
             Some(vec![(
                 index,
@@ -261,7 +266,7 @@ impl ViewCore {
 
     /// Swaps in a state whose tables `f` replaced (`None`: nothing to do),
     /// retrying if another swap won the race.
-    fn update_tables(&self, f: impl Fn(&State) -> Option<Vec<(u32, Table)>>) {
+    fn update_tables(&self, f: impl Fn(&State) -> Option<Vec<(IngredientIndex, Table)>>) {
         let mut cur = self.state.load_full();
         loop {
             let Some(changes) = f(&cur) else {
@@ -272,7 +277,7 @@ impl ViewCore {
             }
             let mut next = State::clone(&cur);
             for (index, table) in changes {
-                next.tables[index as usize] = table;
+                next.tables[index.as_usize()] = table;
             }
             let prev = self.state.compare_and_swap(&cur, Arc::new(next));
             if Arc::ptr_eq(&*prev, &cur) {
@@ -285,7 +290,13 @@ impl ViewCore {
     /// Makes memos computed or verified in history `fork` visible in this
     /// view, if it is still in that history: small publications go to the
     /// pending buffer, large ones straight into the state.
-    fn publish(&self, index: u32, ing: &dyn Ingredient, items: &[Publish], fork: ForkId) {
+    fn publish(
+        &self,
+        index: IngredientIndex,
+        ing: &dyn Ingredient,
+        items: &[Publish],
+        fork: ForkId,
+    ) {
         {
             let _gate = read(&self.gate);
             if self.state.load().fork != fork {
@@ -335,7 +346,7 @@ impl ViewCore {
         let gate = read(&self.gate);
         self.pending.merge_with(wait, |entries| {
             let mut by_ingredient: std::collections::HashMap<
-                u32,
+                IngredientIndex,
                 Vec<Publish>,
                 ahash::RandomState,
             > = Default::default();
@@ -349,7 +360,7 @@ impl ViewCore {
                 let mut changes = Vec::new();
                 for (index, items) in &by_ingredient {
                     let (Ok(ing), Some(table)) =
-                        (registry.get(*index), state.tables.get(*index as usize))
+                        (registry.get(*index), state.tables.get(index.as_usize()))
                     else {
                         continue;
                     };
@@ -365,7 +376,7 @@ impl ViewCore {
         let state = self.state.load();
         let len = registry
             .iter()
-            .filter_map(|(i, ing)| Some(ing.table_len(state.tables.get(i as usize)?)))
+            .filter_map(|(i, ing)| Some(ing.table_len(state.tables.get(i.as_usize())?)))
             .sum();
         self.merged_len.store(len, Ordering::Relaxed);
     }
@@ -412,7 +423,7 @@ impl ViewCore {
         let pending = pending.and_then(effective);
         let stored = state
             .tables
-            .get(dep.ingredient as usize)
+            .get(dep.ingredient.as_usize())
             .and_then(|table| ing.memo(table, dep.key))
             .and_then(effective);
         newest(pending, stored)
@@ -468,14 +479,14 @@ impl ViewCore {
             if reset {
                 for (index, ing) in registry.iter() {
                     if ing.kind() == IngredientKind::Query
-                        && let Some(t) = self.origin.tables.get(index as usize)
+                        && let Some(t) = self.origin.tables.get(index.as_usize())
                     {
-                        next.tables[index as usize] = t.clone();
+                        next.tables[index.as_usize()] = t.clone();
                     }
                 }
             }
             for change in &changes {
-                next.tables[change.index as usize] = change.table.clone();
+                next.tables[change.index.as_usize()] = change.table.clone();
             }
             next
         });
@@ -533,7 +544,7 @@ impl ViewCore {
             let mut total = Swept::default();
             let mut changes = Vec::new();
             for (index, ing) in registry.iter() {
-                let Some(table) = state.tables.get(index as usize) else {
+                let Some(table) = state.tables.get(index.as_usize()) else {
                     continue;
                 };
                 let Some(Some((table, n))) = catch(|| ing.sweep(table, before)) else {
@@ -625,7 +636,7 @@ fn insert_caught(
 
 /// Input changes of one kind, from one commit.
 pub(crate) struct Change {
-    pub index: u32,
+    pub index: IngredientIndex,
     pub table: Table,
     pub durability: Durability,
     /// Keys whose slots changed, and how.
@@ -637,7 +648,11 @@ impl ViewCore {
     /// database. Every loaded memo is walked once before reuse.
     /// Installs a loaded cache, unless the view was written to since it was
     /// fresh (then returns `false` and changes nothing).
-    pub(crate) fn install_loaded(&self, revision: Revision, tables: Vec<(u32, Table)>) -> bool {
+    pub(crate) fn install_loaded(
+        &self,
+        revision: Revision,
+        tables: Vec<(IngredientIndex, Table)>,
+    ) -> bool {
         let _writer = lock(&self.writer);
         if self.state.load().revision != Revision::FIRST {
             return false;
@@ -647,7 +662,7 @@ impl ViewCore {
             next.revision = revision;
             next.last_changed = [revision; Durability::COUNT];
             for (index, table) in &tables {
-                if let Some(slot) = next.tables.get_mut(*index as usize) {
+                if let Some(slot) = next.tables.get_mut(index.as_usize()) {
                     *slot = table.clone();
                 }
             }
@@ -744,7 +759,13 @@ impl Access {
 
     /// Records that `memo` is valid at this access's revision: on the memo
     /// itself where possible, else by publishing an entry.
-    pub(crate) fn verified(&self, index: u32, ing: &dyn Ingredient, key: KeyId, memo: &MemoRef) {
+    pub(crate) fn verified(
+        &self,
+        index: IngredientIndex,
+        ing: &dyn Ingredient,
+        key: KeyId,
+        memo: &MemoRef,
+    ) {
         if self.marks_on_memo(memo) {
             memo.meta().mark_verified(self.pinned.revision);
         } else {
@@ -765,7 +786,7 @@ impl Access {
     /// parent view if this view is still in the parent's history.
     pub(crate) fn lookup(
         &self,
-        index: u32,
+        index: IngredientIndex,
         ing: &dyn Ingredient,
         key: KeyId,
     ) -> Option<(MemoRef, Revision)> {
@@ -786,7 +807,7 @@ impl Access {
 
     /// Makes memos (verified at the pinned revision, or earlier) visible to
     /// this view and offers them to its parent.
-    pub(crate) fn publish(&self, index: u32, ing: &dyn Ingredient, items: &[Publish]) {
+    pub(crate) fn publish(&self, index: IngredientIndex, ing: &dyn Ingredient, items: &[Publish]) {
         if items.is_empty() {
             return;
         }

@@ -11,7 +11,7 @@ use super::format::{self, Dec, FileKind, Record, RecordError, Records};
 use super::{CacheOperation, CacheStep, Progress};
 use super::{Link, LoadOptions, LoadReport, LoadedMemo, OnError, Stage, tag};
 use crate::engine::ingredient::IngredientKind;
-use crate::engine::storage::{Dep, Edge, MemoMeta, Reason};
+use crate::engine::storage::{Dep, Edge, IngredientIndex, MemoMeta, Reason};
 use crate::engine::view::ViewCore;
 use crate::error::{Error, Result};
 use crate::revision::{Durability, Revision};
@@ -89,7 +89,7 @@ fn memo_dep(d: &mut Dec<'_>) -> Result<(u32, u32, Revision)> {
 enum Section<'a> {
     /// Matched a registered persistent kind.
     Live {
-        index: u32,
+        index: IngredientIndex,
         kind: IngredientKind,
         stage: Box<dyn Stage + 'a>,
         /// Its memos are dropped: its code version changed (S18b).
@@ -779,7 +779,7 @@ fn install(
             Section::Dropped => Vec::new(),
         });
     }
-    let index_of: Vec<Option<u32>> = image
+    let index_of: Vec<Option<IngredientIndex>> = image
         .sections
         .iter()
         .map(|s| match s {
@@ -934,7 +934,7 @@ struct Resolve<'a> {
     /// Per section: key id by file key.
     key_ids: &'a [Vec<crate::engine::storage::KeyId>],
     /// Per section: its ingredient index.
-    index_of: &'a [Option<u32>],
+    index_of: &'a [Option<IngredientIndex>],
     /// Per query section: the kept memo of each file key (index in `memos`).
     loaded: &'a [Option<Vec<u32>>],
     memos: &'a [Vec<ParsedMemo>],

@@ -80,7 +80,7 @@ pub(crate) async fn load(
     off_runtime(move || load::load(&view, &path, &options)).await
 }
 
-use crate::engine::storage::{KeyId, MemoMeta, MemoRef, Table};
+use crate::engine::storage::{IngredientIndex, KeyId, MemoMeta, MemoRef, Table};
 use crate::error::{Error, Result};
 use crate::revision::Revision;
 
@@ -391,11 +391,11 @@ impl Persistence {
     }
 
     /// Every persistent ingredient, by index.
-    pub(crate) fn kinds(&self) -> impl Iterator<Item = (u32, &dyn PersistKind)> {
+    pub(crate) fn kinds(&self) -> impl Iterator<Item = (IngredientIndex, &dyn PersistKind)> {
         self.kinds
             .iter()
             .enumerate()
-            .filter_map(|(i, k)| Some((i as u32, k.as_deref()?)))
+            .filter_map(|(i, k)| Some((IngredientIndex::new(i as u32), k.as_deref()?)))
     }
 
     /// The persistence attached to `view`'s database.
@@ -416,13 +416,13 @@ pub(crate) struct Link {
     pub revision: Revision,
     /// Per ingredient index: key id → index in the file's key table, and
     /// the number of keys the file holds.
-    pub keys: HashMap<u32, (HashMap<KeyId, usize>, usize)>,
+    pub keys: HashMap<IngredientIndex, (HashMap<KeyId, usize>, usize)>,
     /// Per ingredient index: the file's key table as key ids, from a load;
     /// turned into `keys` by the first append (so loading does not pay for
     /// maps only appends need).
-    pub loaded_keys: HashMap<u32, Vec<KeyId>>,
+    pub loaded_keys: HashMap<IngredientIndex, Vec<KeyId>>,
     /// Per interned ingredient: values in the file.
-    pub interned: HashMap<u32, u32>,
+    pub interned: HashMap<IngredientIndex, u32>,
     /// Length of the log's valid prefix (0: no log yet).
     pub log_len: u64,
     /// The last 8 bytes of that prefix (the checksum of the last `COMMIT`

@@ -10,15 +10,19 @@ use std::sync::Arc;
 use super::format::{self, Enc, FileKind};
 use super::{AppendReport, Link, PersistKind, SaveReport, tag};
 use crate::engine::ingredient::{Ingredient, IngredientKind};
-use crate::engine::storage::{Dep, KeyId, MAIN_FORK, MemoRef, State};
+use crate::engine::storage::{Dep, IngredientIndex, KeyId, MAIN_FORK, MemoRef, State};
 use crate::engine::view::ViewCore;
 use crate::error::{Error, Result};
 use crate::util::lock;
 
 /// The persistent kinds of a registry: section number = position.
 struct Sections<'a> {
-    list: Vec<(u32, &'a Arc<dyn Ingredient>, &'a dyn PersistKind)>,
-    by_ingredient: HashMap<u32, usize>,
+    list: Vec<(
+        IngredientIndex,
+        &'a Arc<dyn Ingredient>,
+        &'a dyn PersistKind,
+    )>,
+    by_ingredient: HashMap<IngredientIndex, usize>,
 }
 
 impl<'a> Sections<'a> {
@@ -176,10 +180,10 @@ fn save_locked(
     let mut body: Vec<u8> = Vec::new();
     let mut records = 0usize;
     let mut interned_counts = HashMap::new();
-    let table = |i: u32| {
+    let table = |i: IngredientIndex| {
         state
             .tables
-            .get(i as usize)
+            .get(i.as_usize())
             .ok_or_else(|| Error::internal("missing table"))
     };
 
@@ -330,7 +334,7 @@ fn link_after_save(
     state: &State,
     sections: &Sections<'_>,
     keys: KeyMaps,
-    interned: HashMap<u32, u32>,
+    interned: HashMap<IngredientIndex, u32>,
 ) -> Result<()> {
     let keys = keys
         .maps
@@ -558,7 +562,7 @@ fn write_append(
             continue;
         };
         let (index, ing, kind) = sections.list[s];
-        let Some(table) = state.tables.get(index as usize) else {
+        let Some(table) = state.tables.get(index.as_usize()) else {
             continue;
         };
         let mut e = Enc::default();

@@ -96,7 +96,7 @@ where
     fn install_interned(&mut self) -> Result<()> {
         for (id, value) in self.values.iter().enumerate() {
             let id = u32::try_from(id).map_err(|_| Error::internal("too many interned values"))?;
-            if !self.table.intern_at(value, id) {
+            if !self.table.intern_at(value, KeyId::new(id)) {
                 return Err(Error::internal("interned ids could not be restored"));
             }
         }

@@ -10,7 +10,9 @@ use crate::api::registry::{DatabaseBuilder, TypedLookup};
 use crate::engine::counters::Counters;
 use crate::engine::events::Write;
 use crate::engine::ingredient::{Footprint, Ingredient, IngredientKind, Registry};
-use crate::engine::storage::{InputSlot, InputTable, KeyId, State, Table, new_map};
+use crate::engine::storage::{
+    IngredientIndex, InputSlot, InputTable, KeyId, State, Table, new_map,
+};
 use crate::error::{Error, Result};
 use crate::persist::{
     Codec, CodecInfo, InputsBlob, KIND_INPUT, PersistKind, Stage, stage::KeyedStage,
@@ -42,7 +44,7 @@ impl<I: Input> InputIngredient<I> {
 
     /// I's index and typed ingredient in `registry`.
     #[inline]
-    pub(crate) fn lookup_in(registry: &Registry) -> Result<(u32, &Self)> {
+    pub(crate) fn lookup_in(registry: &Registry) -> Result<(IngredientIndex, &Self)> {
         registry.typed::<I, Self>(IngredientKind::Input, Self::register_with)
     }
 
@@ -65,7 +67,7 @@ impl<I: Input> InputIngredient<I> {
     pub(crate) fn read(
         &self,
         state: &State,
-        index: u32,
+        index: IngredientIndex,
         key: &I::Key,
     ) -> Result<(Option<I::Value>, KeyId, Revision)> {
         let table: &TableOf<I> = state.table(index)?;
@@ -76,7 +78,11 @@ impl<I: Input> InputIngredient<I> {
     }
 
     /// Every present (key, value) in `state`.
-    pub(crate) fn entries(&self, state: &State, index: u32) -> Result<Vec<(I::Key, I::Value)>> {
+    pub(crate) fn entries(
+        &self,
+        state: &State,
+        index: IngredientIndex,
+    ) -> Result<Vec<(I::Key, I::Value)>> {
         let table: &TableOf<I> = state.table(index)?;
         Ok(table
             .iter()

@@ -44,19 +44,25 @@ impl<T: Interned> InternedIngredient<T> {
     }
 
     pub(crate) fn intern(&self, value: T::Value) -> Result<Id<T>> {
-        self.values.intern(&value).map(Id::from_raw).ok_or_else(|| {
-            Error::internal(format!("{}: more than 2^32 interned values", self.name))
-        })
+        self.values
+            .intern(&value)
+            .map(|id| Id::from_raw(id.get()))
+            .ok_or_else(|| {
+                Error::internal(format!("{}: more than 2^32 interned values", self.name))
+            })
     }
 
     pub(crate) fn value(&self, id: Id<T>) -> Result<T::Value> {
-        self.values.value(id.raw()).cloned().ok_or_else(|| {
-            ErrorKind::UnknownId {
-                kind: self.name.clone(),
-                id: id.raw(),
-            }
-            .into()
-        })
+        self.values
+            .value(KeyId::new(id.raw()))
+            .cloned()
+            .ok_or_else(|| {
+                ErrorKind::UnknownId {
+                    kind: self.name.clone(),
+                    id: id.raw(),
+                }
+                .into()
+            })
     }
 }
 
@@ -107,7 +113,7 @@ impl<T: Interned> PersistKind for PersistentInterned<T> {
 
     fn encode_interned(&self, from: u32, to: u32) -> Result<Vec<u8>> {
         let values = (from..to)
-            .map(|id| self.ing.values.value(id).cloned())
+            .map(|id| self.ing.values.value(KeyId::new(id)).cloned())
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::internal("unknown interned id"))?;
         (self.codec.encode_values)(&values)

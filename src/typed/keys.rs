@@ -10,6 +10,7 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 
+use crate::engine::storage::KeyId;
 use crate::util::{lock, read, write};
 
 const FIRST_CHUNK: usize = 32;
@@ -82,7 +83,7 @@ pub(crate) fn key_bytes<T>() -> usize {
 /// `T ↔ u32`, append-only, deduplicated by value.
 pub(crate) struct KeyTable<T> {
     hasher: ahash::RandomState,
-    shards: [RwLock<std::collections::HashMap<T, u32, ahash::RandomState>>; SHARDS],
+    shards: [RwLock<std::collections::HashMap<T, KeyId, ahash::RandomState>>; SHARDS],
     items: AppendVec<T>,
 }
 
@@ -95,18 +96,18 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
         }
     }
 
-    fn shard(&self, value: &T) -> &RwLock<std::collections::HashMap<T, u32, ahash::RandomState>> {
+    fn shard(&self, value: &T) -> &RwLock<std::collections::HashMap<T, KeyId, ahash::RandomState>> {
         let h = self.hasher.hash_one(value) as usize;
         &self.shards[h % SHARDS]
     }
 
     /// The id of `value`, if it was ever interned.
-    pub(crate) fn get(&self, value: &T) -> Option<u32> {
+    pub(crate) fn get(&self, value: &T) -> Option<KeyId> {
         read(self.shard(value)).get(value).copied()
     }
 
     /// The id of `value`, interning it if new. `None` only if 2^32 ids are used.
-    pub(crate) fn intern(&self, value: &T) -> Option<u32> {
+    pub(crate) fn intern(&self, value: &T) -> Option<KeyId> {
         if let Some(id) = self.get(value) {
             return Some(id);
         }
@@ -115,7 +116,7 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
         if let Some(id) = map.get(value) {
             return Some(*id);
         }
-        let id = u32::try_from(self.items.push(value.clone())?).ok()?;
+        let id = KeyId::new(u32::try_from(self.items.push(value.clone())?).ok()?);
         map.insert(value.clone(), id);
         Some(id)
     }
@@ -123,7 +124,7 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
     /// The ids of `values`, interning the new ones (a load's keys): every
     /// shard is locked once for the whole batch instead of three lock
     /// operations and three hashes per key. `None` only if 2^32 ids are used.
-    pub(crate) fn intern_all(&self, values: &[T]) -> Option<Vec<u32>> {
+    pub(crate) fn intern_all(&self, values: &[T]) -> Option<Vec<KeyId>> {
         let mut shards: Vec<_> = self.shards.iter().map(write).collect();
         let spread = values.len() / SHARDS + 1;
         for shard in &mut shards {
@@ -136,7 +137,7 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
             let id = match map.get(value) {
                 Some(id) => *id,
                 None => {
-                    let id = u32::try_from(self.items.push(value.clone())?).ok()?;
+                    let id = KeyId::new(u32::try_from(self.items.push(value.clone())?).ok()?);
                     map.insert(value.clone(), id);
                     id
                 }
@@ -148,16 +149,16 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
 
     /// Interns `value` at exactly `id` (restoring a persisted table, whose
     /// ids must stay stable). False if `id` is not the next free id.
-    pub(crate) fn intern_at(&self, value: &T, id: u32) -> bool {
+    pub(crate) fn intern_at(&self, value: &T, id: KeyId) -> bool {
         let mut map = write(self.shard(value));
         if let Some(existing) = map.get(value) {
             return *existing == id;
         }
-        if self.items.len() != id as usize {
+        if self.items.len() != id.as_usize() {
             return false;
         }
         match self.items.push(value.clone()) {
-            Some(i) if i == id as usize => {
+            Some(i) if i == id.as_usize() => {
                 map.insert(value.clone(), id);
                 true
             }
@@ -171,7 +172,7 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
     }
 
     /// `Debug` rendering of the value with id `id` (`#id` if unknown).
-    pub(crate) fn debug(&self, id: u32) -> String
+    pub(crate) fn debug(&self, id: KeyId) -> String
     where
         T: std::fmt::Debug,
     {
@@ -182,8 +183,8 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
     }
 
     /// The value with id `id`.
-    pub(crate) fn value(&self, id: u32) -> Option<&T> {
-        self.items.get(id as usize)
+    pub(crate) fn value(&self, id: KeyId) -> Option<&T> {
+        self.items.get(id.as_usize())
     }
 }
 
@@ -213,7 +214,7 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(t.intern(&"a".to_string()), Some(a));
         assert_eq!(t.value(b).map(String::as_str), Some("b"));
-        assert_eq!(t.value(99), None);
+        assert_eq!(t.value(KeyId::new(99)), None);
         for i in 0..5000u32 {
             let id = t.intern(&i.to_string()).unwrap();
             assert_eq!(t.value(id), Some(&i.to_string()));

@@ -14,8 +14,8 @@ use crate::engine::execution::Execution;
 use crate::engine::fetch::Hint;
 use crate::engine::ingredient::{Footprint, Ingredient, IngredientKind, Registry};
 use crate::engine::storage::{
-    Edge, Entry, History, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table, new_map,
-    typed_memo,
+    Edge, Entry, History, IngredientIndex, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table,
+    new_map, typed_memo,
 };
 use crate::error::{Error, Result};
 use crate::persist::{Codec, CodecInfo, KIND_QUERY, PersistKind, Stage, stage::KeyedStage};
@@ -66,7 +66,7 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
 
     /// Q's index and typed ingredient in `registry`.
     #[inline]
-    pub(crate) fn lookup_in(registry: &Registry) -> Result<(u32, &Self)> {
+    pub(crate) fn lookup_in(registry: &Registry) -> Result<(IngredientIndex, &Self)> {
         registry.typed::<Q, Self>(IngredientKind::Query, Self::register_with)
     }
 
@@ -77,7 +77,7 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
     pub(crate) fn warm<'s>(
         &self,
         state: &'s State,
-        index: u32,
+        index: IngredientIndex,
         key: &Q::Key,
         at: Revision,
         history: History,
