@@ -116,6 +116,14 @@ pub fn template(t: u32, variant: u32) -> Arc<str> {
         .into()
 }
 
+/// The site's inputs: `files` sources (variant 0) and the templates.
+pub fn inputs(files: u32) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+    (
+        (0..files).map(|f| source(f, 0)).collect(),
+        (0..TEMPLATES).map(|t| template(t, 0)).collect(),
+    )
+}
+
 /// Plain recomputation of one page.
 pub fn plain_render(src: &str, templates: &[Arc<str>]) -> Arc<str> {
     let p = parse_text(src);

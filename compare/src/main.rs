@@ -218,17 +218,8 @@ fn w1(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
 
 // ---- W2 / W3 ------------------------------------------------------------------
 
-fn inputs(files: u32) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
-    (
-        (0..files).map(|f| common::source(f, 0)).collect(),
-        (0..common::TEMPLATES)
-            .map(|t| common::template(t, 0))
-            .collect(),
-    )
-}
-
 fn w2(o: &Opts, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>, files: u32) {
-    let (sources, templates) = inputs(files);
+    let (sources, templates) = common::inputs(files);
     let expected = common::plain_site(&sources, &templates);
     let want = Counts {
         parse: u64::from(files),
@@ -290,7 +281,7 @@ struct Model {
 
 impl Model {
     fn new(files: u32) -> Self {
-        let (sources, templates) = inputs(files);
+        let (sources, templates) = common::inputs(files);
         let lens = sources
             .iter()
             .map(|s| common::plain_render(s, &templates).len() as u64)

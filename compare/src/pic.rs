@@ -142,12 +142,45 @@ pub fn hit_db(n: u32) -> Database {
         .query(Reader)
         .build()
         .expect("db");
+    fill_bases(&db, n);
+    db
+}
+
+/// `Base(k) = k` for `k < n`, and the nonce.
+fn fill_bases(db: &Database, n: u32) {
     let mut batch = db.batch();
     for k in 0..n {
         batch.set::<Base>(k, u64::from(k));
     }
     batch.set::<Nonce>((), 0);
     batch.commit().expect("commit");
+}
+
+// ---- memory: a small u64 -> u64 query over one input each -----------------
+
+/// `Base(k) + 1`, unboxed (the memory comparison's W1-like memo).
+#[allow(dead_code)] // used by the `memory` bin only
+pub struct Small;
+#[async_trait]
+impl AsyncQuery for Small {
+    type Key = u32;
+    type Value = u64;
+    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u64> {
+        bump(&OTHER);
+        Ok(cx.input::<Base>(&k)? + 1)
+    }
+}
+
+/// The W1 inputs (`n` bases) with only [`Small`] registered.
+#[allow(dead_code)] // used by the `memory` bin only
+pub fn small_db(n: u32) -> Database {
+    let db = Database::builder()
+        .input::<Base>()
+        .input::<Nonce>()
+        .query(Small)
+        .build()
+        .expect("db");
+    fill_bases(&db, n);
     db
 }
 

@@ -112,6 +112,13 @@ pub fn reader(db: &dyn salsa::Database, nums: Nums) -> u64 {
     sum
 }
 
+/// `Base + 1`, unboxed (the memory comparison's W1-like memo).
+#[salsa::tracked(returns(copy))]
+pub fn small(db: &dyn salsa::Database, b: Base) -> u64 {
+    bump(&OTHER);
+    b.value(db) + 1
+}
+
 pub fn hit_db(n: u32) -> (Db, Vec<Base>, Nums) {
     let db = Db::default();
     let bases: Vec<Base> = (0..n).map(|k| Base::new(&db, u64::from(k))).collect();
