@@ -1,6 +1,7 @@
 //! W1 / S19 guard: a warm hit (a memo already verified at the current
-//! revision) allocates nothing. Counted with a global allocator wrapper, so
-//! this file holds a single test (the count is process-wide).
+//! revision) allocates nothing, and a database costs little before it holds
+//! anything. Counted with a global allocator wrapper, so this file holds a
+//! single test (the count is process-wide).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,11 +11,13 @@ use picante::*;
 struct Counting;
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(layout.size(), Ordering::Relaxed);
         }
         unsafe { System.alloc(layout) }
     }
@@ -48,11 +51,21 @@ fn w1_warm_hit_does_not_allocate() {
         .build()
         .unwrap();
     rt.block_on(async {
+        // An empty database nobody observes: no event ring (it used to
+        // allocate a 4 096-slot broadcast buffer, ~230 KB, per database).
+        COUNTING.store(true, Ordering::SeqCst);
         let db = Database::builder()
             .input::<Base>()
             .query(Double)
             .build()
             .unwrap();
+        COUNTING.store(false, Ordering::SeqCst);
+        let built = BYTES.swap(0, Ordering::SeqCst);
+        assert!(
+            built < 32 * 1024,
+            "an empty database allocated {built} bytes"
+        );
+        ALLOCS.store(0, Ordering::SeqCst);
         let mut batch = db.batch();
         for k in 0..1000 {
             batch.set::<Base>(k, k as u64);

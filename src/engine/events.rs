@@ -7,8 +7,8 @@
 //! (`wants_executions`) and builds no event unless it is non-zero; a commit
 //! builds its event only when some receiver exists.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::broadcast;
 
@@ -16,7 +16,8 @@ use crate::engine::storage::{Dep, Reason};
 use crate::revision::Revision;
 
 /// Events buffered per receiver before a slow receiver starts missing some
-/// (it is then told how many it missed).
+/// (it is then told how many it missed). The ring is allocated by the first
+/// subscription (about 230 KB), not by every database.
 const CAPACITY: usize = 4096;
 
 /// What a commit did to one input slot.
@@ -55,7 +56,9 @@ pub(crate) enum EngineEvent {
 
 /// The database's event bus.
 pub(crate) struct Bus {
-    tx: broadcast::Sender<EngineEvent>,
+    /// Created by the first `subscribe`: a database nobody observes never
+    /// allocates the ring.
+    tx: OnceLock<broadcast::Sender<EngineEvent>>,
     /// Live subscriptions that want execution events.
     executions: AtomicUsize,
 }
@@ -63,7 +66,7 @@ pub(crate) struct Bus {
 impl Bus {
     pub(crate) fn new() -> Bus {
         Bus {
-            tx: broadcast::channel(CAPACITY).0,
+            tx: OnceLock::new(),
             executions: AtomicUsize::new(0),
         }
     }
@@ -71,7 +74,9 @@ impl Bus {
     /// A new receiver. A receiver that wants executions must be paired with
     /// one `wants_executions(+1)` now and one `(-1)` when it is dropped.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
-        self.tx.subscribe()
+        self.tx
+            .get_or_init(|| broadcast::channel(CAPACITY).0)
+            .subscribe()
     }
 
     pub(crate) fn count_execution_listener(&self, listening: Listening) {
@@ -88,9 +93,11 @@ impl Bus {
 
     /// Sends `event` if anyone listens (built lazily).
     pub(crate) fn send_with(&self, event: impl FnOnce() -> EngineEvent) {
-        if self.tx.receiver_count() != 0 {
+        if let Some(tx) = self.tx.get()
+            && tx.receiver_count() != 0
+        {
             // An error only means every receiver went away meanwhile.
-            let _ = self.tx.send(event());
+            let _ = tx.send(event());
         }
     }
 }
