@@ -99,10 +99,7 @@ async fn reclaimed_ids_keep_a_churning_session_steady() {
             }
             batch.commit().unwrap();
             assert_eq!(db.query::<Len>(k).await.unwrap(), k + 1);
-            peak = (
-                peak.0.max(keys(&db, "File")),
-                peak.1.max(keys(&db, "Len")),
-            );
+            peak = (peak.0.max(keys(&db, "File")), peak.1.max(keys(&db, "Len")));
         }
         assert_eq!(len.get(), 5000);
         // Bounded by what the rule keeps (the last 40 + 10 revisions' keys
@@ -296,18 +293,26 @@ async fn a_save_after_collection_writes_no_freed_keys_and_loads_right() {
             assert_eq!(db.query::<Len>(k).await.unwrap(), k + 1);
         }
         // Keys 8, 9, 100 and 200..205 are left.
-        assert_eq!(db.save_cache(&path).await.unwrap().inputs, 8);
+        let saved = db.save_cache(&path).await.unwrap();
+        assert_eq!((saved.inputs, saved.memos), (8, 5));
 
         let len2 = Count::new();
         let fresh = build(&len2, |b| b);
-        assert!(fresh.load_cache(&path, LoadOptions::default()).await.unwrap().loaded);
+        assert!(
+            fresh
+                .load_cache(&path, LoadOptions::default())
+                .await
+                .unwrap()
+                .loaded
+        );
         assert_eq!(keys(&fresh, "File"), 8, "the file holds no freed key");
         for k in (0..10).chain(200..205) {
             let want = if k < 8 { 0 } else { k + 1 };
             assert_eq!(fresh.query::<Len>(k).await.unwrap(), want);
         }
-        // Only the memos of removed keys (collected) run again.
-        assert_eq!(len2.take(), 8);
+        // The collected memos (keys 0..10) run again; the saved ones
+        // (200..205) are reused.
+        assert_eq!(len2.take(), 10);
     })
     .await;
 }
@@ -359,7 +364,13 @@ async fn appends_across_collections_and_reused_ids_load_right() {
         }
         let len2 = Count::new();
         let fresh = build(&len2, |b| b);
-        assert!(fresh.load_cache(&path, LoadOptions::default()).await.unwrap().loaded);
+        assert!(
+            fresh
+                .load_cache(&path, LoadOptions::default())
+                .await
+                .unwrap()
+                .loaded
+        );
         assert_eq!(fresh.input_opt::<File>(&1).unwrap(), Some(11));
         assert_eq!(fresh.input_opt::<File>(&2).unwrap(), None);
         assert_eq!(fresh.input_opt::<File>(&3).unwrap(), None);

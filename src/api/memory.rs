@@ -80,7 +80,10 @@ pub struct KindMemory {
     pub entries: usize,
     /// Input slots that are tombstones.
     pub tombstones: usize,
-    /// Keys the kind has ever seen (ids are never reused: see the README).
+    /// Key ids in use: keys in the view's tables, keys read (even as
+    /// absent), and ids retired by a collection but not yet reusable
+    /// (a snapshot from before it is alive). Interned kinds: values ever
+    /// interned (interned ids are never reclaimed).
     pub keys: usize,
     /// Estimated bytes: the tables, memo headers, dependency edges and key
     /// ids — shallow: heap data owned by keys and values (a `String`'s

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::engine::counters::Counters;
+use crate::engine::epoch::Epoch;
 use crate::engine::execution::Execution;
 use crate::engine::storage::{
     Dep, History, IngredientIndex, KeyId, MemoRef, Publish, Table, UNTRACKED,
@@ -55,9 +56,24 @@ pub(crate) trait Ingredient: Any + Send + Sync {
     fn durability(&self) -> Durability {
         Durability::High
     }
-    /// Inputs: when the slot last changed (`ZERO` if never set).
-    fn input_changed_at(&self, _table: &Table, _key: KeyId) -> Revision {
-        Revision::ZERO
+    /// Inputs: when the slot last changed (`ZERO` if never set), or `None`
+    /// if `key` names no key any more (its id was reclaimed: whatever read
+    /// it reads it as changed).
+    fn input_changed_at(&self, _table: &Table, _key: KeyId) -> Option<Revision> {
+        Some(Revision::ZERO)
+    }
+    /// Whether `key` still names a key of this kind (false once the id was
+    /// reclaimed, see `typed/keys.rs`).
+    fn names_key(&self, _key: KeyId) -> bool {
+        true
+    }
+    /// Whether a memo under `key` may be in a state of epoch `epoch`: the
+    /// id is its key's current one, or was retired no earlier than that
+    /// epoch (see `typed/keys.rs`). A walk reads an edge to a query key for
+    /// which this is false as changed instead of fetching it (what it
+    /// computed would not be kept).
+    fn key_live_in(&self, _key: KeyId, _epoch: u64) -> bool {
+        true
     }
 
     /// Queries: the memo stored for `key` and the revision it was verified at.
@@ -72,10 +88,18 @@ pub(crate) trait Ingredient: Any + Send + Sync {
     fn table_len(&self, _table: &Table) -> usize {
         0
     }
-    /// Queries: `table` (of a state in `history`) with `items` inserted where
-    /// they are verified later than what it holds, or `None` if nothing would
-    /// change.
-    fn insert_memos(&self, _table: &Table, _items: &[Publish], _history: History) -> Option<Table> {
+    /// Queries: `table` (of a state in `history` and of epoch `epoch`) with
+    /// `items` inserted where they are verified later than what it holds,
+    /// or `None` if nothing would change. An item under a key id retired
+    /// before `epoch` is left out (a state newer than a retirement never
+    /// holds a memo under the retired id: `typed/keys.rs`).
+    fn insert_memos(
+        &self,
+        _table: &Table,
+        _items: &[Publish],
+        _history: History,
+        _epoch: u64,
+    ) -> Option<Table> {
         None
     }
     /// Queries: `table` (of a state in `history`) keeping only the `keep`
@@ -99,9 +123,21 @@ pub(crate) trait Ingredient: Any + Send + Sync {
     }
     /// Garbage: `table` without the memos last known valid before `before`
     /// (queries) or the tombstones written before `before` (inputs), and
-    /// how many entries went; `None` if none qualifies.
-    fn sweep(&self, _table: &Table, _before: Revision) -> Option<(Table, usize)> {
+    /// how many entries went; `None` if none qualifies. With `retire` (the
+    /// database's own table, in that epoch), the ids of the keys dropped are
+    /// retired, and memos under ids retired earlier are dropped too.
+    fn sweep(
+        &self,
+        _table: &Table,
+        _before: Revision,
+        _retire: Option<&Epoch>,
+    ) -> Option<(Table, usize)> {
         None
+    }
+    /// Key ids retired in epochs that have ended become reusable; returns
+    /// how many.
+    fn release_keys(&self) -> usize {
+        0
     }
     /// An estimate of what `table` holds (shallow: heap data owned by keys
     /// and values is not followed).

@@ -218,7 +218,7 @@ impl Walk {
                             .pinned()
                             .tables
                             .get(dep.ingredient.as_usize())
-                            .map(|t| dep_ing.input_changed_at(t, dep.key)),
+                            .and_then(|t| dep_ing.input_changed_at(t, dep.key)),
                         IngredientKind::Query => {
                             if let Some(m) = self.verified.get(&dep) {
                                 Some(m.meta().changed_at)
@@ -246,6 +246,16 @@ impl Walk {
                                             memo: m,
                                             next: 0,
                                         });
+                                        continue;
+                                    }
+                                    // An edge to a key whose id was
+                                    // reclaimed: that key is gone from the
+                                    // database (what a fetch under the old id
+                                    // computed would not be kept): changed.
+                                    _ if !dep_ing
+                                        .key_live_in(dep.key, acc.pinned().epoch.seq()) =>
+                                    {
+                                        self.changed = Some(dep);
                                         continue;
                                     }
                                     // No memo, or a cycle among the old
@@ -313,13 +323,20 @@ impl Walk {
                 };
                 self.on_stack.pop(frame.dep);
                 self.changed = None;
+                let Ok(frame_ing) = registry.get(frame.dep.ingredient) else {
+                    debug_assert!(false, "a frame names an unregistered ingredient");
+                    return Step::Done(Verdict::Changed(Reason::Unverifiable));
+                };
+                // A frame reached through an edge whose key id was reclaimed
+                // since: its parent reads it as changed (see above).
+                if !frame_ing.key_live_in(frame.dep.key, acc.pinned().epoch.seq()) {
+                    self.changed = Some(frame.dep);
+                    continue;
+                }
                 // The frame's memo may be an older one an edge led to, not
                 // the one now in the table (which may well be valid): only
                 // call the table's memo stale if it is this one.
-                let current = registry
-                    .get(frame.dep.ingredient)
-                    .ok()
-                    .and_then(|ing| acc.lookup(frame.dep.ingredient, &**ing, frame.dep.key));
+                let current = acc.lookup(frame.dep.ingredient, &**frame_ing, frame.dep.key);
                 let hint = match current {
                     Some((m, _)) if Arc::ptr_eq(&m, &frame.memo) => {
                         Hint::Stale(Reason::DependencyChanged(cause))

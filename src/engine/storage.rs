@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
+use crate::engine::epoch::Epoch;
 use crate::revision::{Durability, Revision};
 use crate::{Error, Result};
 
@@ -44,32 +45,56 @@ impl std::fmt::Display for IngredientIndex {
     }
 }
 
-/// Dense per-ingredient id of a key (see `typed::keys::KeyTable`): the
-/// same key always has the same id within one ingredient of one database.
+/// Per-ingredient id of a key (see `typed::keys::KeyIds`): a dense slot
+/// and the slot's generation. While a key is in the database it keeps one
+/// id; the id of a key that garbage collection removed is reclaimed, and
+/// its slot is reused under the next generation, so an old id (in an edge,
+/// a cache link map) never names the slot's new key (`engine/epoch.rs`).
+/// Interned ids are slots of generation 0, never reclaimed.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
-pub(crate) struct KeyId(u32);
+pub(crate) struct KeyId {
+    slot: u32,
+    generation: u32,
+}
 
 impl KeyId {
+    /// Slot `id`, generation 0.
     #[inline]
     pub(crate) const fn new(id: u32) -> KeyId {
-        KeyId(id)
+        KeyId::at(id, 0)
     }
 
+    /// Slot `slot` at `generation`.
+    #[inline]
+    pub(crate) const fn at(slot: u32, generation: u32) -> KeyId {
+        KeyId { slot, generation }
+    }
+
+    /// The slot.
     #[inline]
     pub(crate) const fn get(self) -> u32 {
-        self.0
+        self.slot
     }
 
-    /// Its position in dense per-key arrays.
+    /// The slot's generation this id was given at.
+    #[inline]
+    pub(crate) const fn generation(self) -> u32 {
+        self.generation
+    }
+
+    /// Its position in dense per-key arrays (the slot).
     #[inline]
     pub(crate) const fn as_usize(self) -> usize {
-        self.0 as usize
+        self.slot as usize
     }
 }
 
 impl std::fmt::Display for KeyId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        match self.generation {
+            0 => self.slot.fmt(f),
+            g => write!(f, "{}.{g}", self.slot),
+        }
     }
 }
 
@@ -98,7 +123,8 @@ impl History {
     }
 }
 
-/// A dependency edge: ingredient index + key id, 8 bytes.
+/// A dependency edge: ingredient index + key id (slot and generation), 12
+/// bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub(crate) struct Dep {
     pub ingredient: IngredientIndex,
@@ -195,6 +221,9 @@ pub(crate) struct State {
     /// still valid without walking its dependencies.
     pub last_changed: [Revision; Durability::COUNT],
     pub tables: Box<[Table]>,
+    /// The epoch this state belongs to: key ids retired in it are not
+    /// reused while it (or an older state) exists (`engine/epoch.rs`).
+    pub epoch: Epoch,
 }
 
 impl State {

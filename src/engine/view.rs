@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::engine::counters::Counter;
+use crate::engine::epoch::Epoch;
 use crate::engine::events::{Bus, EngineEvent, Write, Written};
 use crate::engine::inflight::{InFlight, Node};
 use crate::engine::ingredient::{Ingredient, IngredientKind, Registry};
@@ -42,6 +43,9 @@ pub(crate) struct Shared {
     events: Bus,
     /// Capacities and the collection rule.
     limits: Limits,
+    /// Saves and appends in progress: while any is, no key id is released
+    /// (they resolve the ids of the state they write: `engine/epoch.rs`).
+    ids_held: Mutex<usize>,
 }
 
 impl Shared {
@@ -80,6 +84,14 @@ impl Shared {
         &self.events
     }
 
+    /// Keeps every retired key id resolvable (no release) while the guard
+    /// lives: for a save or an append, which resolve the ids of a state
+    /// and of the journal while the database goes on.
+    pub(crate) fn hold_ids(self: &Arc<Self>) -> IdsHeld {
+        *lock(&self.ids_held) += 1;
+        IdsHeld(self.clone())
+    }
+
     /// Notes a change of a persistent kind in the database's history.
     pub(crate) fn note_change(&self, revision: Revision, dep: Dep) {
         if self.journaling
@@ -90,6 +102,16 @@ impl Shared {
         {
             lock(&self.journal).push(revision, dep);
         }
+    }
+}
+
+/// See [`Shared::hold_ids`].
+pub(crate) struct IdsHeld(Arc<Shared>);
+
+impl Drop for IdsHeld {
+    fn drop(&mut self) {
+        let mut held = lock(&self.0.ids_held);
+        *held = held.saturating_sub(1);
     }
 }
 
@@ -186,6 +208,7 @@ impl ViewCore {
             fork: MAIN_FORK,
             last_changed: [Revision::ZERO; Durability::COUNT],
             tables,
+            epoch: Epoch::first(),
         };
         let state = Arc::new(state);
         Arc::new(ViewCore {
@@ -199,6 +222,7 @@ impl ViewCore {
                 attachment,
                 events: Bus::new(),
                 limits,
+                ids_held: Mutex::new(0),
             }),
             state: ArcSwap::new(state.clone()),
             parent: None,
@@ -208,7 +232,14 @@ impl ViewCore {
             merged_len: AtomicUsize::new(0),
             writer: Mutex::new(()),
             newest_identity: AtomicU64::new(0),
-            origin: state,
+            // The database never forks (only snapshots reset to their
+            // origin), and its first state holds no key: it belongs to no
+            // epoch of the database's chain, so it keeps none alive (an
+            // epoch is kept by every older one: `epoch.rs`).
+            origin: Arc::new(State {
+                epoch: Epoch::first(),
+                ..State::clone(&state)
+            }),
             gate: RwLock::new(()),
         })
     }
@@ -267,6 +298,16 @@ impl ViewCore {
     /// Swaps in a state whose tables `f` replaced (`None`: nothing to do),
     /// retrying if another swap won the race.
     fn update_tables(&self, f: impl Fn(&State) -> Option<Vec<(IngredientIndex, Table)>>) {
+        self.update_tables_in(f, false);
+    }
+
+    /// `update_tables`; with `next_epoch`, the new state starts the epoch
+    /// after its base's (a collection that retired key ids).
+    fn update_tables_in(
+        &self,
+        f: impl Fn(&State) -> Option<Vec<(IngredientIndex, Table)>>,
+        next_epoch: bool,
+    ) {
         let mut cur = self.state.load_full();
         loop {
             let Some(changes) = f(&cur) else {
@@ -278,6 +319,9 @@ impl ViewCore {
             let mut next = State::clone(&cur);
             for (index, table) in changes {
                 next.tables[index.as_usize()] = table;
+            }
+            if next_epoch {
+                next.epoch = cur.epoch.successor();
             }
             let prev = self.state.compare_and_swap(&cur, Arc::new(next));
             if Arc::ptr_eq(&*prev, &cur) {
@@ -539,31 +583,48 @@ impl ViewCore {
     fn collect_locked(&self, before: Revision) -> Swept {
         self.merge_pending_now(true);
         let registry = &self.shared.registry;
+        // The database's own collection also reclaims the key ids of what
+        // it drops (retired in the current epoch; the swapped-in state
+        // starts the next one). A snapshot's collection only drops memos.
+        let reclaim = self.parent.is_none();
         let swept = std::cell::Cell::new(Swept::default());
-        self.update_tables(|state| {
-            let mut total = Swept::default();
-            let mut changes = Vec::new();
-            for (index, ing) in registry.iter() {
-                let Some(table) = state.tables.get(index.as_usize()) else {
-                    continue;
-                };
-                let Some(Some((table, n))) = catch(|| ing.sweep(table, before)) else {
-                    continue;
-                };
-                match ing.kind() {
-                    IngredientKind::Input => total.tombstones += n,
-                    _ => total.memos += n,
+        self.update_tables_in(
+            |state| {
+                let mut total = Swept::default();
+                let mut changes = Vec::new();
+                let retire = reclaim.then_some(&state.epoch);
+                for (index, ing) in registry.iter() {
+                    let Some(table) = state.tables.get(index.as_usize()) else {
+                        continue;
+                    };
+                    let Some(Some((table, n))) = catch(|| ing.sweep(table, before, retire)) else {
+                        continue;
+                    };
+                    match ing.kind() {
+                        IngredientKind::Input => total.tombstones += n,
+                        _ => total.memos += n,
+                    }
+                    changes.push((index, table));
                 }
-                changes.push((index, table));
-            }
-            swept.set(total);
-            Some(changes)
-        });
+                swept.set(total);
+                Some(changes)
+            },
+            reclaim,
+        );
         let swept = swept.get();
-        if swept != Swept::default() {
+        let mut released = 0;
+        if reclaim {
+            // Not while a save or append resolves the ids of its state.
+            let held = lock(&self.shared.ids_held);
+            if *held == 0 {
+                released = registry.iter().map(|(_, ing)| ing.release_keys()).sum();
+            }
+        }
+        if swept != Swept::default() || released > 0 {
             tracing::debug!(
                 memos = swept.memos,
                 tombstones = swept.tombstones,
+                released_key_ids = released,
                 "garbage collected"
             );
         }
@@ -616,13 +677,14 @@ fn insert_caught(
     state: &State,
 ) -> Option<Table> {
     let history = History::of(state.fork);
-    if let Some(result) = catch(|| ing.insert_memos(table, items, history)) {
+    let epoch = state.epoch.seq();
+    if let Some(result) = catch(|| ing.insert_memos(table, items, history, epoch)) {
         return result;
     }
     let mut current: Option<Table> = None;
     for item in items {
         let base = current.as_ref().unwrap_or(table);
-        match catch(|| ing.insert_memos(base, std::slice::from_ref(item), history)) {
+        match catch(|| ing.insert_memos(base, std::slice::from_ref(item), history, epoch)) {
             Some(Some(next)) => current = Some(next),
             Some(None) => {}
             None => tracing::warn!(

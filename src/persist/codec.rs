@@ -39,7 +39,7 @@ impl<K: Clone, V> Codec<K, V> {
     /// Encodes the keys with these ids, as one blob.
     pub(crate) fn encode_key_ids(
         &self,
-        table: &crate::typed::keys::KeyTable<K>,
+        table: &crate::typed::keys::KeyIds<K>,
         ids: &[crate::engine::storage::KeyId],
     ) -> Result<Vec<u8>>
     where
@@ -47,7 +47,7 @@ impl<K: Clone, V> Codec<K, V> {
     {
         let keys = ids
             .iter()
-            .map(|id| table.value(*id).cloned())
+            .map(|id| table.value(*id))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::internal("unknown key id"))?;
         (self.encode_keys)(&keys)

@@ -59,9 +59,15 @@ async fn off_runtime<T: Send + 'static>(
 /// [`View::save_cache`](crate::View::save_cache): takes the state now, writes
 /// it off the runtime.
 pub(crate) async fn save(view: &Arc<ViewCore>, path: &std::path::Path) -> Result<SaveReport> {
+    // No key id is released while the save resolves its state's ids.
+    let held = view.shared().hold_ids();
     let snapshot = save::snapshot_for_save(view);
     let (view, path) = (view.clone(), path.to_path_buf());
-    off_runtime(move || save::save(&view, &path, snapshot)).await
+    off_runtime(move || {
+        let _held = held;
+        save::save(&view, &path, snapshot)
+    })
+    .await
 }
 
 /// [`Database::append_cache`](crate::Database::append_cache), off the runtime.

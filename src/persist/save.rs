@@ -65,6 +65,13 @@ impl KeyMaps {
         })
     }
 
+    /// Whether `key` has a place in section `section` already.
+    fn known(&self, section: usize, key: KeyId) -> bool {
+        self.maps
+            .get(&section)
+            .is_some_and(|(map, _)| map.contains_key(&key))
+    }
+
     /// KEYS records for keys first referenced since the last call.
     fn flush(&mut self, sections: &Sections<'_>, out: &mut Vec<u8>) -> Result<usize> {
         let mut records = 0;
@@ -85,13 +92,19 @@ impl KeyMaps {
 }
 
 /// A memo worth persisting: not an error, and every dependency persistent.
-fn persistable(memo: &MemoRef, sections: &Sections<'_>) -> bool {
+/// Nor one whose key or an edge names a key id reclaimed since (such a
+/// memo reads as changed anyway, and its key could not be written:
+/// `typed/keys.rs`).
+fn persistable(memo: &MemoRef, section: usize, sections: &Sections<'_>) -> bool {
+    let meta = memo.meta();
     memo.error().is_none()
-        && memo
-            .meta()
-            .deps
-            .iter()
-            .all(|e| sections.by_ingredient.contains_key(&e.dep.ingredient))
+        && sections.list[section].1.names_key(meta.key)
+        && meta.deps.iter().all(|e| {
+            sections
+                .by_ingredient
+                .get(&e.dep.ingredient)
+                .is_some_and(|&s| sections.list[s].1.names_key(e.dep.key))
+        })
 }
 
 /// Appends one memo to a MEMOS payload.
@@ -225,7 +238,7 @@ fn save_locked(
                         &memo
                             .meta()
                             .effective_verified(*entry_verified, state.revision, main);
-                    if !persistable(memo, &sections) {
+                    if !persistable(memo, s, &sections) {
                         report.skipped_memos += 1;
                         continue;
                     }
@@ -402,6 +415,9 @@ fn append_reporting(
     };
     check_owned(path, link)?;
     view.merge_pending();
+    // The journal's entries and the state name key ids: none is released
+    // while they are written.
+    let _held = view.shared().hold_ids();
     let (entries, overflowed) = {
         let mut journal = lock(view.shared().journal());
         (journal.take(), journal.overflowed)
@@ -572,6 +588,15 @@ fn write_append(
                 let Some((key, changed_at, present)) = slots.first() else {
                     continue;
                 };
+                // Absent, never set, and not in the file under this id:
+                // nothing to overwrite (and the id may name no key any
+                // more: its key was collected and the id reclaimed).
+                if !present
+                    && *changed_at == crate::revision::Revision::ZERO
+                    && !keys.known(s, *key)
+                {
+                    continue;
+                }
                 e.var(s as u64)
                     .var(1)
                     .var(keys.index(s, *key) as u64)
@@ -585,7 +610,7 @@ fn write_append(
                 let Some((memo, entry_verified)) = ing.memo(table, dep.key) else {
                     continue;
                 };
-                if !persistable(&memo, &sections) {
+                if !persistable(&memo, s, &sections) {
                     continue;
                 }
                 let Some(value) = kind.encode_memo_value(&memo)? else {

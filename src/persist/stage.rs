@@ -9,18 +9,18 @@ use super::{Codec, LoadedMemo, Stage};
 use crate::engine::storage::{Encoded, Entry, InputSlot, KeyId, Memo, Table, new_map};
 use crate::error::{Error, Result};
 use crate::revision::Revision;
-use crate::typed::keys::KeyTable;
+use crate::typed::keys::{KeyIds, KeyTable};
 
 /// Staging for an input or query kind.
 pub(crate) struct KeyedStage<'a, K, V> {
     codec: &'a Codec<K, V>,
-    table: &'a KeyTable<K>,
+    table: &'a KeyIds<K>,
     keys: Vec<K>,
     inputs: HashMap<usize, (Revision, Option<V>)>,
 }
 
 impl<'a, K, V> KeyedStage<'a, K, V> {
-    pub(crate) fn new(codec: &'a Codec<K, V>, table: &'a KeyTable<K>) -> Self {
+    pub(crate) fn new(codec: &'a Codec<K, V>, table: &'a KeyIds<K>) -> Self {
         KeyedStage {
             codec,
             table,
@@ -177,6 +177,16 @@ where
             let (Some(key), Some(&id)) = (self.keys.get(file_key), key_ids.get(file_key)) else {
                 continue;
             };
+            // One key can have several places in a cache whose log was
+            // appended across collections that reclaimed its id
+            // (`typed/keys.rs`): the record of its current slot is the one
+            // that changed last (present over absent at one revision); the
+            // older places were written as absent when the key left them.
+            if map.get(key).is_some_and(|old: &InputSlot<V>| {
+                (old.changed_at, old.value.is_some()) > (changed_at, value.is_some())
+            }) {
+                continue;
+            }
             map.insert(
                 key.clone(),
                 InputSlot {
@@ -211,6 +221,15 @@ where
             let Some(key) = self.keys.get(m.file_key) else {
                 continue;
             };
+            // A key in several places (see `input_table`): the memo
+            // verified last. Any of them would be sound (validity is
+            // identity); this one is the likeliest to be reused as is.
+            if map
+                .get(key)
+                .is_some_and(|old: &Entry<V>| old.verified_at > m.verified_at)
+            {
+                continue;
+            }
             let memo = Memo::loaded(
                 m.meta,
                 Encoded {

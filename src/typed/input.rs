@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::api::kinds::Input;
 use crate::api::registry::{DatabaseBuilder, TypedLookup};
 use crate::engine::counters::Counters;
+use crate::engine::epoch::Epoch;
 use crate::engine::events::Write;
 use crate::engine::ingredient::{Footprint, Ingredient, IngredientKind, Registry};
 use crate::engine::storage::{
@@ -18,7 +19,7 @@ use crate::persist::{
     Codec, CodecInfo, InputsBlob, KIND_INPUT, PersistKind, Stage, stage::KeyedStage,
 };
 use crate::revision::{Durability, Revision};
-use crate::typed::keys::{KeyTable, MAP_OVERHEAD, key_bytes};
+use crate::typed::keys::{KeyIds, MAP_OVERHEAD, key_bytes};
 use crate::util::{short_type_name, values_equal};
 use facet::Facet;
 
@@ -26,7 +27,7 @@ type TableOf<I> = InputTable<<I as Input>::Key, <I as Input>::Value>;
 
 pub(crate) struct InputIngredient<I: Input> {
     name: String,
-    keys: KeyTable<I::Key>,
+    keys: KeyIds<I::Key>,
     counters: Counters,
     /// Registered as persistent (its changes are journaled for appends).
     journaled: bool,
@@ -36,7 +37,7 @@ impl<I: Input> InputIngredient<I> {
     fn new(journaled: bool) -> Self {
         InputIngredient {
             name: short_type_name::<I>(),
-            keys: KeyTable::new(),
+            keys: KeyIds::new(),
             counters: Counters::default(),
             journaled,
         }
@@ -120,21 +121,41 @@ impl<I: Input> Ingredient for InputIngredient<I> {
         self.journaled
     }
 
-    fn sweep(&self, table: &Table, before: Revision) -> Option<(Table, usize)> {
+    fn sweep(
+        &self,
+        table: &Table,
+        before: Revision,
+        retire: Option<&Epoch>,
+    ) -> Option<(Table, usize)> {
         let current = table.downcast_ref::<TableOf<I>>()?;
-        let old: Vec<&I::Key> = current
+        let old: Vec<(&I::Key, KeyId)> = current
             .iter()
             .filter(|(_, slot)| slot.value.is_none() && slot.changed_at < before)
-            .map(|(k, _)| k)
+            .map(|(k, slot)| (k, slot.key))
             .collect();
         if old.is_empty() {
             return None;
         }
         let mut next = current.clone();
-        for key in &old {
+        for (key, _) in &old {
             next.remove(*key);
         }
+        // The tombstone was the key's last entry: its id goes (the
+        // database's table is only written under its writer lock, which the
+        // collection holds, so no slot for the key comes back meanwhile).
+        if let Some(epoch) = retire {
+            let ids: Vec<KeyId> = old.iter().map(|(_, id)| *id).collect();
+            self.keys.retire(&ids, epoch);
+        }
         Some((Arc::new(next), old.len()))
+    }
+
+    fn release_keys(&self) -> usize {
+        self.keys.release()
+    }
+
+    fn names_key(&self, key: KeyId) -> bool {
+        self.keys.names(key)
     }
 
     fn footprint(&self, table: &Table) -> Footprint {
@@ -155,11 +176,11 @@ impl<I: Input> Ingredient for InputIngredient<I> {
         }
     }
 
-    fn input_changed_at(&self, table: &Table, key: KeyId) -> Revision {
-        let slot = table
-            .downcast_ref::<TableOf<I>>()
-            .and_then(|t| t.get(self.keys.value(key)?));
-        slot.map_or(Revision::ZERO, |s| s.changed_at)
+    fn input_changed_at(&self, table: &Table, key: KeyId) -> Option<Revision> {
+        let table = table.downcast_ref::<TableOf<I>>()?;
+        self.keys.with(key, |k| {
+            table.get(k).map_or(Revision::ZERO, |s| s.changed_at)
+        })
     }
 }
 
@@ -274,16 +295,17 @@ impl<I: Input> PersistKind for PersistentInput<I> {
             None => table.values().for_each(&mut push),
             Some(ids) => {
                 for &id in ids {
-                    let Some(key) = self.ing.keys.value(id) else {
-                        continue;
-                    };
-                    match table.get(key) {
-                        Some(slot) => push(slot),
+                    let slot = self.ing.keys.with(id, |key| table.get(key).cloned());
+                    match slot.flatten() {
+                        Some(slot) if slot.key == id => push(&slot),
                         // A slot that changed and is gone since (a collected
-                        // tombstone) reads as never set: say so, or the
+                        // tombstone), or that its key holds under a new id
+                        // since this one was reclaimed (the new id's record
+                        // says what it holds), or an id that names no key
+                        // any more: never set under this id. Say so, or the
                         // record it replaces (the value the base holds)
                         // would come back at the next load.
-                        None => push(&InputSlot {
+                        _ => push(&InputSlot {
                             key: id,
                             value: None,
                             changed_at: Revision::ZERO,

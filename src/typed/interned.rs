@@ -7,7 +7,7 @@ use crate::api::kinds::{Id, Interned};
 use crate::api::registry::DatabaseBuilder;
 use crate::api::registry::TypedLookup;
 use crate::engine::counters::Counters;
-use crate::engine::ingredient::{Ingredient, IngredientKind, Registry};
+use crate::engine::ingredient::{Footprint, Ingredient, IngredientKind, Registry};
 use crate::engine::storage::{KeyId, Table};
 use crate::error::{Error, ErrorKind, Result};
 use crate::persist::{Codec, CodecInfo, KIND_INTERNED, PersistKind, Stage, stage::InternedStage};
@@ -89,6 +89,17 @@ impl<T: Interned> Ingredient for InternedIngredient<T> {
 
     fn debug_key(&self, key: KeyId) -> String {
         self.values.debug(key)
+    }
+
+    fn footprint(&self, _table: &Table) -> Footprint {
+        // Never reclaimed: every value ever interned (S9).
+        let n = self.values.len();
+        Footprint {
+            entries: n,
+            tombstones: 0,
+            keys: n,
+            bytes: n * (2 * std::mem::size_of::<T::Value>() + 16),
+        }
     }
 }
 

@@ -1,15 +1,24 @@
-//! Append-only bijections `T ↔ u32`.
+//! Bijections between values and small ids, shared by every view of a
+//! database.
 //!
-//! Used twice: every ingredient maps its keys to dense ids (so dependency
-//! edges are 8 bytes: ingredient index + key id), and interned kinds map their
-//! values to [`Id`](crate::Id)s. Both are shared by every view of a database
-//! and only ever grow. Reads by id are lock-free; reads by value take a shard's
-//! read lock (they are off the warm-hit path).
+//! - [`KeyIds`]: every input and query kind maps its keys to dense
+//!   [`KeyId`]s (slot + generation), so dependency edges are 12 bytes
+//!   (ingredient index + key id). The ids of keys that garbage collection
+//!   removed are reclaimed and their slots reused under a new generation
+//!   (issue 11: a churning dev server holds steady).
+//! - [`KeyTable`]: interned kinds map their values to [`Id`](crate::Id)s,
+//!   append-only. An interned id is a user-visible handle that may be held
+//!   anywhere (in a value, a key, a file), so it is never reclaimed. Reads
+//!   by id are lock-free.
+//!
+//! Reads by value take a shard's read lock (they are off the warm-hit path).
 
+use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 
+use crate::engine::epoch::{Epoch, EpochWatch};
 use crate::engine::storage::KeyId;
 use crate::util::{lock, read, write};
 
@@ -74,83 +83,104 @@ pub(crate) const MAP_OVERHEAD: usize = 24;
 /// The counts in front of an `Arc`'s value.
 pub(crate) const ARC_OVERHEAD: usize = 16;
 
-/// Estimated bytes a [`KeyTable`] spends per key: the value twice (by id
-/// and by value), the id, and the hash map's slot and control byte.
+/// Estimated bytes a [`KeyIds`] spends per key: the value twice (in its
+/// slot and by value), the slot's lock and generation, the id, and the
+/// hash map's slot and control byte.
 pub(crate) fn key_bytes<T>() -> usize {
-    2 * std::mem::size_of::<T>() + 16
+    2 * std::mem::size_of::<T>() + 40
 }
 
-/// `T ↔ u32`, append-only, deduplicated by value.
-pub(crate) struct KeyTable<T> {
+type Shard<T, I> = RwLock<HashMap<T, I, ahash::RandomState>>;
+
+/// `T → I`, sharded by the value's hash.
+struct Shards<T, I> {
     hasher: ahash::RandomState,
-    shards: [RwLock<std::collections::HashMap<T, KeyId, ahash::RandomState>>; SHARDS],
+    shards: [Shard<T, I>; SHARDS],
+}
+
+impl<T: Eq + Hash, I> Shards<T, I> {
+    fn new() -> Self {
+        Shards {
+            hasher: ahash::RandomState::new(),
+            shards: std::array::from_fn(|_| RwLock::new(Default::default())),
+        }
+    }
+
+    fn index(&self, value: &T) -> usize {
+        self.hasher.hash_one(value) as usize % SHARDS
+    }
+
+    fn shard(&self, value: &T) -> &Shard<T, I> {
+        &self.shards[self.index(value)]
+    }
+
+    fn get(&self, value: &T) -> Option<I>
+    where
+        I: Copy,
+    {
+        read(self.shard(value)).get(value).copied()
+    }
+
+    /// The id of `value`, or the one `new` makes for it (under the shard's
+    /// write lock, so two callers never make two).
+    fn get_or_insert(&self, value: &T, new: impl FnOnce() -> Option<I>) -> Option<I>
+    where
+        T: Clone,
+        I: Copy,
+    {
+        if let Some(id) = self.get(value) {
+            return Some(id);
+        }
+        let mut map = write(self.shard(value));
+        if let Some(id) = map.get(value) {
+            return Some(*id);
+        }
+        let id = new()?;
+        map.insert(value.clone(), id);
+        Some(id)
+    }
+
+    /// Every shard, write-locked, each with room for its part of `n` more.
+    fn lock_all(
+        &self,
+        n: usize,
+    ) -> Vec<std::sync::RwLockWriteGuard<'_, HashMap<T, I, ahash::RandomState>>> {
+        let mut shards: Vec<_> = self.shards.iter().map(write).collect();
+        for shard in &mut shards {
+            shard.reserve(n / SHARDS + 1);
+        }
+        shards
+    }
+}
+
+/// `T ↔ KeyId` (generation 0), append-only, deduplicated by value
+/// (interned kinds).
+pub(crate) struct KeyTable<T> {
+    ids: Shards<T, KeyId>,
     items: AppendVec<T>,
 }
 
 impl<T: Clone + Eq + Hash> KeyTable<T> {
     pub(crate) fn new() -> Self {
         KeyTable {
-            hasher: ahash::RandomState::new(),
-            shards: std::array::from_fn(|_| RwLock::new(Default::default())),
+            ids: Shards::new(),
             items: AppendVec::new(),
         }
     }
 
-    fn shard(&self, value: &T) -> &RwLock<std::collections::HashMap<T, KeyId, ahash::RandomState>> {
-        let h = self.hasher.hash_one(value) as usize;
-        &self.shards[h % SHARDS]
-    }
-
-    /// The id of `value`, if it was ever interned.
-    pub(crate) fn get(&self, value: &T) -> Option<KeyId> {
-        read(self.shard(value)).get(value).copied()
-    }
-
     /// The id of `value`, interning it if new. `None` only if 2^32 ids are used.
     pub(crate) fn intern(&self, value: &T) -> Option<KeyId> {
-        if let Some(id) = self.get(value) {
-            return Some(id);
-        }
-        let shard = self.shard(value);
-        let mut map = write(shard);
-        if let Some(id) = map.get(value) {
-            return Some(*id);
-        }
-        let id = KeyId::new(u32::try_from(self.items.push(value.clone())?).ok()?);
-        map.insert(value.clone(), id);
-        Some(id)
-    }
-
-    /// The ids of `values`, interning the new ones (a load's keys): every
-    /// shard is locked once for the whole batch instead of three lock
-    /// operations and three hashes per key. `None` only if 2^32 ids are used.
-    pub(crate) fn intern_all(&self, values: &[T]) -> Option<Vec<KeyId>> {
-        let mut shards: Vec<_> = self.shards.iter().map(write).collect();
-        let spread = values.len() / SHARDS + 1;
-        for shard in &mut shards {
-            shard.reserve(spread);
-        }
-        let mut ids = Vec::with_capacity(values.len());
-        for value in values {
-            let h = self.hasher.hash_one(value) as usize;
-            let map = &mut shards[h % SHARDS];
-            let id = match map.get(value) {
-                Some(id) => *id,
-                None => {
-                    let id = KeyId::new(u32::try_from(self.items.push(value.clone())?).ok()?);
-                    map.insert(value.clone(), id);
-                    id
-                }
-            };
-            ids.push(id);
-        }
-        Some(ids)
+        self.ids.get_or_insert(value, || {
+            Some(KeyId::new(
+                u32::try_from(self.items.push(value.clone())?).ok()?,
+            ))
+        })
     }
 
     /// Interns `value` at exactly `id` (restoring a persisted table, whose
     /// ids must stay stable). False if `id` is not the next free id.
     pub(crate) fn intern_at(&self, value: &T, id: KeyId) -> bool {
-        let mut map = write(self.shard(value));
+        let mut map = write(self.ids.shard(value));
         if let Some(existing) = map.get(value) {
             return *existing == id;
         }
@@ -188,6 +218,254 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
     }
 }
 
+/// A key id's slot in [`KeyIds`]: the generation it is at and what it holds.
+struct Slot<T> {
+    held: RwLock<(u32, Held<T>)>,
+}
+
+enum Held<T> {
+    /// Unused; reusable if on the free list.
+    Free,
+    /// The id of a key of the database.
+    Live(T),
+    /// Retired by a collection in this epoch: no longer the id a new read
+    /// of the key gets, but states of that epoch or older may still hold
+    /// the key under it, so it still resolves to the key.
+    Retired(T, u64),
+}
+
+/// Retired slots waiting for their epoch to end, and reusable slots.
+#[derive(Default)]
+struct Reuse {
+    limbo: Vec<(EpochWatch, Vec<u32>)>,
+    free: Vec<u32>,
+}
+
+/// The key ids of an input or query kind: `T ↔ KeyId`, deduplicated by
+/// value, with ids reclaimed (issue 11).
+///
+/// Architecture Invariant: an id never names two keys. When a collection
+/// of the database drops the last entry of a key (a tombstone, or a memo),
+/// `retire` takes the key's id away from the key (a later read of the key
+/// gets a new id) but keeps resolving it to the key while a state of the
+/// collection's epoch (or older) exists (`engine/epoch.rs`); `release` then
+/// bumps the slot's generation and lets the next new key have it. Anything
+/// that still names the old generation (a memo's edge, a cache link map, an
+/// event) resolves to nothing: a walk reads that edge as changed, a save
+/// skips that memo. Memos are inserted under a retired id only into states
+/// of its epoch or older (`live_in`), and the database's own collection
+/// drops those it finds, so a state newer than the retirement never holds a
+/// memo under a retired id. A generation that would wrap is never reused.
+pub(crate) struct KeyIds<T> {
+    ids: Shards<T, KeyId>,
+    slots: AppendVec<Slot<T>>,
+    reuse: Mutex<Reuse>,
+    /// Slots live or retired (not free).
+    used: AtomicUsize,
+    /// Whether any slot was ever released (until then every id resolves).
+    released: AtomicBool,
+}
+
+impl<T: Clone + Eq + Hash> KeyIds<T> {
+    pub(crate) fn new() -> Self {
+        KeyIds {
+            ids: Shards::new(),
+            slots: AppendVec::new(),
+            reuse: Mutex::new(Reuse::default()),
+            used: AtomicUsize::new(0),
+            released: AtomicBool::new(false),
+        }
+    }
+
+    /// The current id of `value`, if it has one.
+    #[cfg(test)]
+    pub(crate) fn get(&self, value: &T) -> Option<KeyId> {
+        self.ids.get(value)
+    }
+
+    /// The id of `value`, giving it one if it has none. `None` only if
+    /// 2^32 ids are in use.
+    pub(crate) fn intern(&self, value: &T) -> Option<KeyId> {
+        self.ids.get_or_insert(value, || self.allocate(value))
+    }
+
+    /// The ids of `values`, giving new ones ids (a load's keys): every
+    /// shard is locked once for the whole batch. `None` only if 2^32 ids
+    /// are in use.
+    pub(crate) fn intern_all(&self, values: &[T]) -> Option<Vec<KeyId>> {
+        let mut shards = self.ids.lock_all(values.len());
+        let mut ids = Vec::with_capacity(values.len());
+        for value in values {
+            let map = &mut shards[self.ids.index(value)];
+            let id = match map.get(value) {
+                Some(id) => *id,
+                None => {
+                    let id = self.allocate(value)?;
+                    map.insert(value.clone(), id);
+                    id
+                }
+            };
+            ids.push(id);
+        }
+        Some(ids)
+    }
+
+    /// A slot for `value`: a released one, or a new one.
+    fn allocate(&self, value: &T) -> Option<KeyId> {
+        let reused = lock(&self.reuse).free.pop();
+        let id = match reused {
+            Some(slot) => {
+                let held = self.slots.get(slot as usize)?;
+                let mut held = write(&held.held);
+                held.1 = Held::Live(value.clone());
+                KeyId::at(slot, held.0)
+            }
+            None => {
+                let slot = self.slots.push(Slot {
+                    held: RwLock::new((0, Held::Live(value.clone()))),
+                })?;
+                KeyId::new(u32::try_from(slot).ok()?)
+            }
+        };
+        self.used.fetch_add(1, Ordering::Relaxed);
+        Some(id)
+    }
+
+    /// `f` of the key `id` names, if it still names one (live, or retired
+    /// and not yet released). Atomic: a concurrent release either happens
+    /// before (`None`) or after `f`.
+    #[inline]
+    pub(crate) fn with<R>(&self, id: KeyId, f: impl FnOnce(&T) -> R) -> Option<R> {
+        let slot = self.slots.get(id.get() as usize)?;
+        let held = read(&slot.held);
+        if held.0 != id.generation() {
+            return None;
+        }
+        match &held.1 {
+            Held::Live(k) | Held::Retired(k, _) => Some(f(k)),
+            Held::Free => None,
+        }
+    }
+
+    /// The key `id` names, cloned.
+    pub(crate) fn value(&self, id: KeyId) -> Option<T> {
+        self.with(id, T::clone)
+    }
+
+    /// Whether `id` still names a key (see [`with`](Self::with)).
+    #[inline]
+    pub(crate) fn names(&self, id: KeyId) -> bool {
+        !self.released.load(Ordering::Acquire) || self.with(id, |_| ()).is_some()
+    }
+
+    /// Whether a memo under `id` may go into a state of `epoch`: the id is
+    /// live, or retired in that epoch or a later one (the state is as old
+    /// as the retirement, so it may hold the key under this id anyway).
+    #[inline]
+    pub(crate) fn live_in(&self, id: KeyId, epoch: u64) -> bool {
+        let Some(slot) = self.slots.get(id.get() as usize) else {
+            return false;
+        };
+        let held = read(&slot.held);
+        held.0 == id.generation()
+            && match held.1 {
+                Held::Live(_) => true,
+                Held::Retired(_, at) => epoch <= at,
+                Held::Free => false,
+            }
+    }
+
+    /// Whether `id` is the current id of its key.
+    #[inline]
+    pub(crate) fn is_live(&self, id: KeyId) -> bool {
+        self.live_in(id, u64::MAX)
+    }
+
+    /// Takes `ids` away from their keys (the database's collection just
+    /// dropped their last entries), in `epoch`: see the type's docs.
+    /// Ids already retired or released are left alone. Returns how many
+    /// were retired.
+    pub(crate) fn retire(&self, ids: &[KeyId], epoch: &Epoch) -> usize {
+        let mut retired = Vec::new();
+        for &id in ids {
+            // Shard, then slot: the order `intern` takes them in.
+            let Some(value) = self.with(id, T::clone) else {
+                continue;
+            };
+            let mut map = write(self.ids.shard(&value));
+            let Some(slot) = self.slots.get(id.get() as usize) else {
+                continue;
+            };
+            let mut held = write(&slot.held);
+            if held.0 != id.generation() || !matches!(held.1, Held::Live(_)) {
+                continue;
+            }
+            if map.get(&value) == Some(&id) {
+                map.remove(&value);
+            }
+            held.1 = Held::Retired(value, epoch.seq());
+            retired.push(id.get());
+        }
+        let n = retired.len();
+        if n > 0 {
+            lock(&self.reuse).limbo.push((epoch.watch(), retired));
+        }
+        n
+    }
+
+    /// Makes the slots retired in epochs that have ended reusable, under a
+    /// new generation. Returns how many.
+    pub(crate) fn release(&self) -> usize {
+        let mut reuse = lock(&self.reuse);
+        let Reuse { limbo, free } = &mut *reuse;
+        if !limbo.iter().any(|(watch, _)| watch.ended()) {
+            return 0;
+        }
+        // Before any generation moves: `names` stops trusting the fast path.
+        self.released.store(true, Ordering::Release);
+        let mut released = 0;
+        limbo.retain(|(watch, slots)| {
+            if !watch.ended() {
+                return true;
+            }
+            for &s in slots {
+                let Some(slot) = self.slots.get(s as usize) else {
+                    continue;
+                };
+                let mut held = write(&slot.held);
+                if !matches!(held.1, Held::Retired(..)) {
+                    continue;
+                }
+                held.1 = Held::Free;
+                released += 1;
+                // A generation that would wrap is never reused: the slot is
+                // given up (one slot per 2^32 reuses of it).
+                if let Some(next) = held.0.checked_add(1) {
+                    held.0 = next;
+                    free.push(s);
+                }
+            }
+            false
+        });
+        self.used.fetch_sub(released, Ordering::Relaxed);
+        released
+    }
+
+    /// Ids in use (live or retired): what the memory report counts.
+    pub(crate) fn len(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// `Debug` rendering of the key `id` names (`#id` if none).
+    pub(crate) fn debug(&self, id: KeyId) -> String
+    where
+        T: std::fmt::Debug,
+    {
+        self.with(id, |v| crate::util::debug_string(v))
+            .unwrap_or_else(|| format!("#{id}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,14 +497,53 @@ mod tests {
             let id = t.intern(&i.to_string()).unwrap();
             assert_eq!(t.value(id), Some(&i.to_string()));
         }
-        // In bulk: known values keep their ids, new ones (and repeats in the
-        // batch) get one id each.
+        assert!(t.intern_at(&"a".to_string(), a));
+        assert!(!t.intern_at(&"fresh".to_string(), KeyId::new(0)));
+    }
+
+    #[test]
+    fn key_ids_dedup_in_bulk() {
+        let t = KeyIds::new();
+        let a = t.intern(&"a".to_string()).unwrap();
         let batch: Vec<String> = ["a", "new", "7", "new"].map(String::from).to_vec();
         let ids = t.intern_all(&batch).unwrap();
         assert_eq!(ids[0], a);
         assert_eq!(ids[2], t.get(&"7".to_string()).unwrap());
         assert_eq!(ids[1], ids[3]);
-        assert_eq!(t.value(ids[1]).map(String::as_str), Some("new"));
+        assert_eq!(t.value(ids[1]).as_deref(), Some("new"));
         assert_eq!(t.intern(&"new".to_string()), Some(ids[1]));
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn a_retired_id_resolves_until_its_epoch_ends_then_never_again() {
+        let t = KeyIds::new();
+        let e0 = Epoch::first();
+        let k = t.intern(&"k".to_string()).unwrap();
+        assert_eq!(t.retire(&[k], &e0), 1);
+        assert_eq!(t.retire(&[k], &e0), 0, "retired once");
+        // Still the key for states of e0; no longer its id for new reads.
+        assert_eq!(t.value(k).as_deref(), Some("k"));
+        assert!(!t.is_live(k) && t.live_in(k, 0) && !t.live_in(k, 1));
+        let k2 = t.intern(&"k".to_string()).unwrap();
+        assert_ne!(k2, k);
+        // e0 is alive: nothing is released, a new key gets a new slot.
+        let e1 = e0.successor();
+        assert_eq!(t.release(), 0);
+        let other = t.intern(&"other".to_string()).unwrap();
+        assert_ne!(other.get(), k.get());
+        drop(e0);
+        drop(e1);
+        assert_eq!(t.release(), 1);
+        assert_eq!(t.value(k), None);
+        assert!(!t.names(k) && !t.live_in(k, 0));
+        assert_eq!(t.debug(k), format!("#{k}"));
+        // The slot is reused under the next generation.
+        let next = t.intern(&"next".to_string()).unwrap();
+        assert_eq!(next.get(), k.get());
+        assert_ne!(next, k);
+        assert_eq!(t.value(next).as_deref(), Some("next"));
+        assert_eq!(t.value(k), None);
+        assert_eq!(t.len(), 3);
     }
 }

@@ -10,6 +10,7 @@ use crate::api::cx::QueryCx;
 use crate::api::kinds::AsyncQuery;
 use crate::api::registry::{DatabaseBuilder, TypedLookup};
 use crate::engine::counters::Counters;
+use crate::engine::epoch::Epoch;
 use crate::engine::execution::Execution;
 use crate::engine::fetch::Hint;
 use crate::engine::ingredient::{Footprint, Ingredient, IngredientKind, Registry};
@@ -20,7 +21,7 @@ use crate::engine::storage::{
 use crate::error::{Error, Result};
 use crate::persist::{Codec, CodecInfo, KIND_QUERY, PersistKind, Stage, stage::KeyedStage};
 use crate::revision::Revision;
-use crate::typed::keys::{ARC_OVERHEAD, KeyTable, MAP_OVERHEAD, key_bytes};
+use crate::typed::keys::{ARC_OVERHEAD, KeyIds, MAP_OVERHEAD, key_bytes};
 use crate::util::{
     BoxFuture, CatchUnwind, SafeDebug, debug_string, lock, short_type_name, values_equal,
 };
@@ -31,7 +32,7 @@ type TableOf<Q> = MemoTable<<Q as AsyncQuery>::Key, <Q as AsyncQuery>::Value>;
 pub(crate) struct QueryIngredient<Q: AsyncQuery> {
     query: Arc<Q>,
     name: String,
-    keys: KeyTable<Q::Key>,
+    keys: KeyIds<Q::Key>,
     counters: Counters,
     /// Registered as persistent (its new memos are journaled for appends).
     journaled: bool,
@@ -47,7 +48,7 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
         QueryIngredient {
             query: Arc::new(query),
             name: short_type_name::<Q>(),
-            keys: KeyTable::new(),
+            keys: KeyIds::new(),
             counters: Counters::default(),
             journaled,
             stuck: std::sync::Mutex::new(None),
@@ -139,8 +140,12 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
 
     fn memo(&self, table: &Table, key: KeyId) -> Option<(MemoRef, Revision)> {
         let table = table.downcast_ref::<TableOf<Q>>()?;
-        let entry = table.get(self.keys.value(key)?)?;
-        Some((entry.memo.clone(), entry.verified_at))
+        self.keys
+            .with(key, |k| {
+                let entry = table.get(k)?;
+                Some((entry.memo.clone() as MemoRef, entry.verified_at))
+            })
+            .flatten()
     }
 
     fn memos(&self, table: &Table) -> Vec<(KeyId, MemoRef, Revision)> {
@@ -157,10 +162,21 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
         table.downcast_ref::<TableOf<Q>>().map_or(0, |t| t.len())
     }
 
-    fn insert_memos(&self, table: &Table, items: &[Publish], history: History) -> Option<Table> {
+    fn insert_memos(
+        &self,
+        table: &Table,
+        items: &[Publish],
+        history: History,
+        epoch: u64,
+    ) -> Option<Table> {
         let current = table.downcast_ref::<TableOf<Q>>()?;
         let mut next: Option<TableOf<Q>> = None;
         for (key_id, memo, at) in items {
+            // Not under an id retired before this state's epoch (see
+            // `KeyIds`): the memo is dropped (it re-runs when next needed).
+            if !self.keys.live_in(*key_id, epoch) {
+                continue;
+            }
             let (Some(key), Ok(memo)) = (self.keys.value(*key_id), typed_memo::<Q::Value>(memo))
             else {
                 continue;
@@ -170,13 +186,13 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
             // newer revision (by its entry or, in the main history, on the
             // memo itself) over an older snapshot's.
             if map
-                .get(key)
+                .get(&key)
                 .is_some_and(|e| e.memo.meta.latest_verified(e.verified_at, history) >= *at)
             {
                 continue;
             }
             next.get_or_insert_with(|| current.clone()).insert(
-                key.clone(),
+                key,
                 Entry {
                     memo,
                     verified_at: *at,
@@ -244,21 +260,48 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
         Some(Arc::new(next))
     }
 
-    fn sweep(&self, table: &Table, before: Revision) -> Option<(Table, usize)> {
+    fn sweep(
+        &self,
+        table: &Table,
+        before: Revision,
+        retire: Option<&Epoch>,
+    ) -> Option<(Table, usize)> {
         let current = table.downcast_ref::<TableOf<Q>>()?;
-        let unused: Vec<&Q::Key> = current
+        let unused: Vec<(&Q::Key, KeyId)> = current
             .iter()
-            .filter(|(_, e)| e.memo.meta.latest_verified(e.verified_at, History::Main) < before)
-            .map(|(k, _)| k)
+            .filter(|(_, e)| {
+                e.memo.meta.latest_verified(e.verified_at, History::Main) < before
+                    // The database's table keeps no memo under a retired id
+                    // (one published while this collection retired it).
+                    || (retire.is_some() && !self.keys.is_live(e.memo.meta.key))
+            })
+            .map(|(k, e)| (k, e.memo.meta.key))
             .collect();
         if unused.is_empty() {
             return None;
         }
         let mut next = current.clone();
-        for key in &unused {
+        for (key, _) in &unused {
             next.remove(*key);
         }
+        // The memo was the key's only entry: its id goes.
+        if let Some(epoch) = retire {
+            let ids: Vec<KeyId> = unused.iter().map(|(_, id)| *id).collect();
+            self.keys.retire(&ids, epoch);
+        }
         Some((Arc::new(next), unused.len()))
+    }
+
+    fn release_keys(&self) -> usize {
+        self.keys.release()
+    }
+
+    fn names_key(&self, key: KeyId) -> bool {
+        self.keys.names(key)
+    }
+
+    fn key_live_in(&self, key: KeyId, epoch: u64) -> bool {
+        self.keys.live_in(key, epoch)
     }
 
     fn footprint(&self, table: &Table) -> Footprint {
@@ -289,11 +332,12 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
         old: Option<MemoRef>,
     ) -> BoxFuture<'static, Result<MemoRef>> {
         Box::pin(async move {
+            // An id reclaimed since it was read (a walk finds it first and
+            // reads the edge as changed; this is the rare race).
             let key = self
                 .keys
                 .value(key_id)
-                .ok_or_else(|| Error::internal("unknown key id"))?
-                .clone();
+                .ok_or_else(|| Error::internal("unknown key id"))?;
             let span = tracing::debug_span!(
                 "picante.execute",
                 query = %self.name,
