@@ -3,7 +3,9 @@
 //! - **churn**: 1 000 000 keys pass through an input, 1 000 live at a time
 //!   (each revision sets key k, removes key k − 1 000 and reads `Len(k)`);
 //!   resident memory sampled every 100 000 keys, without and with the
-//!   documented policy (`collect_garbage(Collect::unused_for(2_000))`).
+//!   documented policy (`collect_garbage(Collect::unused_for(2_000).every(1_000))`);
+//!   key ids in use (`db.memory()`, over both kinds) beside memos and
+//!   tombstones.
 //! - **edit-one-read-all**: 10 000 files; 10 000 revisions each edit one file
 //!   and read `Len` of every file; resident memory sampled every 1 000.
 //!
@@ -57,8 +59,8 @@ async fn churn(keys: u64, policy: bool) {
     let live = 1_000;
     let started = Instant::now();
     println!("churn, policy {}", if policy { "on" } else { "off" });
-    println!("| keys through | RSS MB | memos | tombstones | est. bytes |");
-    println!("|---|---|---|---|---|");
+    println!("| keys through | RSS MB | memos | tombstones | key ids | est. bytes |");
+    println!("|---|---|---|---|---|---|");
     for k in 0..keys {
         let mut batch = db.batch();
         batch.set::<File>(k, k);
@@ -70,12 +72,14 @@ async fn churn(keys: u64, policy: bool) {
         if (k + 1) % (keys / 10).max(1) == 0 {
             let mem = db.memory();
             let tomb = mem.kind("File").map_or(0, |f| f.tombstones);
+            let ids: usize = mem.kinds.iter().map(|k| k.keys).sum();
             println!(
-                "| {} | {:.1} | {} | {} | {} |",
+                "| {} | {:.1} | {} | {} | {} | {} |",
                 k + 1,
                 rss_mb(),
                 mem.memos(),
                 tomb,
+                ids,
                 mem.total_bytes()
             );
         }
