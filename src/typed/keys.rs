@@ -262,6 +262,8 @@ pub(crate) struct KeyIds<T> {
     reuse: Mutex<Reuse>,
     /// Slots live or retired (not free).
     used: AtomicUsize,
+    /// Whether any id was ever retired (until then every id is live).
+    retired: AtomicBool,
     /// Whether any slot was ever released (until then every id resolves).
     released: AtomicBool,
 }
@@ -273,6 +275,7 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
             slots: AppendVec::new(),
             reuse: Mutex::new(Reuse::default()),
             used: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
             released: AtomicBool::new(false),
         }
     }
@@ -363,7 +366,14 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
     /// as the retirement, so it may hold the key under this id anyway).
     #[inline]
     pub(crate) fn live_in(&self, id: KeyId, epoch: u64) -> bool {
-        let Some(slot) = self.slots.get(id.get() as usize) else {
+        if !self.retired.load(Ordering::Acquire) {
+            // Nothing retired yet (a session without collections): every
+            // id given out is live, at generation 0. (A retirement racing
+            // with an insert is caught by the collection's sweep: see
+            // `Ingredient::insert_memos`.)
+            return id.generation() == 0 && id.as_usize() < self.slots.len();
+        }
+        let Some(slot) = self.slots.get(id.as_usize()) else {
             return false;
         };
         let held = read(&slot.held);
@@ -386,6 +396,11 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
     /// Ids already retired or released are left alone. Returns how many
     /// were retired.
     pub(crate) fn retire(&self, ids: &[KeyId], epoch: &Epoch) -> usize {
+        if ids.is_empty() {
+            return 0;
+        }
+        // Before any slot is marked: `live_in` stops trusting its fast path.
+        self.retired.store(true, Ordering::Release);
         let mut retired = Vec::new();
         for &id in ids {
             // Shard, then slot: the order `intern` takes them in.
