@@ -563,7 +563,7 @@ async fn p4c_counts_exact_across_remove_collect_reuse() {
 /// query reads an input key that is never set. Those input ids are never
 /// in a table, so no collection retires them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: ids of input keys only ever read as absent are never retired (typed/input.rs:66 read interns them; sweep only retires tombstones, input.rs:128): File key ids grow without bound"]
+#[ignore = "BUG: ids of input keys only ever read as absent are never retired (typed/input.rs:77 read interns them; sweep only retires tombstones, input.rs:133): File key ids grow without bound"]
 async fn p5_absent_reads_churn_keeps_input_ids_bounded() {
     within(async {
         let c = counts();
