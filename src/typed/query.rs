@@ -91,8 +91,15 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
             {
                 entry
             }
-            // A memo to revalidate: its key's id is known (no interning).
-            Some(entry) => return Ok(Warm::Miss(Hint::None, Some(entry.memo.meta.key))),
+            // A memo to revalidate: its key's id is known (no interning)…
+            Some(entry) if self.keys.live_in(entry.memo.meta.key, state.epoch.seq()) => {
+                return Ok(Warm::Miss(Hint::None, Some(entry.memo.meta.key)));
+            }
+            // …unless that id was retired before this state's epoch (its
+            // release may come while this read runs): the key is read under
+            // its current id, and the old memo is not offered (p10 in
+            // tests/attack_reclaim.rs; see the CHANGELOG for what is known).
+            Some(_) => return Ok(Warm::Miss(Hint::None, None)),
             None => return Ok(Warm::Miss(Hint::None, None)),
         };
         self.counters.hits.incr();
