@@ -369,7 +369,6 @@ async fn p3_watch_on_a_key_whose_id_is_retired_and_reused() {
 /// that reads it after the key's id was retired and released must still
 /// see the key it named, never another one, never "#slot".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: events are rendered at recv time from the KeyId (api/events.rs:214 kind_and_key -> debug_key); after the key's id is released by a collection the removal event reads `#0` instead of the key"]
 async fn p3b_events_received_after_reclamation_still_name_their_key() {
     within(async {
         let c = counts();
@@ -1264,7 +1263,6 @@ async fn p13_introspection_over_edges_to_released_ids_does_not_panic() {
 /// `Executed` events are also named at recv time: one for Mid(2) received
 /// after Mid(2)'s memo was collected and its id released reads `Mid(#0)`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: same root cause as p3b (api/events.rs:214 renders the KeyId at recv time): an Executed event for Mid(2) reads `Mid(#0)` once Mid(2)'s id is released"]
 async fn p3c_executed_events_received_after_reclamation_name_their_key() {
     within(async {
         let (mid, top) = (Count::new(), Count::new());

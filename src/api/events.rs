@@ -219,7 +219,9 @@ fn kind_and_key(registry: &Registry, dep: Dep) -> (String, String) {
 /// The public form of an engine event, if the filter lets it through.
 fn name(registry: &Registry, event: EngineEvent, filter: EventFilter) -> Option<Event> {
     Some(match event {
-        EngineEvent::Inputs { revision, written } => Event::InputsChanged {
+        EngineEvent::Inputs {
+            revision, written, ..
+        } => Event::InputsChanged {
             revision,
             changes: written
                 .iter()
@@ -238,6 +240,7 @@ fn name(registry: &Registry, event: EngineEvent, filter: EventFilter) -> Option<
             dep,
             reason,
             cut_off,
+            ..
         } => {
             if filter != EventFilter::InputsAndExecutions {
                 return None;

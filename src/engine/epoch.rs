@@ -66,6 +66,12 @@ impl Epoch {
     }
 }
 
+impl std::fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Epoch({})", self.0.seq)
+    }
+}
+
 /// Whether an epoch is still alive, without keeping it alive.
 pub(crate) struct EpochWatch(Weak<Token>);
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::broadcast;
 
+use crate::engine::epoch::Epoch;
 use crate::engine::storage::{Dep, Reason};
 use crate::revision::Revision;
 
@@ -43,6 +44,10 @@ pub(crate) enum EngineEvent {
     Inputs {
         revision: Revision,
         written: Arc<[Written]>,
+        /// The committed state's epoch: while the event is undelivered, the
+        /// key ids it names stay resolvable (a collection cannot release
+        /// them), so a late receiver still names the keys.
+        epoch: Epoch,
     },
     /// A query body ran (in the database's history) and its memo was built.
     Executed {
@@ -51,6 +56,8 @@ pub(crate) enum EngineEvent {
         reason: Reason,
         /// The value equalled the previous one: dependents keep theirs.
         cut_off: bool,
+        /// The execution's state's epoch (see `Inputs::epoch`).
+        epoch: Epoch,
     },
 }
 
