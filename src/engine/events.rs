@@ -47,7 +47,7 @@ pub(crate) enum EngineEvent {
         /// The committed state's epoch: while the event is undelivered, the
         /// key ids it names stay resolvable (a collection cannot release
         /// them), so a late receiver still names the keys.
-        epoch: Epoch,
+        _ids_held: Epoch,
     },
     /// A query body ran (in the database's history) and its memo was built.
     Executed {
@@ -56,8 +56,8 @@ pub(crate) enum EngineEvent {
         reason: Reason,
         /// The value equalled the previous one: dependents keep theirs.
         cut_off: bool,
-        /// The execution's state's epoch (see `Inputs::epoch`).
-        epoch: Epoch,
+        /// The execution's state's epoch (see `Inputs::_ids_held`).
+        _ids_held: Epoch,
     },
 }
 

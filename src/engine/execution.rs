@@ -151,7 +151,7 @@ impl Execution {
                 },
                 reason: self.inner.reason,
                 cut_off: unchanged_since.is_some(),
-                epoch: self.inner.access.pinned().epoch.clone(),
+                _ids_held: self.inner.access.pinned().epoch.clone(),
             });
         }
         MemoMeta {

@@ -552,7 +552,7 @@ impl ViewCore {
             self.shared.events.send_with(|| EngineEvent::Inputs {
                 revision,
                 written: written().collect(),
-                epoch: self.state.load().epoch.clone(),
+                _ids_held: self.state.load().epoch.clone(),
             });
         }
         self.revisions.send_replace(revision);
