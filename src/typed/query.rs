@@ -97,8 +97,9 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
             }
             // …unless that id was retired before this state's epoch (its
             // release may come while this read runs): the key is read under
-            // its current id, and the old memo is not offered (p10 in
-            // tests/attack_reclaim.rs; see the CHANGELOG for what is known).
+            // its current id. `insert_memos` keeps such memos out of newer
+            // states; this guards the one path that copies older tables in
+            // (a forking snapshot resetting to its origin's memos).
             Some(_) => return Ok(Warm::Miss(Hint::None, None)),
             None => return Ok(Warm::Miss(Hint::None, None)),
         };
@@ -181,7 +182,10 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
         for (key_id, memo, at) in items {
             // Not under an id retired before this state's epoch (see
             // `KeyIds`): the memo is dropped (it re-runs when next needed).
-            if !self.keys.live_in(*key_id, epoch) {
+            // Nor a memo computed under another id that is not (an old
+            // memo of the key, verified under the key's new id: its own id
+            // would outlive its epoch in this state).
+            if !self.keys.live_in(*key_id, epoch) || !self.keys.live_in(memo.meta().key, epoch) {
                 continue;
             }
             let (Some(key), Ok(memo)) = (self.keys.value(*key_id), typed_memo::<Q::Value>(memo))
