@@ -562,7 +562,6 @@ async fn p4c_counts_exact_across_remove_collect_reuse() {
 /// query reads an input key that is never set. Those input ids are never
 /// in a table, so no collection retires them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: ids of input keys only ever read as absent are never retired (typed/input.rs:77 read interns them; sweep only retires tombstones, input.rs:133): File key ids grow without bound"]
 async fn p5_absent_reads_churn_keeps_input_ids_bounded() {
     within(async {
         let c = counts();
@@ -583,7 +582,6 @@ async fn p5_absent_reads_churn_keeps_input_ids_bounded() {
 /// A kind with a capacity: evicted memos leave the table without their id
 /// being retired, so a churn of query keys under a capacity leaks ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: eviction (typed/query.rs:205 evict) drops memos without retiring their key ids, and collection only retires ids of memos it finds in the table: query key ids of a capacity-bounded kind grow without bound"]
 async fn p5b_capacity_eviction_churn_keeps_query_ids_bounded() {
     within(async {
         let c = counts();
@@ -1010,7 +1008,6 @@ async fn p10_round(seed: u64) {
 /// After a collection under a panicking Hash/Eq, a later clean collection
 /// must still reclaim the ids (no slot stuck "retired" forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a memo dropped by a merge whose Hash/Eq panicked (engine/view.rs:690 insert_caught) never reaches a table, so its query key id is never retired: TLen keeps 1 id in use forever (same class as p5b)"]
 async fn p9b_ids_are_reclaimed_after_a_collection_that_panicked() {
     within(async {
         let n = Count::new();

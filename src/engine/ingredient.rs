@@ -134,6 +134,22 @@ pub(crate) trait Ingredient: Any + Send + Sync {
     ) -> Option<(Table, usize)> {
         None
     }
+    /// Queries: `f` of the dependency of every edge of every memo in
+    /// `table`.
+    fn each_dep(&self, _table: &Table, _f: &mut dyn FnMut(Dep)) {}
+    /// Inputs and queries (the database's own collection, after its
+    /// sweep): retires, in `epoch`, the ids of this kind's keys that have
+    /// no entry in `table` and are not `referenced` (by an edge of a memo
+    /// of the state being made), unless interned since the previous call
+    /// (see `KeyIds::retire_unused` in `typed/keys.rs`). Returns how many.
+    fn retire_unused(
+        &self,
+        _table: &Table,
+        _referenced: &dyn Fn(KeyId) -> bool,
+        _epoch: &Epoch,
+    ) -> usize {
+        0
+    }
     /// Key ids retired in epochs that have ended become reusable; returns
     /// how many.
     fn release_keys(&self) -> usize {

@@ -20,7 +20,8 @@ use crate::engine::journal::Journal;
 use crate::engine::limits::{Limits, Swept};
 use crate::engine::pending::Pending;
 use crate::engine::storage::{
-    Dep, ForkId, History, IngredientIndex, KeyId, MAIN_FORK, MemoRef, Publish, State, Table,
+    Dep, DepHash, ForkId, History, IngredientIndex, KeyId, MAIN_FORK, MemoRef, Publish, State,
+    Table,
 };
 use crate::error::Result;
 use crate::revision::{Durability, Revision};
@@ -607,6 +608,18 @@ impl ViewCore {
                     }
                     changes.push((index, table));
                 }
+                if let Some(epoch) = retire
+                    && retire_unused(registry, state, &changes, epoch) > 0
+                    && changes.is_empty()
+                {
+                    // Ids were retired in this epoch: the state moves on to
+                    // the next one even though no table changed.
+                    if let Some((index, _)) = registry.iter().next()
+                        && let Some(table) = state.tables.get(index.as_usize())
+                    {
+                        changes.push((index, table.clone()));
+                    }
+                }
                 swept.set(total);
                 Some(changes)
             },
@@ -631,6 +644,66 @@ impl ViewCore {
         }
         swept
     }
+}
+
+/// After the database's collection swept `state` into `changes`: retires
+/// the ids that nothing holds any more — no entry in their kind's table,
+/// no edge of any memo of the new state naming them (see
+/// `Ingredient::retire_unused`). Ids that an edge names stay (an absent
+/// input a memo read, an evicted child of a live parent): retiring them
+/// would make that memo read the edge as changed and re-execute. Ingredient
+/// by ingredient, surviving a panic in the user's `Hash`/`Eq` (that kind
+/// retires nothing this time). Returns how many were retired.
+fn retire_unused(
+    registry: &Registry,
+    state: &State,
+    changes: &[(IngredientIndex, Table)],
+    epoch: &Epoch,
+) -> usize {
+    let table_of = |index: IngredientIndex| {
+        changes
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, t)| t)
+            .or_else(|| state.tables.get(index.as_usize()))
+    };
+    let mut referenced: std::collections::HashSet<Dep, DepHash> = Default::default();
+    for (index, ing) in registry.iter() {
+        if ing.kind() != IngredientKind::Query {
+            continue;
+        }
+        if let Some(table) = table_of(index) {
+            ing.each_dep(table, &mut |dep| {
+                referenced.insert(dep);
+            });
+        }
+    }
+    let mut retired = 0;
+    for (index, ing) in registry.iter() {
+        if ing.kind() == IngredientKind::Interned {
+            continue;
+        }
+        let Some(table) = table_of(index) else {
+            continue;
+        };
+        let named = |key| {
+            referenced.contains(&Dep {
+                ingredient: index,
+                key,
+            })
+        };
+        match catch(|| ing.retire_unused(table, &named, epoch)) {
+            Some(n) => retired += n,
+            None => tracing::warn!(
+                kind = ing.name(),
+                "a key's Hash or Eq panicked while retiring unused key ids"
+            ),
+        }
+    }
+    if retired > 0 {
+        tracing::debug!(retired, "retired key ids nothing holds");
+    }
+    retired
 }
 
 /// `ing.insert_memos`, then `ing.evict` for a kind with a capacity,

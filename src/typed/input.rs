@@ -150,6 +150,20 @@ impl<I: Input> Ingredient for InputIngredient<I> {
         Some((Arc::new(next), old.len()))
     }
 
+    fn retire_unused(
+        &self,
+        table: &Table,
+        referenced: &dyn Fn(KeyId) -> bool,
+        epoch: &Epoch,
+    ) -> usize {
+        let Some(current) = table.downcast_ref::<TableOf<I>>() else {
+            return 0;
+        };
+        let held = current.values().map(|slot| slot.key);
+        self.keys
+            .retire_unheld(current.len(), held, referenced, epoch)
+    }
+
     fn release_keys(&self) -> usize {
         self.keys.release()
     }

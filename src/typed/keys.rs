@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 
 use crate::engine::epoch::{Epoch, EpochWatch};
-use crate::engine::storage::KeyId;
+use crate::engine::storage::{DepHash, KeyId};
 use crate::util::{lock, read, write};
 
 const FIRST_CHUNK: usize = 32;
@@ -114,6 +114,7 @@ impl<T: Eq + Hash, I> Shards<T, I> {
         &self.shards[self.index(value)]
     }
 
+    #[cfg(test)]
     fn get(&self, value: &T) -> Option<I>
     where
         I: Copy,
@@ -121,18 +122,36 @@ impl<T: Eq + Hash, I> Shards<T, I> {
         read(self.shard(value)).get(value).copied()
     }
 
+    /// The id of `value`, if it has one, after `f` of it ran under the
+    /// shard's read lock (so before any change to the shard that follows).
+    fn get_then(&self, value: &T, f: impl FnOnce(I)) -> Option<I>
+    where
+        I: Copy,
+    {
+        let map = read(self.shard(value));
+        let id = map.get(value).copied()?;
+        f(id);
+        Some(id)
+    }
+
     /// The id of `value`, or the one `new` makes for it (under the shard's
     /// write lock, so two callers never make two).
-    fn get_or_insert(&self, value: &T, new: impl FnOnce() -> Option<I>) -> Option<I>
+    fn get_or_insert(
+        &self,
+        value: &T,
+        found: impl Fn(I),
+        new: impl FnOnce() -> Option<I>,
+    ) -> Option<I>
     where
         T: Clone,
         I: Copy,
     {
-        if let Some(id) = self.get(value) {
+        if let Some(id) = self.get_then(value, &found) {
             return Some(id);
         }
         let mut map = write(self.shard(value));
         if let Some(id) = map.get(value) {
+            found(*id);
             return Some(*id);
         }
         let id = new()?;
@@ -170,11 +189,15 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
 
     /// The id of `value`, interning it if new. `None` only if 2^32 ids are used.
     pub(crate) fn intern(&self, value: &T) -> Option<KeyId> {
-        self.ids.get_or_insert(value, || {
-            Some(KeyId::new(
-                u32::try_from(self.items.push(value.clone())?).ok()?,
-            ))
-        })
+        self.ids.get_or_insert(
+            value,
+            |_| {},
+            || {
+                Some(KeyId::new(
+                    u32::try_from(self.items.push(value.clone())?).ok()?,
+                ))
+            },
+        )
     }
 
     /// Interns `value` at exactly `id` (restoring a persisted table, whose
@@ -221,6 +244,9 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
 /// A key id's slot in [`KeyIds`]: the generation it is at and what it holds.
 struct Slot<T> {
     held: RwLock<(u32, Held<T>)>,
+    /// Interned (given out by value) since the last
+    /// [`retire_unused`](KeyIds::retire_unused) looked at the slot.
+    touched: AtomicBool,
 }
 
 enum Held<T> {
@@ -246,6 +272,7 @@ struct Reuse {
 ///
 /// Architecture Invariant: an id never names two keys. When a collection
 /// of the database drops the last entry of a key (a tombstone, or a memo),
+/// or finds an id that nothing holds (`retire_unused`),
 /// `retire` takes the key's id away from the key (a later read of the key
 /// gets a new id) but keeps resolving it to the key while a state of the
 /// collection's epoch (or older) exists (`engine/epoch.rs`); `release` then
@@ -289,7 +316,19 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
     /// The id of `value`, giving it one if it has none. `None` only if
     /// 2^32 ids are in use.
     pub(crate) fn intern(&self, value: &T) -> Option<KeyId> {
-        self.ids.get_or_insert(value, || self.allocate(value))
+        self.ids
+            .get_or_insert(value, |id| self.touch(id), || self.allocate(value))
+    }
+
+    /// Marks `id` as just given out (under its key's shard lock): the next
+    /// [`retire_unused`](Self::retire_unused) leaves it alone.
+    #[inline]
+    fn touch(&self, id: KeyId) {
+        if let Some(slot) = self.slots.get(id.as_usize())
+            && !slot.touched.load(Ordering::Relaxed)
+        {
+            slot.touched.store(true, Ordering::Relaxed);
+        }
     }
 
     /// The ids of `values`, giving new ones ids (a load's keys): every
@@ -301,7 +340,10 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
         for value in values {
             let map = &mut shards[self.ids.index(value)];
             let id = match map.get(value) {
-                Some(id) => *id,
+                Some(id) => {
+                    self.touch(*id);
+                    *id
+                }
                 None => {
                     let id = self.allocate(value)?;
                     map.insert(value.clone(), id);
@@ -319,13 +361,15 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
         let id = match reused {
             Some(slot) => {
                 let held = self.slots.get(slot as usize)?;
-                let mut held = write(&held.held);
-                held.1 = Held::Live(value.clone());
-                KeyId::at(slot, held.0)
+                let mut h = write(&held.held);
+                h.1 = Held::Live(value.clone());
+                held.touched.store(true, Ordering::Relaxed);
+                KeyId::at(slot, h.0)
             }
             None => {
                 let slot = self.slots.push(Slot {
                     held: RwLock::new((0, Held::Live(value.clone()))),
+                    touched: AtomicBool::new(true),
                 })?;
                 KeyId::new(u32::try_from(slot).ok()?)
             }
@@ -396,6 +440,74 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
     /// Ids already retired or released are left alone. Returns how many
     /// were retired.
     pub(crate) fn retire(&self, ids: &[KeyId], epoch: &Epoch) -> usize {
+        self.retire_if(ids, epoch, false)
+    }
+
+    /// Retires (as [`retire`](Self::retire), in `epoch`) every live id for
+    /// which `keep` is false and that was not interned since the previous
+    /// call (nor allocated since: a new id is spared once). The database's
+    /// collection calls it with `keep` true for the ids that have an entry
+    /// in the kind's table or that an edge of a memo of its new state
+    /// names: what is left is an id nothing holds — a key only ever read
+    /// as absent, a memo evicted or dropped by a merge — which would
+    /// otherwise never be reclaimed (p5, p5b, p9b in
+    /// `tests/attack_reclaim.rs`).
+    ///
+    /// The grace of one call covers a reader that interned an id and has
+    /// not published what it computed with it yet: `touched` is set under
+    /// the key's shard lock and checked again under its write lock here,
+    /// so an id interned after the scan is never retired by it. A reader
+    /// that holds an id across a whole period between two collections
+    /// without interning it again may see it retired: its memo under that
+    /// id is then dropped (`live_in`), and its edges to it resolve to the
+    /// key until its epoch ends, then read as changed (a re-execution,
+    /// never a wrong value). Returns how many were retired.
+    pub(crate) fn retire_unused(&self, keep: &dyn Fn(KeyId) -> bool, epoch: &Epoch) -> usize {
+        let mut unused = Vec::new();
+        for s in 0..self.slots.len() {
+            let Some(slot) = self.slots.get(s) else {
+                continue;
+            };
+            let held = read(&slot.held);
+            if !matches!(held.1, Held::Live(_)) {
+                continue;
+            }
+            if slot.touched.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            let Ok(s) = u32::try_from(s) else {
+                continue;
+            };
+            let id = KeyId::at(s, held.0);
+            drop(held);
+            if !keep(id) {
+                unused.push(id);
+            }
+        }
+        self.retire_if(&unused, epoch, true)
+    }
+
+    /// [`retire_unused`](Self::retire_unused) for a kind whose table has
+    /// `entries` entries, under the ids `held`: keeps those and the
+    /// `referenced` ones.
+    pub(crate) fn retire_unheld(
+        &self,
+        entries: usize,
+        held: impl Iterator<Item = KeyId>,
+        referenced: &dyn Fn(KeyId) -> bool,
+        epoch: &Epoch,
+    ) -> usize {
+        // Every id in use has an entry: nothing to look for.
+        if self.len() <= entries {
+            return 0;
+        }
+        let held: std::collections::HashSet<KeyId, DepHash> = held.collect();
+        self.retire_unused(&|id| held.contains(&id) || referenced(id), epoch)
+    }
+
+    /// [`retire`](Self::retire); with `untouched`, an id interned since
+    /// it was chosen is left alone.
+    fn retire_if(&self, ids: &[KeyId], epoch: &Epoch, untouched: bool) -> usize {
         if ids.is_empty() {
             return 0;
         }
@@ -412,7 +524,10 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
                 continue;
             };
             let mut held = write(&slot.held);
-            if held.0 != id.generation() || !matches!(held.1, Held::Live(_)) {
+            if held.0 != id.generation()
+                || !matches!(held.1, Held::Live(_))
+                || (untouched && slot.touched.load(Ordering::Acquire))
+            {
                 continue;
             }
             if map.get(&value) == Some(&id) {

@@ -15,8 +15,8 @@ use crate::engine::execution::Execution;
 use crate::engine::fetch::Hint;
 use crate::engine::ingredient::{Footprint, Ingredient, IngredientKind, Registry};
 use crate::engine::storage::{
-    Edge, Entry, History, IngredientIndex, KeyId, Memo, MemoRef, MemoTable, Publish, State, Table,
-    new_map, typed_memo,
+    Dep, Edge, Entry, History, IngredientIndex, KeyId, Memo, MemoRef, MemoTable, Publish, State,
+    Table, new_map, typed_memo,
 };
 use crate::error::{Error, Result};
 use crate::persist::{Codec, CodecInfo, KIND_QUERY, PersistKind, Stage, stage::KeyedStage};
@@ -301,6 +301,31 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
             self.keys.retire(&ids, epoch);
         }
         Some((Arc::new(next), unused.len()))
+    }
+
+    fn each_dep(&self, table: &Table, f: &mut dyn FnMut(Dep)) {
+        let Some(current) = table.downcast_ref::<TableOf<Q>>() else {
+            return;
+        };
+        for e in current.values() {
+            for edge in e.memo.meta.deps.iter() {
+                f(edge.dep);
+            }
+        }
+    }
+
+    fn retire_unused(
+        &self,
+        table: &Table,
+        referenced: &dyn Fn(KeyId) -> bool,
+        epoch: &Epoch,
+    ) -> usize {
+        let Some(current) = table.downcast_ref::<TableOf<Q>>() else {
+            return 0;
+        };
+        let held = current.values().map(|e| e.memo.meta.key);
+        self.keys
+            .retire_unheld(current.len(), held, referenced, epoch)
     }
 
     fn release_keys(&self) -> usize {
