@@ -10,10 +10,10 @@ use tracing::Instrument;
 use crate::api::kinds::{AsyncQuery, Id, Input, Interned};
 use crate::engine::execution::Execution;
 use crate::engine::fetch::Fault;
-use crate::engine::fetch::{Hint, fetch};
+use crate::engine::fetch::{Found, Hint, fetch_found};
 use crate::engine::ingredient::Registry;
 use crate::engine::storage::{
-    AnyMemo, Dep, History, IngredientIndex, KeyId, Memo, State, UNSEEN, typed_memo,
+    AnyMemo, Dep, History, IngredientIndex, Memo, State, UNSEEN, typed_memo,
 };
 use crate::error::{Error, ErrorKind, QueryRef, Result};
 use crate::revision::{Durability, Revision};
@@ -125,12 +125,13 @@ impl QueryCx {
     pub async fn query<Q: AsyncQuery>(&self, key: Q::Key) -> Result<Q::Value> {
         let access = self.exec.access();
         let (index, ing) = QueryIngredient::<Q>::lookup_in(access.view().shared().registry())?;
-        let hint = {
-            let state = access.view().load();
-            match self.warm::<Q>(ing, &state, index, &key)? {
-                Ok(result) => return result,
-                Err(miss) => miss,
-            }
+        // The pinned state, not the view's current one: no load (two atomic
+        // operations) per read, and a miss carries an entry of the pinned
+        // state into `fetch`. Memos merged into the view since the pin are
+        // found there.
+        let hint = match self.warm::<Q>(ing, access.pinned(), index, &key)? {
+            Ok(result) => return result,
+            Err(miss) => miss,
         };
         self.cold::<Q>(ing, index, key, hint).await
     }
@@ -156,10 +157,17 @@ impl QueryCx {
                     key: memo.meta.key,
                 };
                 let weak: Weak<dyn AnyMemo> = Arc::downgrade(memo) as Weak<Memo<Q::Value>>;
-                self.record(dep, memo.meta.changed_at, memo.meta.durability, Some(weak))?;
+                // The hit is counted by the recorder, in bulk.
+                if let Err(e) =
+                    self.exec
+                        .record_hit(dep, memo.meta.changed_at, memo.meta.durability, weak)
+                {
+                    ing.count_hit();
+                    return Err(e);
+                }
                 Ok(Ok(result))
             }
-            Warm::Miss(hint, known) => Ok(Err((hint, known))),
+            miss => Ok(Err(miss.into_miss().unwrap_or((Hint::None, None)))),
         }
     }
 
@@ -170,13 +178,14 @@ impl QueryCx {
         ing: &QueryIngredient<Q>,
         index: IngredientIndex,
         key: Q::Key,
-        (hint, known): Miss,
+        (hint, found): Miss,
     ) -> Result<Q::Value> {
         let access = self.exec.access();
         let mut hint = hint;
+        let mut found = found;
         self.exec.check_open()?;
-        let key_id = match known {
-            Some(id) => id,
+        let key_id = match &found {
+            Some((memo, _)) => memo.meta().key,
             None => ing.key_id(&key)?,
         };
         let dep = Dep {
@@ -184,7 +193,7 @@ impl QueryCx {
             key: key_id,
         };
         loop {
-            let memo = match fetch(access, index, key_id, hint).await {
+            let memo = match fetch_found(access, index, key_id, hint, found.take()).await {
                 Ok(memo) => memo,
                 Err(fault) => {
                     // The read still happened: a cycle or cancellation depends on it.
@@ -531,9 +540,9 @@ pub(crate) fn query_ref(registry: &Registry, dep: Dep) -> QueryRef {
     }
 }
 
-/// A warm miss: how to fetch, and the key's id if the table holds a memo
-/// for it (no interning then).
-type Miss = (Hint, Option<KeyId>);
+/// A warm miss: how to fetch, and the entry the state searched holds for the
+/// key, if any (its memo gives the key's id: no interning then).
+type Miss = (Hint, Option<Found>);
 
 /// The user-facing error for an engine fault: a cycle gets the names of its
 /// path (`Kind(key)` each, closed by the first again).

@@ -11,16 +11,17 @@ use crate::api::kinds::{AsyncQuery, Id, Input, Interned};
 use crate::api::memory::{Collect, CollectReport, MemoryReport};
 use crate::api::registry::DatabaseBuilder;
 use crate::api::stats::{ExecutionReason, MemoInfo, QueryStats, Stats};
-use crate::engine::fetch::fetch_value;
+use crate::engine::fetch::{Found, Hint, fetch_value};
 use crate::engine::ingredient::{IngredientKind, Registry};
 use crate::engine::limits::Limits;
-use crate::engine::storage::{Dep, History, IngredientIndex, MAIN_FORK, MemoRef};
+use crate::engine::storage::{Dep, History, IngredientIndex, MAIN_FORK, MemoRef, State};
 use crate::engine::view::{Access, Change, ViewCore};
 use crate::error::{Error, Result};
 use crate::revision::Revision;
 use crate::typed::input::{InputIngredient, InputWrites, PendingWrites};
 use crate::typed::interned::InternedIngredient;
 use crate::typed::query::{QueryIngredient, Warm};
+use crate::util::BoxFuture;
 
 /// A top-level request that left at least this many pending memos merges them.
 const FLUSH_AFTER_REQUEST: usize = 64;
@@ -437,25 +438,43 @@ impl View {
     pub async fn query<Q: AsyncQuery>(&self, key: Q::Key) -> Result<Q::Value> {
         let (index, ing) = QueryIngredient::<Q>::lookup_in(self.registry())?;
         let state = self.core.load();
-        let (hint, known) =
-            match ing.warm(&state, index, &key, state.revision, History::of(state.fork))? {
-                Warm::Hit(_, result) => return result,
-                Warm::Miss(hint, known) => (hint, known),
-            };
+        let warm = ing.warm(&state, index, &key, state.revision, History::of(state.fork))?;
+        let (hint, found) = match warm {
+            Warm::Hit(_, result) => {
+                ing.count_hit();
+                return result;
+            }
+            miss => miss.into_miss().unwrap_or((Hint::None, None)),
+        };
         let pinned = arc_swap::Guard::into_inner(state);
-        Box::pin(async {
-            let key_id = match known {
-                Some(id) => id,
+        self.cold::<Q>(ing, index, key, hint, found, pinned).await
+    }
+
+    /// The rest of [`query`](Self::query) after a warm miss, boxed and kept
+    /// out of line so the hit path stays small. `found` is the entry the
+    /// `pinned` state holds for `key`.
+    #[inline(never)]
+    fn cold<'a, Q: AsyncQuery>(
+        &'a self,
+        ing: &'a QueryIngredient<Q>,
+        index: IngredientIndex,
+        key: Q::Key,
+        hint: Hint,
+        found: Option<Found>,
+        pinned: Arc<State>,
+    ) -> BoxFuture<'a, Result<Q::Value>> {
+        Box::pin(async move {
+            let key_id = match &found {
+                Some((memo, _)) => memo.meta().key,
                 None => ing.key_id(&key)?,
             };
             let access = Access::top_level(&self.core, pinned);
-            let result = fetch_value::<Q::Value>(&access, index, key_id, hint).await;
+            let result = fetch_value::<Q::Value>(&access, index, key_id, hint, found).await;
             // A request that computed much makes its memos lock-free hits for
             // the next one; small leftovers wait for the next merge.
             access.flush_if(FLUSH_AFTER_REQUEST);
             result.map_err(|fault| fault_error(fault, self.registry()))
         })
-        .await
     }
 
     /// Reads input `I` at `key`; an absent key is an error

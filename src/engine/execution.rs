@@ -34,6 +34,34 @@ struct Recorder {
     deps: Vec<Edge>,
     durability: Durability,
     finished: bool,
+    /// Warm hits recorded and not yet added to their kind's counter: the
+    /// kind (ingredient index) and how many. Counting them here, under the
+    /// lock the read takes anyway, spares each hit an atomic add; they are
+    /// added when the kind changes, at `finish`, or when the execution is
+    /// dropped unfinished.
+    hits: (IngredientIndex, u64),
+}
+
+/// A recorder's hit count with nothing counted.
+const NO_HITS: (IngredientIndex, u64) = (IngredientIndex::new(0), 0);
+
+impl Inner {
+    /// Adds the recorder's uncounted hits to their kind's counter.
+    fn flush_hits(&self, hits: &mut (IngredientIndex, u64)) {
+        let (index, n) = std::mem::replace(hits, NO_HITS);
+        if n > 0
+            && let Ok(ing) = self.access.view().shared().registry().get(index)
+        {
+            ing.counters().hits.add(n);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let mut hits = std::mem::replace(&mut lock(&self.recorder).hits, NO_HITS);
+        self.flush_hits(&mut hits);
+    }
 }
 
 impl Execution {
@@ -56,6 +84,7 @@ impl Execution {
                     deps: Vec::with_capacity(reads),
                     durability: Durability::High,
                     finished: false,
+                    hits: NO_HITS,
                 }),
             }),
         }
@@ -102,6 +131,34 @@ impl Execution {
         Ok(())
     }
 
+    /// Records a warm hit of `dep` (a memo verified at this revision) that
+    /// saw `seen`, and counts the hit; refused once the body has returned
+    /// (the hit is then not counted).
+    pub(crate) fn record_hit(
+        &self,
+        dep: Dep,
+        seen: Revision,
+        durability: Durability,
+        memo: Weak<dyn AnyMemo>,
+    ) -> Result<()> {
+        let mut rec = lock(&self.inner.recorder);
+        if rec.finished {
+            drop(rec);
+            return Err(self.finished_error());
+        }
+        rec.deps.push(Edge {
+            dep,
+            seen,
+            memo: Some(memo),
+        });
+        rec.durability = rec.durability.min(durability);
+        if rec.hits.0 != dep.ingredient && rec.hits.1 > 0 {
+            self.inner.flush_hits(&mut rec.hits);
+        }
+        rec.hits = (dep.ingredient, rec.hits.1 + 1);
+        Ok(())
+    }
+
     /// Records that the body read something the engine cannot track: the
     /// memo it builds is valid at this revision only.
     pub(crate) fn record_untracked(&self) -> Result<()> {
@@ -132,6 +189,7 @@ impl Execution {
         let (deps, durability) = {
             let mut rec = lock(&self.inner.recorder);
             rec.finished = true;
+            self.inner.flush_hits(&mut rec.hits);
             (std::mem::take(&mut rec.deps), rec.durability)
         };
         let r = self.revision();

@@ -47,6 +47,9 @@ impl Hint {
     }
 }
 
+/// A memo with the revision its table entry was verified at.
+pub(crate) type Found = (MemoRef, Revision);
+
 /// Why a fetch produced no memo.
 #[derive(Clone, Debug)]
 pub(crate) enum Fault {
@@ -69,11 +72,25 @@ impl From<Error> for Fault {
 /// returned at once (no boxed future); only a fetch that must claim, wait or
 /// execute is boxed.
 pub(crate) fn fetch(acc: &Access, index: IngredientIndex, key: KeyId, hint: Hint) -> Fetch<'_> {
+    fetch_found(acc, index, key, hint, None)
+}
+
+/// [`fetch`], given the entry that `acc`'s pinned state holds for the key
+/// (`pinned`, from a warm miss on that state): while the view's current
+/// state is still the pinned one, the lookup uses it instead of searching
+/// the table again.
+pub(crate) fn fetch_found(
+    acc: &Access,
+    index: IngredientIndex,
+    key: KeyId,
+    hint: Hint,
+    pinned: Option<Found>,
+) -> Fetch<'_> {
     let ing = match acc.view().shared().registry().get(index) {
         Ok(ing) => ing,
         Err(e) => return Fetch::Ready(Some(Err(e.into()))),
     };
-    match fetch_now(acc, index, &**ing, key, hint) {
+    match fetch_now(acc, index, &**ing, key, hint, pinned) {
         Now::Done(memo) => Fetch::Ready(Some(Ok(memo))),
         Now::Later(early) => Fetch::Running(Box::pin(fetch_inner(acc, index, key, early))),
     }
@@ -107,7 +124,7 @@ impl Future for Fetch<'_> {
 struct Early {
     /// `InFlight::completions` before the lookup.
     completions: u64,
-    found: Option<(MemoRef, Revision)>,
+    found: Option<Found>,
     hint: Hint,
     /// The unclaimed walk, stopped where something must execute.
     blocked: Option<Walk>,
@@ -127,12 +144,13 @@ fn fetch_now(
     ing: &dyn Ingredient,
     key: KeyId,
     hint: Hint,
+    pinned: Option<Found>,
 ) -> Now {
     let r = acc.revision();
     let mut hint = hint;
     let mut blocked = None;
     let completions = acc.view().shared().inflight().completions();
-    let found = acc.lookup(index, ing, key);
+    let found = acc.lookup_found(index, ing, key, pinned);
     if let Some((memo, verified_at)) = &found
         && !hint.rejects(memo)
     {
@@ -178,17 +196,20 @@ fn fetch_now(
     })
 }
 
-/// `fetch`, then the memo's value; a memo loaded from disk whose value does
-/// not decode is recomputed.
+/// `fetch` (with the pinned state's entry, see [`fetch_found`]), then the
+/// memo's value; a memo loaded from disk whose value does not decode is
+/// recomputed.
 pub(crate) async fn fetch_value<V: Clone + Send + Sync + 'static>(
     acc: &Access,
     index: IngredientIndex,
     key: KeyId,
     hint: Hint,
+    pinned: Option<Found>,
 ) -> Result<V, Fault> {
     let mut hint = hint;
+    let mut pinned = pinned;
     loop {
-        let memo = fetch(acc, index, key, hint).await?;
+        let memo = fetch_found(acc, index, key, hint, pinned.take()).await?;
         match typed_memo::<V>(&memo)?.read() {
             Some(result) => return Ok(result?),
             None => {
@@ -234,7 +255,7 @@ async fn fetch_inner(
                 }
                 // The owner went away without finishing: try to take over.
                 None => {
-                    early = match fetch_now(acc, index, &*ing, key, hint) {
+                    early = match fetch_now(acc, index, &*ing, key, hint, None) {
                         Now::Done(memo) => return Ok(memo),
                         Now::Later(e) => e,
                     };

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::engine::counters::Counter;
 use crate::engine::epoch::Epoch;
 use crate::engine::events::{Bus, EngineEvent, Write, Written};
+use crate::engine::fetch::Found;
 use crate::engine::inflight::{InFlight, Node};
 use crate::engine::ingredient::{Ingredient, IngredientKind, Registry};
 use crate::engine::journal::Journal;
@@ -447,7 +448,19 @@ impl ViewCore {
     /// this order); the state is loaded after the buffer, and a view only
     /// ever leaves the main history, so a state still in `pinned`'s history
     /// proves the buffer held nothing from after a fork.
-    fn find(&self, dep: Dep, ing: &dyn Ingredient, pinned: &State) -> Option<(MemoRef, Revision)> {
+    ///
+    /// `in_pinned` is the entry `pinned` holds for `dep`, if the caller has
+    /// it: while the current state is `pinned` itself, it is what the table
+    /// lookup would find. `merge_on_read`: a hit in the pending buffer merges
+    /// it (see below).
+    fn find(
+        &self,
+        dep: Dep,
+        ing: &dyn Ingredient,
+        pinned: &Arc<State>,
+        in_pinned: Option<Found>,
+        merge_on_read: bool,
+    ) -> Option<(MemoRef, Revision)> {
         let r = pinned.revision;
         let main = pinned.fork == MAIN_FORK;
         let pending = self.pending.get(dep);
@@ -455,8 +468,15 @@ impl ViewCore {
             && m.meta().effective_verified(*v, r, main) == r
         {
             // Someone reads what is still pending: merge, so the next reads
-            // of these memos take the lock-free path.
-            self.merge_pending();
+            // of these memos take the lock-free path. Only for a top-level
+            // read: a body's warm reads look in its pinned state, which a
+            // merge does not change, and a merge in the middle of a request
+            // would make every later lookup of it search the new state
+            // instead of using the entry its warm miss found (`in_pinned`);
+            // the request merges when it ends.
+            if merge_on_read {
+                self.merge_pending();
+            }
             return Some((m.clone(), r));
         }
         let state = self.state.load();
@@ -466,11 +486,14 @@ impl ViewCore {
             (v <= r || newer_ok).then_some((m, v))
         };
         let pending = pending.and_then(effective);
-        let stored = state
-            .tables
-            .get(dep.ingredient.as_usize())
-            .and_then(|table| ing.memo(table, dep.key))
-            .and_then(effective);
+        let stored = match in_pinned {
+            Some(found) if Arc::ptr_eq(&state, pinned) => Some(found),
+            _ => state
+                .tables
+                .get(dep.ingredient.as_usize())
+                .and_then(|table| ing.memo(table, dep.key)),
+        }
+        .and_then(effective);
         newest(pending, stored)
     }
 
@@ -926,17 +949,30 @@ impl Access {
         ing: &dyn Ingredient,
         key: KeyId,
     ) -> Option<(MemoRef, Revision)> {
+        self.lookup_found(index, ing, key, None)
+    }
+
+    /// [`lookup`](Self::lookup), given the entry the pinned state holds for
+    /// the key (if the caller found it there).
+    pub(crate) fn lookup_found(
+        &self,
+        index: IngredientIndex,
+        ing: &dyn Ingredient,
+        key: KeyId,
+        in_pinned: Option<Found>,
+    ) -> Option<(MemoRef, Revision)> {
         let r = self.pinned.revision;
         let dep = Dep {
             ingredient: index,
             key,
         };
-        let own = self.view.find(dep, ing, &self.pinned);
+        let top = self.depth == 0;
+        let own = self.view.find(dep, ing, &self.pinned, in_pinned, top);
         if matches!(&own, Some((_, v)) if *v == r) {
             return own;
         }
         match self.offers_to_parent() {
-            Some(parent) => newest(own, parent.find(dep, ing, &self.pinned)),
+            Some(parent) => newest(own, parent.find(dep, ing, &self.pinned, None, top)),
             None => own,
         }
     }

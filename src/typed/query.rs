@@ -12,7 +12,7 @@ use crate::api::registry::{DatabaseBuilder, TypedLookup};
 use crate::engine::counters::Counters;
 use crate::engine::epoch::Epoch;
 use crate::engine::execution::Execution;
-use crate::engine::fetch::Hint;
+use crate::engine::fetch::{Found, Hint};
 use crate::engine::ingredient::{Footprint, Ingredient, IngredientKind, Registry};
 use crate::engine::storage::{
     Dep, Edge, Entry, History, IngredientIndex, KeyId, Memo, MemoRef, MemoTable, Publish, State,
@@ -74,6 +74,8 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
     /// The warm-hit path, written once for `View::query` and
     /// `QueryCx::query`: the memo for `key` if `state` holds one verified at
     /// `at` (no lock, no allocation), with its value; else how to fetch it.
+    /// A hit is not counted here: the caller counts it (`View::query` at
+    /// once, `QueryCx::query` in its execution's recorder).
     #[inline]
     pub(crate) fn warm<'s>(
         &self,
@@ -91,24 +93,33 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
             {
                 entry
             }
-            // A memo to revalidate: its key's id is known (no interning)…
+            // A memo to revalidate: its key's id is known (no interning),
+            // and `fetch` need not look it up again in this state…
             Some(entry) if self.keys.live_in(entry.memo.meta.key, state.epoch.seq()) => {
-                return Ok(Warm::Miss(Hint::None, Some(entry.memo.meta.key)));
+                return Ok(Warm::Miss(Some(entry)));
             }
             // …unless that id was retired before this state's epoch (its
             // release may come while this read runs): the key is read under
             // its current id. `insert_memos` keeps such memos out of newer
             // states; this guards the one path that copies older tables in
             // (a forking snapshot resetting to its origin's memos).
-            Some(_) => return Ok(Warm::Miss(Hint::None, None)),
-            None => return Ok(Warm::Miss(Hint::None, None)),
+            Some(_) => return Ok(Warm::Miss(None)),
+            None => return Ok(Warm::Miss(None)),
         };
-        self.counters.hits.incr();
         Ok(match entry.memo.read() {
             Some(result) => Warm::Hit(&entry.memo, result),
             // Loaded from disk and undecodable: recompute it.
-            None => Warm::Miss(Hint::Replace(entry.memo.clone()), Some(entry.memo.meta.key)),
+            None => {
+                self.counters.hits.incr();
+                Warm::Undecodable(entry)
+            }
         })
+    }
+
+    /// Counts a warm hit of this kind.
+    #[inline]
+    pub(crate) fn count_hit(&self) {
+        self.counters.hits.incr();
     }
 }
 
@@ -116,9 +127,27 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
 pub(crate) enum Warm<'s, V> {
     /// A memo verified at the revision asked, and its value.
     Hit(&'s Arc<Memo<V>>, Result<V>),
-    /// No usable memo here: fetch with this hint (and the key's id, when
-    /// the table holds a memo for it).
-    Miss(Hint, Option<KeyId>),
+    /// No memo verified at the revision: fetch, given the entry the state
+    /// holds for the key, if any (its memo gives the key's id).
+    Miss(Option<&'s Entry<V>>),
+    /// A memo verified at the revision, loaded from disk, whose value does
+    /// not decode: fetch to replace it.
+    Undecodable(&'s Entry<V>),
+}
+
+impl<V: Send + Sync + 'static> Warm<'_, V> {
+    /// For a miss: how to fetch, and the entry found (owned).
+    #[inline]
+    pub(crate) fn into_miss(self) -> Option<(Hint, Option<Found>)> {
+        let found = |e: &Entry<V>| -> Found { (e.memo.clone(), e.verified_at) };
+        match self {
+            Warm::Hit(..) => None,
+            Warm::Miss(entry) => Some((Hint::None, entry.map(found))),
+            Warm::Undecodable(entry) => {
+                Some((Hint::Replace(entry.memo.clone()), Some(found(entry))))
+            }
+        }
+    }
 }
 
 impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
