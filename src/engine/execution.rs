@@ -225,16 +225,22 @@ impl Execution {
     }
 }
 
-/// Removes repeated dependencies, keeping first-read order.
+/// Removes repeated dependencies, keeping first-read order (in place: no
+/// second vector per execution).
 fn dedup(mut deps: Vec<Edge>) -> Vec<Edge> {
     if deps.len() <= 16 {
-        let mut out: Vec<Edge> = Vec::with_capacity(deps.len());
-        for e in deps {
-            if !out.iter().any(|o| o.dep == e.dep) {
-                out.push(e);
+        // deps[..kept] are the first reads so far; each later first read
+        // moves down to `kept` (what it swaps with is a repeat).
+        let mut kept = 0;
+        for i in 0..deps.len() {
+            let dep = deps[i].dep;
+            if !deps[..kept].iter().any(|o| o.dep == dep) {
+                deps.swap(kept, i);
+                kept += 1;
             }
         }
-        out
+        deps.truncate(kept);
+        deps
     } else {
         let mut seen = DepSet::with_capacity(deps.len());
         deps.retain(|e| seen.insert(e.dep));

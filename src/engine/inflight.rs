@@ -93,7 +93,51 @@ struct Inner {
     waits_on: IdMap<Vec<Arc<Node>>>,
     /// node id → the in-flight nodes it claimed (whose `parent` it is): the
     /// forward direction of `Node::parent`.
-    children: IdMap<IdMap<Arc<Node>>>,
+    children: IdMap<Children>,
+}
+
+/// The in-flight nodes one node claimed. Most nodes claim one at a time
+/// (a chain, a body awaiting its reads in turn), so one child is kept
+/// without a map of its own: no allocation per claim.
+enum Children {
+    One(Arc<Node>),
+    Many(IdMap<Arc<Node>>),
+}
+
+impl Children {
+    fn iter(&self) -> impl Iterator<Item = &Arc<Node>> {
+        let (one, many) = match self {
+            Children::One(node) => (Some(node), None),
+            Children::Many(map) => (None, Some(map)),
+        };
+        one.into_iter()
+            .chain(many.into_iter().flat_map(|map| map.values()))
+    }
+
+    fn insert(&mut self, node: Arc<Node>) {
+        match self {
+            Children::One(first) => {
+                let mut map = IdMap::default();
+                map.insert(first.id, first.clone());
+                map.insert(node.id, node);
+                *self = Children::Many(map);
+            }
+            Children::Many(map) => {
+                map.insert(node.id, node);
+            }
+        }
+    }
+
+    /// Removes the child `id` (if there); whether none is left.
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            Children::One(node) => node.id == id,
+            Children::Many(map) => {
+                map.remove(&id);
+                map.is_empty()
+            }
+        }
+    }
 }
 
 /// Removes one occurrence of `node` from the multiset `map[key]`.
@@ -170,11 +214,9 @@ impl Owner<'_> {
             }
             if let Some(parent) = &self.node.parent
                 && let Some(siblings) = inner.children.get_mut(&parent.id)
+                && siblings.remove(self.node.id)
             {
-                siblings.remove(&self.node.id);
-                if siblings.is_empty() {
-                    inner.children.remove(&parent.id);
-                }
+                inner.children.remove(&parent.id);
             }
             // Children still in flight (spawned clones outliving the body)
             // are no longer reached through this node.
@@ -287,11 +329,14 @@ impl InFlight {
         });
         inner.nodes.insert(slot, node.clone());
         if let Some(req) = requester {
-            inner
-                .children
-                .entry(req.id)
-                .or_default()
-                .insert(node.id, node.clone());
+            match inner.children.entry(req.id) {
+                std::collections::hash_map::Entry::Occupied(mut siblings) => {
+                    siblings.get_mut().insert(node.clone())
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(Children::One(node.clone()));
+                }
+            }
         }
         Ok(Claim::Owner(Owner {
             table: self,
@@ -331,7 +376,7 @@ fn cycle_path(inner: &Inner, requester: &Arc<Node>, target: &Arc<Node>) -> Optio
                 .children
                 .get(&n.id)
                 .into_iter()
-                .flat_map(|c| c.values())
+                .flat_map(Children::iter)
                 .chain(inner.waits_on.get(&n.id).into_iter().flatten());
             let mut met = None;
             for m in next {
