@@ -13,7 +13,7 @@ use crate::engine::fetch::Fault;
 use crate::engine::fetch::{Found, Hint, fetch_found};
 use crate::engine::ingredient::Registry;
 use crate::engine::storage::{
-    AnyMemo, Dep, History, IngredientIndex, Memo, State, UNSEEN, typed_memo,
+    AnyMemo, Dep, History, IngredientIndex, Memo, State, UNSEEN, typed_memo_ref,
 };
 use crate::error::{Error, ErrorKind, QueryRef, Result};
 use crate::revision::{Durability, Revision};
@@ -201,7 +201,7 @@ impl QueryCx {
                     return Err(fault_error(fault, access.view().shared().registry()));
                 }
             };
-            match typed_memo::<Q::Value>(&memo)?.read() {
+            match typed_memo_ref::<Q::Value>(&memo)?.read() {
                 Some(result) => {
                     let meta = memo.meta();
                     self.record(

@@ -3,7 +3,7 @@
 //! any `join!` branch or spawned task) becomes an edge of the one memo it
 //! builds. The public `QueryCx` is a thin wrapper over it.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::engine::events::EngineEvent;
@@ -28,6 +28,8 @@ struct Inner {
     key: KeyId,
     reason: Reason,
     recorder: Mutex<Recorder>,
+    /// `Recorder::finished`, readable without the lock (`check_open`).
+    finished: AtomicBool,
 }
 
 struct Recorder {
@@ -86,6 +88,7 @@ impl Execution {
                     finished: false,
                     hits: NO_HITS,
                 }),
+                finished: AtomicBool::new(false),
             }),
         }
     }
@@ -167,7 +170,7 @@ impl Execution {
 
     /// An error if the body has already returned.
     pub(crate) fn check_open(&self) -> Result<()> {
-        if lock(&self.inner.recorder).finished {
+        if self.inner.finished.load(Ordering::Acquire) {
             return Err(self.finished_error());
         }
         Ok(())
@@ -189,6 +192,7 @@ impl Execution {
         let (deps, durability) = {
             let mut rec = lock(&self.inner.recorder);
             rec.finished = true;
+            self.inner.finished.store(true, Ordering::Release);
             self.inner.flush_hits(&mut rec.hits);
             (std::mem::take(&mut rec.deps), rec.durability)
         };

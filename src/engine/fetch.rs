@@ -18,7 +18,9 @@ use crate::engine::execution::Execution;
 use crate::engine::inflight::{Claim, Cycle, Node, SlotKey};
 use crate::engine::ingredient::Ingredient;
 use crate::engine::revalidate::{Verdict, Walk};
-use crate::engine::storage::{Dep, IngredientIndex, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo};
+use crate::engine::storage::{
+    Dep, IngredientIndex, KeyId, MAIN_FORK, MemoRef, Reason, typed_memo_ref,
+};
 use crate::engine::view::{Access, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::revision::Revision;
@@ -210,7 +212,7 @@ pub(crate) async fn fetch_value<V: Clone + Send + Sync + 'static>(
     let mut pinned = pinned;
     loop {
         let memo = fetch_found(acc, index, key, hint, pinned.take()).await?;
-        match typed_memo::<V>(&memo)?.read() {
+        match typed_memo_ref::<V>(&memo)?.read() {
             Some(result) => return Ok(result?),
             None => {
                 tracing::warn!("a cached value does not decode; recomputing it");

@@ -448,6 +448,14 @@ pub(crate) type MemoTable<K, V> = Map<K, Entry<V>>;
 /// A memo to publish into a view: key, memo, verified-at.
 pub(crate) type Publish = (KeyId, MemoRef, Revision);
 
+/// The typed form of an erased memo, borrowed (no reference count touched).
+#[inline]
+pub(crate) fn typed_memo_ref<V: Send + Sync + 'static>(memo: &MemoRef) -> Result<&Memo<V>> {
+    let any: &dyn Any = &**memo;
+    any.downcast_ref::<Memo<V>>()
+        .ok_or_else(|| Error::internal("memo has an unexpected value type"))
+}
+
 /// Downcasts an erased memo to its typed form.
 pub(crate) fn typed_memo<V: Send + Sync + 'static>(memo: &MemoRef) -> Result<Arc<Memo<V>>> {
     let any: Arc<dyn Any + Send + Sync> = memo.clone();
