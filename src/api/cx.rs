@@ -150,7 +150,7 @@ impl QueryCx {
     ) -> Result<std::result::Result<Result<Q::Value>, Miss>> {
         let access = self.exec.access();
         let history = History::of(access.pinned().fork);
-        match ing.warm(state, index, key, access.revision(), history)? {
+        match ing.warm::<false>(state, index, key, access.revision(), history)? {
             Warm::Hit(memo, result) => {
                 let dep = Dep {
                     ingredient: index,

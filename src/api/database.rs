@@ -438,12 +438,10 @@ impl View {
     pub async fn query<Q: AsyncQuery>(&self, key: Q::Key) -> Result<Q::Value> {
         let (index, ing) = QueryIngredient::<Q>::lookup_in(self.registry())?;
         let state = self.core.load();
-        let warm = ing.warm(&state, index, &key, state.revision, History::of(state.fork))?;
+        let warm =
+            ing.warm::<true>(&state, index, &key, state.revision, History::of(state.fork))?;
         let (hint, found) = match warm {
-            Warm::Hit(_, result) => {
-                ing.count_hit();
-                return result;
-            }
+            Warm::Hit(_, result) => return result,
             miss => miss.into_miss().unwrap_or((Hint::None, None)),
         };
         let pinned = arc_swap::Guard::into_inner(state);

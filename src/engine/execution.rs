@@ -61,7 +61,11 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let mut hits = std::mem::replace(&mut lock(&self.recorder).hits, NO_HITS);
+        let rec = match self.recorder.get_mut() {
+            Ok(rec) => rec,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut hits = std::mem::replace(&mut rec.hits, NO_HITS);
         self.flush_hits(&mut hits);
     }
 }

@@ -74,10 +74,10 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
     /// The warm-hit path, written once for `View::query` and
     /// `QueryCx::query`: the memo for `key` if `state` holds one verified at
     /// `at` (no lock, no allocation), with its value; else how to fetch it.
-    /// A hit is not counted here: the caller counts it (`View::query` at
-    /// once, `QueryCx::query` in its execution's recorder).
+    /// A hit is counted here if `COUNT` (`View::query`); `QueryCx::query`
+    /// counts its hits in its execution's recorder.
     #[inline]
-    pub(crate) fn warm<'s>(
+    pub(crate) fn warm<'s, const COUNT: bool>(
         &self,
         state: &'s State,
         index: IngredientIndex,
@@ -106,11 +106,16 @@ impl<Q: AsyncQuery> QueryIngredient<Q> {
             Some(_) => return Ok(Warm::Miss(None)),
             None => return Ok(Warm::Miss(None)),
         };
+        if COUNT {
+            self.counters.hits.incr();
+        }
         Ok(match entry.memo.read() {
             Some(result) => Warm::Hit(&entry.memo, result),
             // Loaded from disk and undecodable: recompute it.
             None => {
-                self.counters.hits.incr();
+                if !COUNT {
+                    self.counters.hits.incr();
+                }
                 Warm::Undecodable(entry)
             }
         })
