@@ -15,23 +15,7 @@ async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
     common::within("the test", Duration::from_secs(30), fut).await
 }
 
-struct File;
-impl Input for File {
-    type Key = u32;
-    type Value = u32;
-}
-
-/// `File(k) + 1`, or 0 if absent.
-struct Len(Count);
-#[async_trait]
-impl AsyncQuery for Len {
-    type Key = u32;
-    type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
-        self.0.hit();
-        Ok(cx.input_opt::<File>(&k)?.map_or(0, |v| v + 1))
-    }
-}
+use common::churn::{File, Len};
 
 /// Sum of `Len(0..n)`.
 struct Sum(Count);

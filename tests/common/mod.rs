@@ -2,6 +2,7 @@
 //! executions, so tests can assert how much work was done, not only results.
 #![allow(dead_code)]
 
+pub mod churn;
 pub mod dag;
 
 use std::sync::Arc;
