@@ -8,7 +8,7 @@ use std::any::TypeId;
 
 use crate::api::kinds::AsyncQuery;
 use crate::engine::ingredient::Registry;
-use crate::engine::storage::{Reason, UNTRACKED};
+use crate::engine::storage::{Reason, ReasonKind, UNTRACKED};
 use crate::error::QueryRef;
 use crate::revision::{Durability, Revision};
 use crate::typed::query::QueryIngredient;
@@ -252,13 +252,13 @@ pub enum ExecutionReason {
 
 impl ExecutionReason {
     pub(crate) fn of(reason: Reason, registry: &Registry) -> ExecutionReason {
-        match reason {
-            Reason::New => ExecutionReason::New,
-            Reason::DependencyChanged(UNTRACKED) => ExecutionReason::UntrackedRead,
-            Reason::DependencyChanged(d) => {
+        match reason.kind() {
+            ReasonKind::New => ExecutionReason::New,
+            ReasonKind::DependencyChanged(UNTRACKED) => ExecutionReason::UntrackedRead,
+            ReasonKind::DependencyChanged(d) => {
                 ExecutionReason::DependencyChanged(crate::api::cx::query_ref(registry, d))
             }
-            Reason::Unverifiable => ExecutionReason::Unverifiable,
+            ReasonKind::Unverifiable => ExecutionReason::Unverifiable,
         }
     }
 }

@@ -255,8 +255,20 @@ pub(crate) struct InputSlot<V> {
 pub(crate) type InputTable<K, V> = Map<K, InputSlot<V>>;
 
 /// Why a memo was (re-)executed; kept for `View::inspect`.
+///
+/// Every memo carries one, so it is one `Dep` (12 bytes; an enum with a
+/// `Dep` variant would be 16): the two reasons without a dependency are
+/// `Dep`s of ingredient indices no database registers (`u32::MAX - 1` and
+/// `- 2`; `UNTRACKED` is `u32::MAX`). It is built and read like the enum
+/// it stands for — `Reason::New`, `Reason::DependencyChanged(dep)`,
+/// `Reason::Unverifiable`, and [`kind`](Reason::kind) to match on — so the
+/// constructors keep the enum's spelling.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reason(Dep);
+
+/// What a [`Reason`] says, to match on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reason {
+pub(crate) enum ReasonKind {
     /// There was no memo usable at this revision.
     New,
     /// This dependency changed after the memo was verified.
@@ -264,6 +276,46 @@ pub(crate) enum Reason {
     /// The previous dependencies could not be revalidated (a cycle among them,
     /// or a dependency whose own fetch failed).
     Unverifiable,
+}
+
+const REASON_NEW: IngredientIndex = IngredientIndex::new(u32::MAX - 1);
+const REASON_UNVERIFIABLE: IngredientIndex = IngredientIndex::new(u32::MAX - 2);
+
+#[allow(non_upper_case_globals, non_snake_case)]
+impl Reason {
+    /// There was no memo usable at this revision.
+    pub(crate) const New: Reason = Reason(Dep {
+        ingredient: REASON_NEW,
+        key: KeyId::new(0),
+    });
+    /// The previous dependencies could not be revalidated (a cycle among them,
+    /// or a dependency whose own fetch failed).
+    pub(crate) const Unverifiable: Reason = Reason(Dep {
+        ingredient: REASON_UNVERIFIABLE,
+        key: KeyId::new(0),
+    });
+
+    /// This dependency changed after the memo was verified.
+    #[inline]
+    pub(crate) const fn DependencyChanged(dep: Dep) -> Reason {
+        Reason(dep)
+    }
+
+    /// What it says.
+    #[inline]
+    pub(crate) fn kind(self) -> ReasonKind {
+        match self.0.ingredient {
+            REASON_NEW => ReasonKind::New,
+            REASON_UNVERIFIABLE => ReasonKind::Unverifiable,
+            _ => ReasonKind::DependencyChanged(self.0),
+        }
+    }
+}
+
+impl std::fmt::Debug for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.kind().fmt(f)
+    }
 }
 
 /// The part of a memo the type-erased engine works with.
@@ -345,7 +397,9 @@ impl MemoMeta {
 pub(crate) struct Memo<V> {
     pub meta: MemoMeta,
     value: OnceLock<Result<V>>,
-    encoded: Option<Encoded<V>>,
+    /// Boxed: only loaded memos have one, and a computed memo then pays
+    /// 8 bytes for it instead of 40.
+    encoded: Option<Box<Encoded<V>>>,
 }
 
 /// A value still in its persisted encoding.
@@ -368,7 +422,7 @@ impl<V: Clone> Memo<V> {
         Memo {
             meta,
             value: OnceLock::new(),
-            encoded: Some(encoded),
+            encoded: Some(Box::new(encoded)),
         }
     }
 
@@ -461,4 +515,47 @@ pub(crate) fn typed_memo<V: Send + Sync + 'static>(memo: &MemoRef) -> Result<Arc
     let any: Arc<dyn Any + Send + Sync> = memo.clone();
     any.downcast::<Memo<V>>()
         .map_err(|_| Error::internal("memo has an unexpected value type"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// The per-memo sizes the memory report and `benches/README.md` rely
+    /// on (64-bit targets): a regression here is a regression in bytes per
+    /// memo.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn memo_layout_sizes() {
+        assert_eq!(size_of::<Dep>(), 12);
+        assert_eq!(size_of::<Reason>(), 12);
+        assert_eq!(size_of::<MemoMeta>(), 72);
+        assert_eq!(size_of::<Option<Box<Encoded<u64>>>>(), 8);
+        assert_eq!(size_of::<Memo<u64>>(), 104);
+    }
+
+    #[test]
+    fn reason_round_trips() {
+        assert_eq!(Reason::New.kind(), ReasonKind::New);
+        assert_eq!(Reason::Unverifiable.kind(), ReasonKind::Unverifiable);
+        let deps = [
+            UNTRACKED,
+            Dep {
+                ingredient: IngredientIndex::new(0),
+                key: KeyId::new(0),
+            },
+            Dep {
+                ingredient: IngredientIndex::new(3),
+                key: KeyId::at(7, 2),
+            },
+        ];
+        for dep in deps {
+            let r = Reason::DependencyChanged(dep);
+            assert_eq!(r.kind(), ReasonKind::DependencyChanged(dep));
+            assert_ne!(r, Reason::New);
+            assert_ne!(r, Reason::Unverifiable);
+        }
+        assert_eq!(format!("{:?}", Reason::New), "New");
+    }
 }

@@ -19,7 +19,7 @@ use crate::persist::{
     Codec, CodecInfo, InputsBlob, KIND_INPUT, PersistKind, Stage, stage::KeyedStage,
 };
 use crate::revision::{Durability, Revision};
-use crate::typed::keys::{KeyIds, MAP_OVERHEAD, key_bytes};
+use crate::typed::keys::{KeyIds, map_bytes};
 use crate::util::{short_type_name, values_equal};
 use facet::Facet;
 
@@ -182,11 +182,7 @@ impl<I: Input> Ingredient for InputIngredient<I> {
             entries: current.len() - tombstones,
             tombstones,
             keys,
-            bytes: current.len()
-                * (std::mem::size_of::<I::Key>()
-                    + std::mem::size_of::<InputSlot<I::Value>>()
-                    + MAP_OVERHEAD)
-                + keys * key_bytes::<I::Key>(),
+            bytes: map_bytes::<I::Key, InputSlot<I::Value>>(current.len()) + self.keys.bytes(),
         }
     }
 

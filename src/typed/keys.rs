@@ -60,6 +60,17 @@ impl<T> AppendVec<T> {
         self.chunks.get(chunk)?.get()?.get(offset)?.get()
     }
 
+    /// Bytes of the chunks allocated so far (chunks double: up to twice
+    /// what `len` elements need).
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.get().is_some())
+            .map(|(i, _)| (FIRST_CHUNK << i) * std::mem::size_of::<OnceLock<T>>())
+            .sum()
+    }
+
     /// Appends and returns the new element's index, or `None` when full.
     pub(crate) fn push(&self, value: T) -> Option<usize> {
         let _guard = lock(&self.push);
@@ -77,18 +88,42 @@ impl<T> AppendVec<T> {
 
 const SHARDS: usize = 16;
 
-/// Estimated bytes a persistent map spends per entry beyond the entry
-/// itself (HAMT nodes and their sparse arrays).
-pub(crate) const MAP_OVERHEAD: usize = 24;
+/// Estimated bytes of a persistent map (`engine::storage::Map`, an `imbl`
+/// HAMT) of `len` entries of type `(K, V)`, entries included.
+///
+/// imbl 7 (branching 32) keeps up to 32 entries in one leaf node and splits
+/// a fuller one into a branch node of 32 children; a leaf's slot array is
+/// allocated whole whatever its fill (16 slots, or 32 past 16 entries), and
+/// a lone entry lives in its parent's slot. With uniform hashes the leaves
+/// sit at the first depth `d` where `λ = len / 32^d ≤ 32`, a leaf's fill
+/// is Poisson(λ), so `32^d · P(fill ≥ 2)` leaves exist. Node sizes are the
+/// ones measured (`benches/README.md`, "Memory per memo"): a leaf is
+/// `16 · slot + 48` B (`32 · slot + 48` past 16 entries), a branch
+/// `32 · slot + 24`, with `slot` = the entry and its 32-bit hash. Per entry
+/// that is ~2.3 slots at 10 000 entries and ~5 at 100 000 (the leaves at
+/// depth 3 then hold ~3 entries of 16).
+pub(crate) fn map_bytes<K, V>(len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    let slot = std::mem::size_of::<((K, V), u32)>() as f64;
+    let n = len as f64;
+    let (mut prefixes, mut branches) = (1.0f64, 0.0f64);
+    while n / prefixes > 32.0 {
+        branches += prefixes;
+        prefixes *= 32.0;
+    }
+    let lambda = n / prefixes;
+    let leaf = if lambda > 16.0 { 32.0 } else { 16.0 } * slot + 48.0;
+    let leaves = if branches == 0.0 {
+        1.0
+    } else {
+        prefixes * (1.0 - (-lambda).exp() * (1.0 + lambda))
+    };
+    (leaves * leaf + branches * (32.0 * slot + 24.0)) as usize
+}
 /// The counts in front of an `Arc`'s value.
 pub(crate) const ARC_OVERHEAD: usize = 16;
-
-/// Estimated bytes a [`KeyIds`] spends per key: the value twice (in its
-/// slot and by value), the slot's lock and generation, the id, and the
-/// hash map's slot and control byte.
-pub(crate) fn key_bytes<T>() -> usize {
-    2 * std::mem::size_of::<T>() + 40
-}
 
 type Shard<T, I> = RwLock<HashMap<T, I, ahash::RandomState>>;
 
@@ -104,6 +139,15 @@ impl<T: Eq + Hash, I> Shards<T, I> {
             hasher: ahash::RandomState::new(),
             shards: std::array::from_fn(|_| RwLock::new(Default::default())),
         }
+    }
+
+    /// Bytes of the shards' hash tables (buckets and control bytes, at
+    /// their capacity).
+    fn allocated_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| read(s).capacity() * (std::mem::size_of::<(T, I)>() + 1))
+            .sum()
     }
 
     fn index(&self, value: &T) -> usize {
@@ -586,6 +630,13 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Estimated bytes: the slots' chunks as allocated and the by-value
+    /// hash tables at their capacity (shallow: a key's own heap data is not
+    /// followed).
+    pub(crate) fn bytes(&self) -> usize {
+        self.slots.allocated_bytes() + self.ids.allocated_bytes()
+    }
+
     /// `Debug` rendering of the key `id` names (`#id` if none).
     pub(crate) fn debug(&self, id: KeyId) -> String
     where
@@ -675,5 +726,25 @@ mod tests {
         assert_eq!(t.value(next).as_deref(), Some("next"));
         assert_eq!(t.value(k), None);
         assert_eq!(t.len(), 3);
+    }
+}
+
+#[cfg(test)]
+mod map_bytes_tests {
+    use super::map_bytes;
+
+    /// Against the allocations `compare/src/bin/memory.rs` counted for a
+    /// `u32 → Entry<u64>` memo table (32-byte slots): 560 B leaves holding
+    /// ~10 entries at 10 000 (56 B/entry, plus branches), ~3 at 100 000
+    /// (148 B/entry, plus branches).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn hamt_estimate_matches_measured_nodes() {
+        type Slot = crate::engine::storage::Entry<u64>;
+        let per = |n: usize| map_bytes::<u32, Slot>(n) / n;
+        assert_eq!(map_bytes::<u32, Slot>(0), 0);
+        assert!((55..=65).contains(&per(10_000)), "{}", per(10_000));
+        assert!((150..=175).contains(&per(100_000)), "{}", per(100_000));
+        assert!(per(10) >= 56, "{}", per(10));
     }
 }

@@ -21,7 +21,7 @@ use crate::engine::storage::{
 use crate::error::{Error, Result};
 use crate::persist::{Codec, CodecInfo, KIND_QUERY, PersistKind, Stage, stage::KeyedStage};
 use crate::revision::Revision;
-use crate::typed::keys::{ARC_OVERHEAD, KeyIds, MAP_OVERHEAD, key_bytes};
+use crate::typed::keys::{ARC_OVERHEAD, KeyIds, map_bytes};
 use crate::util::{
     BoxFuture, CatchUnwind, SafeDebug, debug_string, lock, short_type_name, values_equal,
 };
@@ -379,19 +379,16 @@ impl<Q: AsyncQuery> Ingredient for QueryIngredient<Q> {
             return Footprint::default();
         };
         let edges: usize = current.values().map(|e| e.memo.meta.deps.len()).sum();
-        let per_memo = std::mem::size_of::<Q::Key>()
-            + std::mem::size_of::<Entry<Q::Value>>()
-            + std::mem::size_of::<Memo<Q::Value>>()
-            + MAP_OVERHEAD
-            + ARC_OVERHEAD;
+        let per_memo = std::mem::size_of::<Memo<Q::Value>>() + ARC_OVERHEAD;
         let keys = self.keys.len();
         Footprint {
             entries: current.len(),
             tombstones: 0,
             keys,
-            bytes: current.len() * per_memo
+            bytes: map_bytes::<Q::Key, Entry<Q::Value>>(current.len())
+                + current.len() * per_memo
                 + edges * std::mem::size_of::<Edge>()
-                + keys * key_bytes::<Q::Key>(),
+                + self.keys.bytes(),
         }
     }
 
