@@ -7,7 +7,9 @@
 //! epoch is dropped only once no state of it *or of any earlier epoch*
 //! exists — no snapshot, no access pinned by an execution in flight, no
 //! state a save is writing (and releases wait while a save or an append
-//! runs: `Shared::hold_ids`).
+//! runs: `Shared::hold_ids`). A load's keys get their ids before its tables
+//! are installed: their kinds retire nothing until then
+//! (`KeyIds::hold_retirement`).
 //!
 //! Architecture Invariant: a key id retired in epoch `e` (its key gone from
 //! the database's tables at that collection) is reused for another key only

@@ -9,7 +9,7 @@ use super::{Codec, LoadedMemo, Stage};
 use crate::engine::storage::{Encoded, Entry, InputSlot, KeyId, Memo, Table, new_map};
 use crate::error::{Error, Result};
 use crate::revision::Revision;
-use crate::typed::keys::{KeyIds, KeyTable};
+use crate::typed::keys::{KeyIds, KeyTable, RetirementHeld};
 
 /// Staging for an input or query kind.
 pub(crate) struct KeyedStage<'a, K, V> {
@@ -17,6 +17,10 @@ pub(crate) struct KeyedStage<'a, K, V> {
     table: &'a KeyIds<K>,
     keys: Vec<K>,
     inputs: HashMap<usize, (Revision, Option<V>)>,
+    /// From `install_keys` until this stage is dropped (after the install):
+    /// no collection retires the ids the load gave its keys before the
+    /// tables holding them are in the database (`KeyIds::hold_retirement`).
+    hold: Option<RetirementHeld<'a, K>>,
 }
 
 impl<'a, K, V> KeyedStage<'a, K, V> {
@@ -26,6 +30,7 @@ impl<'a, K, V> KeyedStage<'a, K, V> {
             table,
             keys: Vec::new(),
             inputs: HashMap::new(),
+            hold: None,
         }
     }
 }
@@ -161,6 +166,8 @@ where
     }
 
     fn install_keys(&mut self) -> Result<Vec<KeyId>> {
+        self.hold
+            .get_or_insert_with(|| self.table.hold_retirement());
         self.table
             .intern_all(&self.keys)
             .ok_or_else(|| Error::internal("key table full"))

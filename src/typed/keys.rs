@@ -339,6 +339,19 @@ pub(crate) struct KeyIds<T> {
     retired: AtomicBool,
     /// Whether any slot was ever released (until then every id resolves).
     released: AtomicBool,
+    /// Loads between giving their keys ids and installing the tables that
+    /// hold them ([`hold_retirement`](Self::hold_retirement)): no id is
+    /// retired meanwhile.
+    holds: AtomicUsize,
+}
+
+/// See [`KeyIds::hold_retirement`].
+pub(crate) struct RetirementHeld<'a, T>(&'a KeyIds<T>);
+
+impl<T> Drop for RetirementHeld<'_, T> {
+    fn drop(&mut self) {
+        self.0.holds.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl<T: Clone + Eq + Hash> KeyIds<T> {
@@ -350,7 +363,25 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
             used: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             released: AtomicBool::new(false),
+            holds: AtomicUsize::new(0),
         }
+    }
+
+    /// Keeps every id of this kind from being retired while the guard
+    /// lives: for a load, from giving its keys ids until the tables that
+    /// hold them are installed. Until then nothing in the database holds
+    /// those ids, so a collection meanwhile would retire them (and release
+    /// them once its epoch ended) under the loaded slots and memos, whose
+    /// dependents would then re-execute at every revision. Ids nothing
+    /// holds once the guard is gone are retired by later collections.
+    pub(crate) fn hold_retirement(&self) -> RetirementHeld<'_, T> {
+        self.holds.fetch_add(1, Ordering::AcqRel);
+        RetirementHeld(self)
+    }
+
+    /// Whether a load holds retirement off (see `hold_retirement`).
+    fn retirement_held(&self) -> bool {
+        self.holds.load(Ordering::Acquire) > 0
     }
 
     /// The current id of `value`, if it has one.
@@ -509,6 +540,10 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
     /// key until its epoch ends, then read as changed (a re-execution,
     /// never a wrong value). Returns how many were retired.
     pub(crate) fn retire_unused(&self, keep: &dyn Fn(KeyId) -> bool, epoch: &Epoch) -> usize {
+        if self.retirement_held() {
+            // A load is installing: its fresh ids keep their grace.
+            return 0;
+        }
         let mut unused = Vec::new();
         for s in 0..self.slots.len() {
             let Some(slot) = self.slots.get(s) else {
@@ -566,6 +601,11 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
                 continue;
             };
             let mut map = write(self.ids.shard(&value));
+            // Checked under the shard's lock, which a load's `intern_all`
+            // takes after its hold: an id it got is never retired here.
+            if self.retirement_held() {
+                break;
+            }
             let Some(slot) = self.slots.get(id.get() as usize) else {
                 continue;
             };
