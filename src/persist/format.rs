@@ -305,6 +305,19 @@ impl<'a> Dec<'a> {
     }
 
     fn var_slow(&mut self) -> Result<u64> {
+        // Two and three bytes (key indexes of large kinds, revisions past
+        // 127) without the loop.
+        if let Some(&[b0, b1, b2]) = self.bytes.get(self.pos..self.pos + 3) {
+            let low = u64::from(b0 & 0x7F) | (u64::from(b1 & 0x7F) << 7);
+            if b0 >= 0x80 && b1 < 0x80 {
+                self.pos += 2;
+                return Ok(low);
+            }
+            if b0 >= 0x80 && b2 < 0x80 {
+                self.pos += 3;
+                return Ok(low | (u64::from(b2) << 14));
+            }
+        }
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let byte = self.u8()?;
@@ -629,6 +642,48 @@ mod tests {
             offset: 0,
         };
         assert!(Dec::new(&rec).var().is_err());
+    }
+
+    #[test]
+    fn short_varints_decode_like_the_loop_at_every_length_and_end() {
+        // Two- and three-byte varints take a fast path: values at each
+        // boundary, and each one ending the payload (fewer than three
+        // bytes left), decode as the general loop does.
+        let values = [
+            128u64,
+            129,
+            300,
+            16_383,
+            16_384,
+            16_385,
+            1 << 20,
+            2_097_151,
+            2_097_152,
+        ];
+        for v in values {
+            let mut e = Enc::default();
+            e.var(v).u8(0xAB);
+            for cut in [e.buf.len(), e.buf.len() - 1] {
+                let payload = &e.buf[..cut];
+                let rec = Record {
+                    tag: 0,
+                    payload,
+                    offset: 0,
+                };
+                let mut d = Dec::new(&rec);
+                assert_eq!(d.var().unwrap(), v, "{v} in {payload:?}");
+                assert_eq!(d.is_empty(), cut < e.buf.len());
+            }
+        }
+        // Non-canonical two- and three-byte forms, as the loop reads them.
+        for (bytes, v) in [(&[0x80u8, 0x00][..], 0u64), (&[0x81, 0x80, 0x00], 1)] {
+            let rec = Record {
+                tag: 0,
+                payload: bytes,
+                offset: 0,
+            };
+            assert_eq!(Dec::new(&rec).var().unwrap(), v);
+        }
     }
 
     #[test]

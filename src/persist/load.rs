@@ -842,7 +842,9 @@ fn install(
                     match build_memo(m, s, &resolve, (revision, before), &mut vouched) {
                         Ok(memo) => {
                             built += 1;
-                            progress.at(CacheStep::Installing, built as u64, count as u64);
+                            if built.is_multiple_of(64) || built == count {
+                                progress.at(CacheStep::Installing, built as u64, count as u64);
+                            }
                             Some(memo)
                         }
                         Err(e) => {

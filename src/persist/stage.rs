@@ -228,30 +228,27 @@ where
             let Some(key) = self.keys.get(m.file_key) else {
                 continue;
             };
+            let entry = Entry {
+                memo: Arc::new(Memo::loaded(
+                    m.meta,
+                    Encoded {
+                        bytes: m.bytes,
+                        range: m.value,
+                        decode: self.codec.decode_value,
+                    },
+                )),
+                verified_at: m.verified_at,
+            };
             // A key in several places (see `input_table`): the memo
             // verified last. Any of them would be sound (validity is
             // identity); this one is the likeliest to be reused as is.
-            if map
-                .get(key)
-                .is_some_and(|old: &Entry<V>| old.verified_at > m.verified_at)
+            // One lookup per memo: a base holds each key once, so an entry
+            // is rarely replaced, and put back if it was the newer one.
+            if let Some(old) = map.insert(key.clone(), entry)
+                && old.verified_at > m.verified_at
             {
-                continue;
+                map.insert(key.clone(), old);
             }
-            let memo = Memo::loaded(
-                m.meta,
-                Encoded {
-                    bytes: m.bytes,
-                    range: m.value,
-                    decode: self.codec.decode_value,
-                },
-            );
-            map.insert(
-                key.clone(),
-                Entry {
-                    memo: Arc::new(memo),
-                    verified_at: m.verified_at,
-                },
-            );
         }
         Ok(Arc::new(map))
     }
