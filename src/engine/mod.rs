@@ -4,6 +4,7 @@
 //! the typed layers (`crate::typed`) or persistence (`crate::persist`).
 
 pub(crate) mod counters;
+pub(crate) mod dense;
 pub(crate) mod epoch;
 pub(crate) mod events;
 pub(crate) mod execution;

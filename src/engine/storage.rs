@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
+use crate::engine::dense::DenseMap;
 use crate::engine::epoch::Epoch;
 use crate::revision::{Durability, Revision};
 use crate::{Error, Result};
@@ -252,7 +253,106 @@ pub(crate) struct InputSlot<V> {
     pub changed_at: Revision,
 }
 
-pub(crate) type InputTable<K, V> = Map<K, InputSlot<V>>;
+/// An input kind's table: its slots by key (reads by key, iteration,
+/// persistence go through `Deref` to the map), and beside it the
+/// `changed_at` of each slot by its key id's slot number, so a walk checks
+/// an input edge without resolving the id to its key (a lock in
+/// `typed/keys.rs`) and hashing the key again. Both halves are persistent:
+/// cloning the table (a snapshot, a batch) is O(1), and each state sees its
+/// own revision's slots. Writes go through [`insert`](Self::insert) and
+/// [`remove`](Self::remove), which keep the two halves consistent.
+///
+/// Architecture Invariant: `by_id[s]` is present with generation `g` exactly
+/// when the map holds a slot whose `key` is `KeyId::at(s, g)`, and then
+/// carries that slot's `changed_at`. A key id names at most one key while
+/// any state holding a slot under it exists (`engine/epoch.rs`), so this is
+/// the `changed_at` a lookup through the id's key would find; an id with
+/// no entry here (an absent key, a stale generation) takes that lookup
+/// (`Ingredient::input_changed_at` in `typed/input.rs`).
+#[derive(Clone)]
+pub(crate) struct InputTable<K, V> {
+    slots: Map<K, InputSlot<V>>,
+    by_id: DenseMap<ById>,
+}
+
+/// One key id slot's entry in [`InputTable::by_id`] (16 bytes).
+#[derive(Clone, Copy)]
+struct ById {
+    changed_at: Revision,
+    generation: u32,
+    present: bool,
+}
+
+const NO_SLOT: ById = ById {
+    changed_at: Revision::ZERO,
+    generation: 0,
+    present: false,
+};
+
+impl<K, V> std::ops::Deref for InputTable<K, V> {
+    type Target = Map<K, InputSlot<V>>;
+    #[inline]
+    fn deref(&self) -> &Self::Target {
+        &self.slots
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> InputTable<K, V> {
+    pub(crate) fn new() -> Self {
+        InputTable {
+            slots: new_map(),
+            by_id: DenseMap::new(NO_SLOT),
+        }
+    }
+
+    /// Sets `key`'s slot (replacing the one it had).
+    pub(crate) fn insert(&mut self, key: K, slot: InputSlot<V>) {
+        let (id, changed_at) = (slot.key, slot.changed_at);
+        if let Some(old) = self.slots.insert(key, slot)
+            && old.key != id
+        {
+            self.unindex(old.key);
+        }
+        self.by_id.set(
+            id.as_usize(),
+            ById {
+                changed_at,
+                generation: id.generation(),
+                present: true,
+            },
+        );
+    }
+
+    /// Removes `key`'s slot, if it has one.
+    pub(crate) fn remove(&mut self, key: &K) {
+        if let Some(old) = self.slots.remove(key) {
+            self.unindex(old.key);
+        }
+    }
+
+    fn unindex(&mut self, id: KeyId) {
+        let e = self.by_id.get(id.as_usize());
+        if e.present && e.generation == id.generation() {
+            self.by_id.set(id.as_usize(), NO_SLOT);
+        }
+    }
+
+    /// The `changed_at` of the slot held under `id`, if the table holds one
+    /// under exactly this id (see the type's invariant).
+    #[inline]
+    pub(crate) fn changed_at_by_id(&self, id: KeyId) -> Option<Revision> {
+        let e = self.by_id.get(id.as_usize());
+        (e.present && e.generation == id.generation()).then_some(e.changed_at)
+    }
+
+    /// Bytes the by-id side spends per key id slot it covers.
+    pub(crate) const BY_ID_BYTES: usize = std::mem::size_of::<ById>();
+
+    /// Key id slots the by-id side covers (up to the largest held).
+    pub(crate) fn by_id_len(&self) -> usize {
+        self.by_id.len()
+    }
+}
 
 /// Why a memo was (re-)executed; kept for `View::inspect`.
 ///

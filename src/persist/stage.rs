@@ -6,7 +6,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use super::{Codec, LoadedMemo, Stage};
-use crate::engine::storage::{Encoded, Entry, InputSlot, KeyId, Memo, Table, new_map};
+use crate::engine::storage::{Encoded, Entry, InputSlot, InputTable, KeyId, Memo, Table, new_map};
 use crate::error::{Error, Result};
 use crate::revision::Revision;
 use crate::typed::keys::{KeyIds, KeyTable, RetirementHeld};
@@ -178,7 +178,7 @@ where
     }
 
     fn input_table(&mut self, key_ids: &[KeyId]) -> Result<Table> {
-        let mut map = new_map::<K, InputSlot<V>>();
+        let mut map = InputTable::<K, V>::new();
         // The staged values move into the table (no second copy of them).
         for (file_key, (changed_at, value)) in std::mem::take(&mut self.inputs) {
             let (Some(key), Some(&id)) = (self.keys.get(file_key), key_ids.get(file_key)) else {

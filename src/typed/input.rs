@@ -11,9 +11,7 @@ use crate::engine::counters::Counters;
 use crate::engine::epoch::Epoch;
 use crate::engine::events::Write;
 use crate::engine::ingredient::{Footprint, Ingredient, IngredientKind, Registry};
-use crate::engine::storage::{
-    IngredientIndex, InputSlot, InputTable, KeyId, State, Table, new_map,
-};
+use crate::engine::storage::{IngredientIndex, InputSlot, InputTable, KeyId, State, Table};
 use crate::error::{Error, Result};
 use crate::persist::{
     Codec, CodecInfo, InputsBlob, KIND_INPUT, PersistKind, Stage, stage::KeyedStage,
@@ -106,7 +104,7 @@ impl<I: Input> Ingredient for InputIngredient<I> {
     }
 
     fn empty_table(&self) -> Table {
-        Arc::new(new_map::<I::Key, InputSlot<I::Value>>())
+        Arc::new(TableOf::<I>::new())
     }
 
     fn debug_key(&self, key: KeyId) -> String {
@@ -182,12 +180,20 @@ impl<I: Input> Ingredient for InputIngredient<I> {
             entries: current.len() - tombstones,
             tombstones,
             keys,
-            bytes: map_bytes::<I::Key, InputSlot<I::Value>>(current.len()) + self.keys.bytes(),
+            bytes: map_bytes::<I::Key, InputSlot<I::Value>>(current.len())
+                + current.by_id_len() * TableOf::<I>::BY_ID_BYTES
+                + self.keys.bytes(),
         }
     }
 
     fn input_changed_at(&self, table: &Table, key: KeyId) -> Option<Revision> {
         let table = table.downcast_ref::<TableOf<I>>()?;
+        // The slot held under exactly this id, by its number (no key
+        // resolution, no hashing); otherwise (an absent key, an id the
+        // table does not hold its key under) through the key.
+        if let Some(changed_at) = table.changed_at_by_id(key) {
+            return Some(changed_at);
+        }
         self.keys.with(key, |k| {
             table.get(k).map_or(Revision::ZERO, |s| s.changed_at)
         })
