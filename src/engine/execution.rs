@@ -33,7 +33,7 @@ struct Inner {
 }
 
 struct Recorder {
-    deps: Vec<Edge>,
+    deps: Reads,
     durability: Durability,
     finished: bool,
     /// Warm hits recorded and not yet added to their kind's counter: the
@@ -87,7 +87,7 @@ impl Execution {
                 key,
                 reason,
                 recorder: Mutex::new(Recorder {
-                    deps: Vec::with_capacity(reads),
+                    deps: Reads::with_capacity(reads),
                     durability: Durability::High,
                     finished: false,
                     hits: NO_HITS,
@@ -205,7 +205,7 @@ impl Execution {
             .filter(|old| durability == old.durability)
             .map(|old| old.changed_at);
         let main = self.inner.access.pinned().fork == MAIN_FORK;
-        let deps = dedup(deps).into_boxed_slice();
+        let deps = deps.into_edges();
         let changed_at = unchanged_since.unwrap_or(r);
         let shared = &self.inner.access.view().shared();
         if main && shared.events().wants_executions() {
@@ -230,6 +230,75 @@ impl Execution {
             reason: self.inner.reason,
             verified_main: AtomicU64::new(if main { r.as_u64() } else { 0 }),
         }
+    }
+}
+
+/// Reads recorded in place before the heap.
+const INLINE: usize = 2;
+
+/// The recorder's reads: up to [`INLINE`] in place, so a body that reads
+/// little allocates nothing while it runs and its memo's edges are
+/// allocated once at their exact size (no growth, no shrinking
+/// reallocation at the end); more go to the heap (sized from the previous
+/// memo's reads on a re-execution).
+#[derive(Default)]
+struct Reads {
+    inline: [Option<Edge>; INLINE],
+    /// How many of `inline` are used (0 once the reads are on the heap).
+    len: usize,
+    /// The reads, once there are more than `INLINE` (or room was made
+    /// for more): then `inline` is empty.
+    heap: Vec<Edge>,
+}
+
+impl Reads {
+    fn with_capacity(reads: usize) -> Reads {
+        Reads {
+            heap: if reads > INLINE {
+                Vec::with_capacity(reads)
+            } else {
+                Vec::new()
+            },
+            ..Reads::default()
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, edge: Edge) {
+        if self.heap.capacity() != 0 {
+            self.heap.push(edge);
+        } else if let Some(slot) = self.inline.get_mut(self.len) {
+            *slot = Some(edge);
+            self.len += 1;
+        } else {
+            self.spill(edge);
+        }
+    }
+
+    /// Moves the reads in place to the heap, then adds `edge`.
+    #[cold]
+    fn spill(&mut self, edge: Edge) {
+        self.heap.reserve(4 * INLINE);
+        let used = std::mem::take(&mut self.len);
+        self.heap
+            .extend(self.inline.iter_mut().take(used).filter_map(Option::take));
+        self.heap.push(edge);
+    }
+
+    /// The memo's edges: deduplicated, first-read order.
+    fn into_edges(mut self) -> Box<[Edge]> {
+        if self.heap.capacity() > 0 {
+            return dedup(self.heap).into_boxed_slice();
+        }
+        let used = self.len;
+        let mut edges = Vec::with_capacity(used);
+        for edge in self.inline.iter_mut().take(used).filter_map(Option::take) {
+            if !edges.iter().any(|e: &Edge| e.dep == edge.dep) {
+                edges.push(edge);
+            }
+        }
+        // Exact capacity unless a repeat was dropped (then this shrinks).
+        edges.into_boxed_slice()
     }
 }
 
@@ -313,6 +382,27 @@ mod tests {
             },
             seen: Revision::ZERO,
             memo: None,
+        }
+    }
+
+    #[test]
+    fn reads_in_place_or_on_the_heap_keep_first_reads_in_order() {
+        for hint in [0usize, 1, 2, 3, 10] {
+            for n in 0u32..12 {
+                let mut reads = Reads::with_capacity(hint);
+                let mut expected: Vec<Dep> = Vec::new();
+                for i in 0..n {
+                    // Repeats: 0, 1, 0, 2, 1, 3, ...
+                    let e = edge(1, if i % 2 == 0 { i / 2 } else { i / 4 });
+                    if !expected.contains(&e.dep) {
+                        expected.push(e.dep);
+                    }
+                    reads.push(e);
+                }
+                let edges = reads.into_edges();
+                let got: Vec<Dep> = edges.iter().map(|e| e.dep).collect();
+                assert_eq!(got, expected, "hint {hint}, {n} reads");
+            }
         }
     }
 
