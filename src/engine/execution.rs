@@ -325,18 +325,20 @@ fn dedup(mut deps: Vec<Edge>) -> Vec<Edge> {
     }
 }
 
-/// A set of `Dep`s for [`dedup`]: open addressing over packed `u64`s with
+/// A set of `Dep`s for [`dedup`]: open addressing over packed `Dep`s
+/// (ingredient and slot in a `u64`, the key's generation beside it) with
 /// linear probing, sized once (at most half full). Cheaper per insert than
 /// a general hash set, which matters for a body that reads thousands of
-/// memos (W1's reader, W3's site query).
+/// memos (W1's reader, W3's site query). Two ids of one slot under
+/// different generations are different dependencies, as in the small path.
 struct DepSet {
-    slots: Vec<u64>,
+    slots: Vec<(u64, u32)>,
     mask: usize,
     /// Whether the one `Dep` that packs to `EMPTY` was inserted.
     has_empty: bool,
 }
 
-const EMPTY: u64 = u64::MAX;
+const EMPTY: (u64, u32) = (u64::MAX, u32::MAX);
 
 impl DepSet {
     fn with_capacity(n: usize) -> DepSet {
@@ -350,11 +352,14 @@ impl DepSet {
 
     /// Inserts `dep`; false if it was already there.
     fn insert(&mut self, dep: Dep) -> bool {
-        let packed = (u64::from(dep.ingredient.get()) << 32) | u64::from(dep.key.get());
+        let packed = (
+            (u64::from(dep.ingredient.get()) << 32) | u64::from(dep.key.get()),
+            dep.key.generation(),
+        );
         if packed == EMPTY {
             return !std::mem::replace(&mut self.has_empty, true);
         }
-        let mut i = (packed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask;
+        let mut i = (packed.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask;
         loop {
             match self.slots.get_mut(i) {
                 Some(slot) if *slot == EMPTY => {
@@ -424,6 +429,32 @@ mod tests {
             }
             let got: Vec<Dep> = dedup(deps).iter().map(|e| e.dep).collect();
             assert_eq!(got, expected, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn dedup_tells_generations_of_one_slot_apart() {
+        let at = |slot: u32, generation: u32| Edge {
+            dep: Dep {
+                ingredient: IngredientIndex::new(1),
+                key: KeyId::at(slot, generation),
+            },
+            seen: Revision::ZERO,
+            memo: None,
+        };
+        // Below and above the small path's 16 reads.
+        for n in [4u32, 40] {
+            let mut deps = Vec::new();
+            for k in 0..n {
+                deps.push(at(k, 0));
+                deps.push(at(k, 1));
+                deps.push(at(k, 0));
+            }
+            deps.push(at(u32::MAX, u32::MAX));
+            deps.push(at(u32::MAX, u32::MAX));
+            let got = dedup(deps);
+            assert_eq!(got.len(), 2 * n as usize + 1, "n = {n}");
+            assert_eq!(got[1].dep.key, KeyId::at(0, 1));
         }
     }
 }
