@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 
 use crate::engine::epoch::{Epoch, EpochWatch};
@@ -58,17 +58,6 @@ impl<T> AppendVec<T> {
         }
         let (chunk, offset) = locate(index);
         self.chunks.get(chunk)?.get()?.get(offset)?.get()
-    }
-
-    /// Bytes of the chunks allocated so far (chunks double: up to twice
-    /// what `len` elements need).
-    pub(crate) fn allocated_bytes(&self) -> usize {
-        self.chunks
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.get().is_some())
-            .map(|(i, _)| (FIRST_CHUNK << i) * std::mem::size_of::<OnceLock<T>>())
-            .sum()
     }
 
     /// Appends and returns the new element's index, or `None` when full.
@@ -143,29 +132,12 @@ impl<T: Eq + Hash, I> Shards<T, I> {
         }
     }
 
-    /// Bytes of the shards' hash tables (buckets and control bytes, at
-    /// their capacity).
-    fn allocated_bytes(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| read(s).capacity() * (std::mem::size_of::<(T, I)>() + 1))
-            .sum()
-    }
-
     fn index(&self, value: &T) -> usize {
         self.hasher.hash_one(value) as usize % SHARDS
     }
 
     fn shard(&self, value: &T) -> &Shard<T, I> {
         &self.shards[self.index(value)]
-    }
-
-    #[cfg(test)]
-    fn get(&self, value: &T) -> Option<I>
-    where
-        I: Copy,
-    {
-        read(self.shard(value)).get(value).copied()
     }
 
     /// The id of `value`, if it has one, after `f` of it ran under the
@@ -203,18 +175,6 @@ impl<T: Eq + Hash, I> Shards<T, I> {
         let id = new()?;
         map.insert(value.clone(), id);
         Some(id)
-    }
-
-    /// Every shard, write-locked, each with room for its part of `n` more.
-    fn lock_all(
-        &self,
-        n: usize,
-    ) -> Vec<std::sync::RwLockWriteGuard<'_, HashMap<T, I, ahash::RandomState>>> {
-        let mut shards: Vec<_> = self.shards.iter().map(write).collect();
-        for shard in &mut shards {
-            shard.reserve(n / SHARDS + 1);
-        }
-        shards
     }
 }
 
@@ -287,23 +247,125 @@ impl<T: Clone + Eq + Hash> KeyTable<T> {
     }
 }
 
-/// A key id's slot in [`KeyIds`]: the generation it is at and what it holds.
-struct Slot<T> {
-    held: RwLock<(u32, Held<T>)>,
-    /// Interned (given out by value) since the last
-    /// [`retire_unused`](KeyIds::retire_unused) looked at the slot.
-    touched: AtomicBool,
+/// Chunks of [`SlotVec`]: groups of `GROUP` chunks of the same size, the
+/// size doubling from one group to the next, so at most 1/`GROUP` of the
+/// slots allocated is unused (doubling every chunk wastes up to half).
+const GROUP: usize = 4;
+const SLOT_CHUNKS: usize = 104; // 4 * 32 * (2^26 - 1) > u32::MAX
+
+fn locate_grouped(index: usize) -> (usize, usize) {
+    let q = index / (GROUP * FIRST_CHUNK) + 1;
+    let group = (usize::BITS - 1 - q.leading_zeros()) as usize;
+    let offset = index - GROUP * FIRST_CHUNK * ((1usize << group) - 1);
+    let shift = FIRST_CHUNK.trailing_zeros() as usize + group;
+    (
+        group * GROUP + (offset >> shift),
+        offset & ((1usize << shift) - 1),
+    )
 }
 
-enum Held<T> {
-    /// Unused; reusable if on the free list.
-    Free,
-    /// The id of a key of the database.
-    Live(T),
-    /// Retired by a collection in this epoch: no longer the id a new read
-    /// of the key gets, but states of that epoch or older may still hold
-    /// the key under it, so it still resolves to the key.
-    Retired(T, u64),
+/// The slots of a [`KeyIds`]: allocated a chunk at a time (every slot of a
+/// chunk starts free), with lock-free reads of those handed out.
+struct SlotVec<T> {
+    chunks: [OnceLock<Box<[Slot<T>]>>; SLOT_CHUNKS],
+    len: AtomicUsize,
+    push: Mutex<()>,
+}
+
+impl<T> SlotVec<T> {
+    fn new() -> Self {
+        SlotVec {
+            chunks: std::array::from_fn(|_| OnceLock::new()),
+            len: AtomicUsize::new(0),
+            push: Mutex::new(()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    fn get(&self, index: usize) -> Option<&Slot<T>> {
+        if index >= self.len() {
+            return None;
+        }
+        let (chunk, offset) = locate_grouped(index);
+        self.chunks.get(chunk)?.get()?.get(offset)
+    }
+
+    fn allocated_bytes(&self) -> usize {
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.get().is_some())
+            .map(|(i, _)| (FIRST_CHUNK << (i / GROUP)) * std::mem::size_of::<Slot<T>>())
+            .sum()
+    }
+
+    /// A new slot holding `value` (live, touched, generation 0), or `None`
+    /// when 2^32 are in use.
+    fn push(&self, value: T) -> Option<u32> {
+        let _guard = lock(&self.push);
+        let index = self.len.load(Ordering::Relaxed);
+        let id = u32::try_from(index).ok()?;
+        let (chunk, offset) = locate_grouped(index);
+        let slot = self
+            .chunks
+            .get(chunk)?
+            .get_or_init(|| {
+                (0..FIRST_CHUNK << (chunk / GROUP))
+                    .map(|_| Slot::free())
+                    .collect()
+            })
+            .get(offset)?;
+        *write(&slot.key) = Some(value);
+        slot.meta.store(LIVE | TOUCHED, Ordering::Release);
+        self.len.store(index + 1, Ordering::Release);
+        Some(id)
+    }
+}
+
+/// [`Slot::meta`]: the generation (low 32 bits), the state, and the
+/// touched flag.
+const GENERATION: u64 = u32::MAX as u64;
+const STATE: u64 = 3 << 32;
+/// Unused; reusable if on the free list.
+const FREE: u64 = 0;
+/// The id of a key of the database.
+const LIVE: u64 = 1 << 32;
+/// Retired by a collection in an epoch (in [`KeyIds::retired_at`]): no
+/// longer the id a new read of the key gets, but states of that epoch or
+/// older may still hold the key under it, so it still resolves to the key.
+const RETIRED: u64 = 2 << 32;
+/// Interned (given out by value) since the last
+/// [`retire_unused`](KeyIds::retire_unused) looked at the slot.
+const TOUCHED: u64 = 1 << 34;
+
+fn generation(meta: u64) -> u32 {
+    (meta & GENERATION) as u32
+}
+
+/// A key id's slot in [`KeyIds`]: its generation, state and touched flag in
+/// one word (read without a lock), and its key (`None` while free), under
+/// a read-write lock (a read guard costs no poison check: cheaper than a
+/// `Mutex` on the id → key paths, for 8 B more a slot).
+///
+/// `meta` changes only under the `key` lock (so `with` sees the key and
+/// state together), except for the touched flag, set under the key's shard
+/// lock and cleared by a compare-exchange.
+struct Slot<T> {
+    meta: AtomicU64,
+    key: RwLock<Option<T>>,
+}
+
+impl<T> Slot<T> {
+    fn free() -> Self {
+        Slot {
+            meta: AtomicU64::new(FREE),
+            key: RwLock::new(None),
+        }
+    }
 }
 
 /// Retired slots waiting for their epoch to end, and reusable slots.
@@ -312,6 +374,10 @@ struct Reuse {
     limbo: Vec<(EpochWatch, Vec<u32>)>,
     free: Vec<u32>,
 }
+
+/// Slot numbers, found by the hash of the key they hold (compared through
+/// the slot: the key is stored once).
+type IdShard = RwLock<hashbrown::HashTable<u32>>;
 
 /// The key ids of an input or query kind: `T ↔ KeyId`, deduplicated by
 /// value, with ids reclaimed (issue 11).
@@ -329,10 +395,20 @@ struct Reuse {
 /// of its epoch or older (`live_in`), and the database's own collection
 /// drops those it finds, so a state newer than the retirement never holds a
 /// memo under a retired id. A generation that would wrap is never reused.
+///
+/// Layout (issue 12): a key is stored once, in its slot (16 B of slot
+/// header for a `u64` key: `meta` and the lock; `Slot<u64>` is 40 B); the
+/// by-value shards hold only slot numbers (4 B a bucket) and compare keys
+/// through the slots. Every id in a shard is live, so its key does not
+/// change while the shard's lock is held.
 pub(crate) struct KeyIds<T> {
-    ids: Shards<T, KeyId>,
-    slots: AppendVec<Slot<T>>,
+    hasher: ahash::RandomState,
+    shards: [IdShard; SHARDS],
+    slots: SlotVec<T>,
     reuse: Mutex<Reuse>,
+    /// Slot → (generation, epoch) of the retired slots (a leaf lock: taken
+    /// under a slot's, never the other way round).
+    retired_at: Mutex<HashMap<u32, (u32, u64), DepHash>>,
     /// Slots live or retired (not free).
     used: AtomicUsize,
     /// Whether any id was ever retired (until then every id is live).
@@ -357,9 +433,11 @@ impl<T> Drop for RetirementHeld<'_, T> {
 impl<T: Clone + Eq + Hash> KeyIds<T> {
     pub(crate) fn new() -> Self {
         KeyIds {
-            ids: Shards::new(),
-            slots: AppendVec::new(),
+            hasher: ahash::RandomState::new(),
+            shards: std::array::from_fn(|_| RwLock::new(hashbrown::HashTable::new())),
+            slots: SlotVec::new(),
             reuse: Mutex::new(Reuse::default()),
+            retired_at: Mutex::new(HashMap::default()),
             used: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             released: AtomicBool::new(false),
@@ -384,46 +462,94 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
         self.holds.load(Ordering::Acquire) > 0
     }
 
+    #[inline]
+    fn hash(&self, value: &T) -> u64 {
+        self.hasher.hash_one(value)
+    }
+
+    /// The shard of a key of hash `hash` (bits the shard's table does not
+    /// use for its buckets or tags).
+    #[inline]
+    fn shard_index(hash: u64) -> usize {
+        (hash >> 32) as usize % SHARDS
+    }
+
+    /// Whether slot `s` holds `value`.
+    #[inline]
+    fn slot_holds(&self, s: u32, value: &T) -> bool {
+        self.slots
+            .get(s as usize)
+            .is_some_and(|slot| read(&slot.key).as_ref() == Some(value))
+    }
+
+    /// The hash of the key slot `s` holds (a shard's table growing).
+    fn slot_hash(&self, s: u32) -> u64 {
+        self.slots
+            .get(s as usize)
+            .and_then(|slot| read(&slot.key).as_ref().map(|k| self.hash(k)))
+            .unwrap_or(0)
+    }
+
     /// The current id of `value`, if it has one.
     #[cfg(test)]
     pub(crate) fn get(&self, value: &T) -> Option<KeyId> {
-        self.ids.get(value)
+        let hash = self.hash(value);
+        let table = read(&self.shards[Self::shard_index(hash)]);
+        let s = *table.find(hash, |&s| self.slot_holds(s, value))?;
+        let meta = self.slots.get(s as usize)?.meta.load(Ordering::Acquire);
+        Some(KeyId::at(s, generation(meta)))
     }
 
     /// The id of `value`, giving it one if it has none. `None` only if
     /// 2^32 ids are in use.
     pub(crate) fn intern(&self, value: &T) -> Option<KeyId> {
-        self.ids
-            .get_or_insert(value, |id| self.touch(id), || self.allocate(value))
+        let hash = self.hash(value);
+        let shard = &self.shards[Self::shard_index(hash)];
+        {
+            let table = read(shard);
+            if let Some(&s) = table.find(hash, |&s| self.slot_holds(s, value)) {
+                return self.touch(s);
+            }
+        }
+        let mut table = write(shard);
+        if let Some(&s) = table.find(hash, |&s| self.slot_holds(s, value)) {
+            return self.touch(s);
+        }
+        let id = self.allocate(value)?;
+        table.insert_unique(hash, id.get(), |&s| self.slot_hash(s));
+        Some(id)
     }
 
-    /// Marks `id` as just given out (under its key's shard lock): the next
-    /// [`retire_unused`](Self::retire_unused) leaves it alone.
+    /// The id of live slot `s`, marked as just given out (under its key's
+    /// shard lock): the next [`retire_unused`](Self::retire_unused) leaves
+    /// it alone.
     #[inline]
-    fn touch(&self, id: KeyId) {
-        if let Some(slot) = self.slots.get(id.as_usize())
-            && !slot.touched.load(Ordering::Relaxed)
-        {
-            slot.touched.store(true, Ordering::Relaxed);
+    fn touch(&self, s: u32) -> Option<KeyId> {
+        let slot = self.slots.get(s as usize)?;
+        let meta = slot.meta.load(Ordering::Relaxed);
+        if meta & TOUCHED == 0 {
+            slot.meta.fetch_or(TOUCHED, Ordering::Relaxed);
         }
+        Some(KeyId::at(s, generation(meta)))
     }
 
     /// The ids of `values`, giving new ones ids (a load's keys): every
     /// shard is locked once for the whole batch. `None` only if 2^32 ids
     /// are in use.
     pub(crate) fn intern_all(&self, values: &[T]) -> Option<Vec<KeyId>> {
-        let mut shards = self.ids.lock_all(values.len());
+        let mut shards: Vec<_> = self.shards.iter().map(write).collect();
+        for shard in &mut shards {
+            shard.reserve(values.len() / SHARDS + 1, |&s| self.slot_hash(s));
+        }
         let mut ids = Vec::with_capacity(values.len());
         for value in values {
-            let map = &mut shards[self.ids.index(value)];
-            let id = match map.get(value) {
-                Some(id) => {
-                    self.touch(*id);
-                    *id
-                }
+            let hash = self.hash(value);
+            let table = &mut shards[Self::shard_index(hash)];
+            let id = match table.find(hash, |&s| self.slot_holds(s, value)) {
+                Some(&s) => self.touch(s)?,
                 None => {
                     let id = self.allocate(value)?;
-                    map.insert(value.clone(), id);
+                    table.insert_unique(hash, id.get(), |&s| self.slot_hash(s));
                     id
                 }
             };
@@ -436,20 +562,16 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
     fn allocate(&self, value: &T) -> Option<KeyId> {
         let reused = lock(&self.reuse).free.pop();
         let id = match reused {
-            Some(slot) => {
-                let held = self.slots.get(slot as usize)?;
-                let mut h = write(&held.held);
-                h.1 = Held::Live(value.clone());
-                held.touched.store(true, Ordering::Relaxed);
-                KeyId::at(slot, h.0)
+            Some(s) => {
+                let slot = self.slots.get(s as usize)?;
+                let mut key = write(&slot.key);
+                *key = Some(value.clone());
+                let g = generation(slot.meta.load(Ordering::Acquire));
+                slot.meta
+                    .store(u64::from(g) | LIVE | TOUCHED, Ordering::Release);
+                KeyId::at(s, g)
             }
-            None => {
-                let slot = self.slots.push(Slot {
-                    held: RwLock::new((0, Held::Live(value.clone()))),
-                    touched: AtomicBool::new(true),
-                })?;
-                KeyId::new(u32::try_from(slot).ok()?)
-            }
+            None => KeyId::new(self.slots.push(value.clone())?),
         };
         self.used.fetch_add(1, Ordering::Relaxed);
         Some(id)
@@ -461,14 +583,12 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
     #[inline]
     pub(crate) fn with<R>(&self, id: KeyId, f: impl FnOnce(&T) -> R) -> Option<R> {
         let slot = self.slots.get(id.get() as usize)?;
-        let held = read(&slot.held);
-        if held.0 != id.generation() {
+        let key = read(&slot.key);
+        let meta = slot.meta.load(Ordering::Acquire);
+        if generation(meta) != id.generation() || meta & STATE == FREE {
             return None;
         }
-        match &held.1 {
-            Held::Live(k) | Held::Retired(k, _) => Some(f(k)),
-            Held::Free => None,
-        }
+        key.as_ref().map(f)
     }
 
     /// The key `id` names, cloned.
@@ -479,7 +599,13 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
     /// Whether `id` still names a key (see [`with`](Self::with)).
     #[inline]
     pub(crate) fn names(&self, id: KeyId) -> bool {
-        !self.released.load(Ordering::Acquire) || self.with(id, |_| ()).is_some()
+        if !self.released.load(Ordering::Acquire) {
+            return true;
+        }
+        self.slots.get(id.get() as usize).is_some_and(|slot| {
+            let meta = slot.meta.load(Ordering::Acquire);
+            generation(meta) == id.generation() && meta & STATE != FREE
+        })
     }
 
     /// Whether a memo under `id` may go into a state of `epoch`: the id is
@@ -497,13 +623,17 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
         let Some(slot) = self.slots.get(id.as_usize()) else {
             return false;
         };
-        let held = read(&slot.held);
-        held.0 == id.generation()
-            && match held.1 {
-                Held::Live(_) => true,
-                Held::Retired(_, at) => epoch <= at,
-                Held::Free => false,
-            }
+        let meta = slot.meta.load(Ordering::Acquire);
+        if generation(meta) != id.generation() {
+            return false;
+        }
+        match meta & STATE {
+            LIVE => true,
+            RETIRED => lock(&self.retired_at)
+                .get(&id.get())
+                .is_some_and(|&(g, at)| g == id.generation() && epoch <= at),
+            _ => false,
+        }
     }
 
     /// Whether `id` is the current id of its key.
@@ -549,18 +679,25 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
             let Some(slot) = self.slots.get(s) else {
                 continue;
             };
-            let held = read(&slot.held);
-            if !matches!(held.1, Held::Live(_)) {
+            let meta = slot.meta.load(Ordering::Acquire);
+            if meta & STATE != LIVE {
                 continue;
             }
-            if slot.touched.swap(false, Ordering::AcqRel) {
+            if meta & TOUCHED != 0 {
+                // Cleared only if nothing changed since the load (a slot
+                // retired and reused meanwhile keeps its new flag).
+                let _ = slot.meta.compare_exchange(
+                    meta,
+                    meta & !TOUCHED,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
                 continue;
             }
             let Ok(s) = u32::try_from(s) else {
                 continue;
             };
-            let id = KeyId::at(s, held.0);
-            drop(held);
+            let id = KeyId::at(s, generation(meta));
             if !keep(id) {
                 unused.push(id);
             }
@@ -597,10 +734,10 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
         let mut retired = Vec::new();
         for &id in ids {
             // Shard, then slot: the order `intern` takes them in.
-            let Some(value) = self.with(id, T::clone) else {
+            let Some(hash) = self.with(id, |k| self.hash(k)) else {
                 continue;
             };
-            let mut map = write(self.ids.shard(&value));
+            let mut table = write(&self.shards[Self::shard_index(hash)]);
             // Checked under the shard's lock, which a load's `intern_all`
             // takes after its hold: an id it got is never retired here.
             if self.retirement_held() {
@@ -609,17 +746,24 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
             let Some(slot) = self.slots.get(id.get() as usize) else {
                 continue;
             };
-            let mut held = write(&slot.held);
-            if held.0 != id.generation()
-                || !matches!(held.1, Held::Live(_))
-                || (untouched && slot.touched.load(Ordering::Acquire))
+            let key = write(&slot.key);
+            let meta = slot.meta.load(Ordering::Acquire);
+            if generation(meta) != id.generation()
+                || meta & STATE != LIVE
+                || (untouched && meta & TOUCHED != 0)
             {
                 continue;
             }
-            if map.get(&value) == Some(&id) {
-                map.remove(&value);
+            // A live id is the one its key's shard holds (compared by slot
+            // number: this slot's lock is held).
+            if let Ok(entry) = table.find_entry(hash, |&s| s == id.get()) {
+                entry.remove();
             }
-            held.1 = Held::Retired(value, epoch.seq());
+            // Before the state: a `live_in` that sees it retired finds when.
+            lock(&self.retired_at).insert(id.get(), (id.generation(), epoch.seq()));
+            slot.meta
+                .store(u64::from(id.generation()) | RETIRED, Ordering::Release);
+            drop(key);
             retired.push(id.get());
         }
         let n = retired.len();
@@ -648,16 +792,23 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
                 let Some(slot) = self.slots.get(s as usize) else {
                     continue;
                 };
-                let mut held = write(&slot.held);
-                if !matches!(held.1, Held::Retired(..)) {
+                let mut key = write(&slot.key);
+                let meta = slot.meta.load(Ordering::Acquire);
+                if meta & STATE != RETIRED {
                     continue;
                 }
-                held.1 = Held::Free;
+                let old = key.take();
                 released += 1;
                 // A generation that would wrap is never reused: the slot is
                 // given up (one slot per 2^32 reuses of it).
-                if let Some(next) = held.0.checked_add(1) {
-                    held.0 = next;
+                let g = generation(meta);
+                let next = g.checked_add(1);
+                slot.meta
+                    .store(u64::from(next.unwrap_or(g)) | FREE, Ordering::Release);
+                lock(&self.retired_at).remove(&s);
+                drop(key);
+                drop(old);
+                if next.is_some() {
                     free.push(s);
                 }
             }
@@ -672,11 +823,24 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// Estimated bytes: the slots' chunks as allocated and the by-value
-    /// hash tables at their capacity (shallow: a key's own heap data is not
-    /// followed).
+    /// Bytes: the slots' chunks as allocated, the by-value tables' buckets
+    /// (a slot number and a control byte each, at their capacity), and the
+    /// reuse lists (shallow: a key's own heap data is not followed).
     pub(crate) fn bytes(&self) -> usize {
-        self.slots.allocated_bytes() + self.ids.allocated_bytes()
+        let tables: usize = self
+            .shards
+            .iter()
+            .map(|s| table_bytes(read(s).capacity(), std::mem::size_of::<u32>()))
+            .sum();
+        let reuse = {
+            let r = lock(&self.reuse);
+            r.free.capacity() * 4 + r.limbo.iter().map(|(_, v)| v.capacity() * 4).sum::<usize>()
+        };
+        let retired = table_bytes(
+            lock(&self.retired_at).capacity(),
+            std::mem::size_of::<(u32, (u32, u64))>(),
+        );
+        self.slots.allocated_bytes() + tables + reuse + retired
     }
 
     /// `Debug` rendering of the key `id` names (`#id` if none).
@@ -687,6 +851,22 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
         self.with(id, |v| crate::util::debug_string(v))
             .unwrap_or_else(|| format!("#{id}"))
     }
+}
+
+/// Bytes of a hashbrown table (std's `HashMap` is one) of `capacity` with
+/// `entry`-byte entries: its buckets (a power of two, 8/7 of the capacity
+/// past 8), an entry and a control byte each, and a group of trailing
+/// control bytes.
+fn table_bytes(capacity: usize, entry: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = if capacity < 8 {
+        capacity + 1
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    };
+    buckets * (entry + 1) + 16
 }
 
 #[cfg(test)]
@@ -705,6 +885,46 @@ mod tests {
             }
             expected = (got.0, got.1 + 1);
         }
+    }
+
+    #[test]
+    fn grouped_chunks_are_contiguous_and_sized() {
+        let mut expected = (0, 0);
+        for i in 0..200_000 {
+            let got = locate_grouped(i);
+            if got.0 != expected.0 {
+                assert_eq!(expected.1, FIRST_CHUNK << (expected.0 / GROUP), "{i}");
+                assert_eq!(got, (expected.0 + 1, 0));
+            } else {
+                assert_eq!(got, expected);
+            }
+            expected = (got.0, got.1 + 1);
+        }
+        assert!(locate_grouped(u32::MAX as usize).0 < SLOT_CHUNKS);
+    }
+
+    /// The key is stored once: a `u64` key's slot is its key, `meta` and
+    /// a lock (issue 12; it was 64 B with the key in the by-value map too).
+    #[test]
+    #[cfg(all(target_pointer_width = "64", target_os = "linux"))]
+    fn a_u64_slot_is_40_bytes() {
+        assert_eq!(std::mem::size_of::<Slot<u64>>(), 40);
+    }
+
+    #[test]
+    fn key_ids_grow_past_many_chunks_and_resolve() {
+        let t = KeyIds::new();
+        let ids: Vec<KeyId> = (0..20_000u64).map(|i| t.intern(&i).unwrap()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(t.value(*id), Some(i as u64));
+            assert_eq!(t.intern(&(i as u64)), Some(*id));
+        }
+        let batch: Vec<u64> = (19_990..20_010).collect();
+        let again = t.intern_all(&batch).unwrap();
+        assert_eq!(&again[..10], &ids[19_990..]);
+        assert_eq!(t.len(), 20_010);
+        // Slots of 40 B (in chunks at most 1/4 unused), buckets of 5 B.
+        assert!(t.bytes() < 20_010 * 64, "{}", t.bytes());
     }
 
     #[test]
