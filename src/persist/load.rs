@@ -905,7 +905,7 @@ fn install(
         path: path.to_path_buf(),
         base_id: image.base_id,
         revision: image.revision,
-        keys: HashMap::new(),
+        keys: Default::default(),
         loaded_keys,
         interned,
         log_len: image.log_len,

@@ -87,6 +87,14 @@ pub(crate) async fn load(
 }
 
 use crate::engine::storage::{IngredientIndex, KeyId, MemoMeta, MemoRef, Table};
+
+/// A hash map keyed by engine ids (ingredient indices, key ids, section
+/// positions), hashed with the engine's one-multiply `DepHash`: the keys
+/// are dense ids the engine chose, so SipHash's keyed hashing bought
+/// nothing and was a third of a save's instructions.
+pub(crate) type IdMap<K, V> = HashMap<K, V, crate::engine::storage::DepHash>;
+/// Key id → index in the file's key table.
+pub(crate) type KeyIndex = IdMap<KeyId, usize>;
 use crate::error::{Error, Result};
 use crate::revision::Revision;
 
@@ -422,7 +430,7 @@ pub(crate) struct Link {
     pub revision: Revision,
     /// Per ingredient index: key id → index in the file's key table, and
     /// the number of keys the file holds.
-    pub keys: HashMap<IngredientIndex, (HashMap<KeyId, usize>, usize)>,
+    pub keys: IdMap<IngredientIndex, (KeyIndex, usize)>,
     /// Per ingredient index: the file's key table as key ids, from a load;
     /// turned into `keys` by the first append (so loading does not pay for
     /// maps only appends need).

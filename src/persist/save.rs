@@ -1,8 +1,8 @@
 //! Full saves (a new base file, crash-safe) and incremental appends to the
 //! log beside it.
 
-use super::Persistence;
 use super::{CacheOperation, CacheStep, Progress};
+use super::{IdMap, KeyIndex, Persistence};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::format::{self, Enc, FileKind};
 use super::{AppendReport, Link, PersistKind, SaveReport, tag};
 use crate::engine::ingredient::{Ingredient, IngredientKind};
-use crate::engine::storage::{Dep, IngredientIndex, KeyId, MAIN_FORK, MemoRef, State};
+use crate::engine::storage::{Dep, DepHash, IngredientIndex, KeyId, MAIN_FORK, MemoRef, State};
 use crate::engine::view::ViewCore;
 use crate::error::{Error, Result};
 use crate::util::lock;
@@ -22,7 +22,7 @@ struct Sections<'a> {
         &'a Arc<dyn Ingredient>,
         &'a dyn PersistKind,
     )>,
-    by_ingredient: HashMap<IngredientIndex, usize>,
+    by_ingredient: IdMap<IngredientIndex, usize>,
 }
 
 impl<'a> Sections<'a> {
@@ -49,9 +49,9 @@ impl<'a> Sections<'a> {
 /// Key tables being written: per section, key id → file index.
 #[derive(Default)]
 struct KeyMaps {
-    maps: HashMap<usize, (HashMap<KeyId, usize>, usize)>,
+    maps: IdMap<usize, (KeyIndex, usize)>,
     /// Keys first referenced by this write, per section, in file order.
-    fresh: HashMap<usize, Vec<KeyId>>,
+    fresh: IdMap<usize, Vec<KeyId>>,
 }
 
 impl KeyMaps {
@@ -569,7 +569,7 @@ fn write_append(
     }
 
     // The latest state of each changed slot or memo, once.
-    let mut seen: HashSet<Dep> = HashSet::new();
+    let mut seen: HashSet<Dep, DepHash> = HashSet::default();
     for (_, _, dep) in entries.iter().rev() {
         if !seen.insert(*dep) {
             continue;
