@@ -376,8 +376,26 @@ struct Reuse {
 }
 
 /// Slot numbers, found by the hash of the key they hold (compared through
-/// the slot: the key is stored once).
-type IdShard = RwLock<hashbrown::HashTable<u32>>;
+/// the slot: the key is stored once), each beside the low half of that
+/// hash. The table re-hashes (grows, or rehashes in place) from the stored
+/// half only, never by calling the user's `Hash` on the keys: hashbrown
+/// drops the entries it has not re-placed yet when a hasher panics during
+/// an in-place rehash, and a key lost that way would get a new id (its
+/// input read as absent).
+type IdShard = RwLock<hashbrown::HashTable<(u32, u32)>>;
+
+/// A shard table's hash of an entry whose key hashes to `hash`: a function
+/// of the stored low half alone (the high half picks the shard).
+#[inline]
+fn table_hash(hash: u64) -> u64 {
+    u64::from(hash as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The re-hash of a stored entry (no user code).
+#[inline]
+fn entry_hash(entry: &(u32, u32)) -> u64 {
+    table_hash(u64::from(entry.1))
+}
 
 /// The key ids of an input or query kind: `T ↔ KeyId`, deduplicated by
 /// value, with ids reclaimed (issue 11).
@@ -482,12 +500,10 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
             .is_some_and(|slot| read(&slot.key).as_ref() == Some(value))
     }
 
-    /// The hash of the key slot `s` holds (a shard's table growing).
-    fn slot_hash(&self, s: u32) -> u64 {
-        self.slots
-            .get(s as usize)
-            .and_then(|slot| read(&slot.key).as_ref().map(|k| self.hash(k)))
-            .unwrap_or(0)
+    /// Whether shard entry `entry` is `value`'s (of hash `hash`).
+    #[inline]
+    fn entry_holds(&self, entry: &(u32, u32), hash: u64, value: &T) -> bool {
+        entry.1 == hash as u32 && self.slot_holds(entry.0, value)
     }
 
     /// The current id of `value`, if it has one.
@@ -495,7 +511,9 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
     pub(crate) fn get(&self, value: &T) -> Option<KeyId> {
         let hash = self.hash(value);
         let table = read(&self.shards[Self::shard_index(hash)]);
-        let s = *table.find(hash, |&s| self.slot_holds(s, value))?;
+        let s = table
+            .find(table_hash(hash), |e| self.entry_holds(e, hash, value))?
+            .0;
         let meta = self.slots.get(s as usize)?.meta.load(Ordering::Acquire);
         Some(KeyId::at(s, generation(meta)))
     }
@@ -507,16 +525,18 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
         let shard = &self.shards[Self::shard_index(hash)];
         {
             let table = read(shard);
-            if let Some(&s) = table.find(hash, |&s| self.slot_holds(s, value)) {
+            if let Some(&(s, _)) =
+                table.find(table_hash(hash), |e| self.entry_holds(e, hash, value))
+            {
                 return self.touch(s);
             }
         }
         let mut table = write(shard);
-        if let Some(&s) = table.find(hash, |&s| self.slot_holds(s, value)) {
+        if let Some(&(s, _)) = table.find(table_hash(hash), |e| self.entry_holds(e, hash, value)) {
             return self.touch(s);
         }
         let id = self.allocate(value)?;
-        table.insert_unique(hash, id.get(), |&s| self.slot_hash(s));
+        table.insert_unique(table_hash(hash), (id.get(), hash as u32), entry_hash);
         Some(id)
     }
 
@@ -539,17 +559,17 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
     pub(crate) fn intern_all(&self, values: &[T]) -> Option<Vec<KeyId>> {
         let mut shards: Vec<_> = self.shards.iter().map(write).collect();
         for shard in &mut shards {
-            shard.reserve(values.len() / SHARDS + 1, |&s| self.slot_hash(s));
+            shard.reserve(values.len() / SHARDS + 1, entry_hash);
         }
         let mut ids = Vec::with_capacity(values.len());
         for value in values {
             let hash = self.hash(value);
             let table = &mut shards[Self::shard_index(hash)];
-            let id = match table.find(hash, |&s| self.slot_holds(s, value)) {
-                Some(&s) => self.touch(s)?,
+            let id = match table.find(table_hash(hash), |e| self.entry_holds(e, hash, value)) {
+                Some(&(s, _)) => self.touch(s)?,
                 None => {
                     let id = self.allocate(value)?;
-                    table.insert_unique(hash, id.get(), |&s| self.slot_hash(s));
+                    table.insert_unique(table_hash(hash), (id.get(), hash as u32), entry_hash);
                     id
                 }
             };
@@ -756,7 +776,7 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
             }
             // A live id is the one its key's shard holds (compared by slot
             // number: this slot's lock is held).
-            if let Ok(entry) = table.find_entry(hash, |&s| s == id.get()) {
+            if let Ok(entry) = table.find_entry(table_hash(hash), |&(s, _)| s == id.get()) {
                 entry.remove();
             }
             // Before the state: a `live_in` that sees it retired finds when.
@@ -830,7 +850,7 @@ impl<T: Clone + Eq + Hash> KeyIds<T> {
         let tables: usize = self
             .shards
             .iter()
-            .map(|s| table_bytes(read(s).capacity(), std::mem::size_of::<u32>()))
+            .map(|s| table_bytes(read(s).capacity(), std::mem::size_of::<(u32, u32)>()))
             .sum();
         let reuse = {
             let r = lock(&self.reuse);
@@ -912,6 +932,40 @@ mod tests {
     }
 
     #[test]
+    fn shard_tables_rehash_without_calling_the_users_hash() {
+        use std::sync::atomic::AtomicBool;
+        static PANIC: AtomicBool = AtomicBool::new(false);
+        // A key whose `Hash` panics, once switched on, for the first 100.
+        #[derive(Clone, PartialEq, Eq, Debug)]
+        struct Touchy(u64);
+        impl Hash for Touchy {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                if self.0 < 100 && PANIC.load(Ordering::Relaxed) {
+                    panic!("user Hash panics");
+                }
+                self.0.hash(state);
+            }
+        }
+        let t = KeyIds::new();
+        let kept: Vec<KeyId> = (0..100).map(|i| t.intern(&Touchy(i)).unwrap()).collect();
+        PANIC.store(true, Ordering::Relaxed);
+        // The tables grow many times (and `intern_all` reserves): before,
+        // each growth re-hashed the stored keys through the user's `Hash`,
+        // and a panic in an in-place rehash dropped entries.
+        for i in 100..20_000 {
+            t.intern(&Touchy(i)).unwrap();
+        }
+        let batch: Vec<Touchy> = (20_000..40_000).map(Touchy).collect();
+        t.intern_all(&batch).unwrap();
+        PANIC.store(false, Ordering::Relaxed);
+        for (i, id) in kept.iter().enumerate() {
+            assert_eq!(t.intern(&Touchy(i as u64)), Some(*id), "key {i}");
+            assert_eq!(t.value(*id), Some(Touchy(i as u64)));
+        }
+        assert_eq!(t.len(), 40_000);
+    }
+
+    #[test]
     fn key_ids_grow_past_many_chunks_and_resolve() {
         let t = KeyIds::new();
         let ids: Vec<KeyId> = (0..20_000u64).map(|i| t.intern(&i).unwrap()).collect();
@@ -923,7 +977,7 @@ mod tests {
         let again = t.intern_all(&batch).unwrap();
         assert_eq!(&again[..10], &ids[19_990..]);
         assert_eq!(t.len(), 20_010);
-        // Slots of 40 B (in chunks at most 1/4 unused), buckets of 5 B.
+        // Slots of 40 B (in chunks at most 1/4 unused), buckets of 9 B.
         assert!(t.bytes() < 20_010 * 64, "{}", t.bytes());
     }
 
