@@ -17,29 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use common::churn::{File, Len};
 use common::{Count, TempDir};
 use picante::*;
 
 async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
     common::within("the load", Duration::from_secs(20), fut).await
-}
-
-struct File;
-impl Input for File {
-    type Key = u32;
-    type Value = u32;
-}
-
-/// `File(k) + 1`, or 0 if absent.
-struct Len(Count);
-#[async_trait]
-impl AsyncQuery for Len {
-    type Key = u32;
-    type Value = u32;
-    async fn execute(&self, cx: &QueryCx, k: u32) -> QueryResult<u32> {
-        self.0.hit();
-        Ok(cx.input_opt::<File>(&k)?.map_or(0, |v| v + 1))
-    }
 }
 
 /// A database whose load runs `collections` explicit collections of
